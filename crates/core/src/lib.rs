@@ -1,0 +1,16 @@
+//! What every pipeline stage shares: the gateway error and its RFC 9457 problem rendering, the
+//! per-request context, the [`Policy`] trait with its phases, injected clocks and id sources,
+//! and request correlation (`X-Request-ID`, `traceparent`).
+//!
+//! This crate has no I/O and few dependencies so that every other crate can build on it.
+
+pub mod clock;
+mod context;
+mod error;
+mod policy;
+pub mod trace;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use context::{Listener, RequestCtx, RouteMeta};
+pub use error::{Fault, GatewayError, Kind, PROBLEM_BASE, PROBLEM_JSON};
+pub use policy::{Decision, Phase, Policy, Step};

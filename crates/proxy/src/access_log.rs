@@ -1,0 +1,308 @@
+//! The JSON access log: one line per request, written when the response body has ended (so
+//! durations and byte counts are final).
+//!
+//! Lines are formatted into a shared buffer that a dedicated thread flushes in batches: the
+//! request path never makes a syscall for logging and never waits on a slow sink. If the sink
+//! falls more than `MAX_PENDING` behind, lines are dropped and counted rather than letting memory
+//! grow without bound.
+
+use prometheus_client::metrics::counter::Counter;
+use std::fmt::Write as _;
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, SystemTime};
+
+const MAX_PENDING: usize = 8 * 1024 * 1024;
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+const FLUSH_AT: usize = 64 * 1024;
+
+/// Everything one access log line says.
+pub struct Record<'a> {
+    pub request_id: &'a str,
+    pub client_ip: IpAddr,
+    pub listener: &'static str,
+    pub protocol: &'static str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub tenant: Option<&'a str>,
+    pub api: Option<&'a str>,
+    pub route: Option<&'a str>,
+    pub status: u16,
+    pub duration: Duration,
+    pub upstream_duration: Option<Duration>,
+    pub upstream: Option<&'a str>,
+    pub bytes_in: Option<u64>,
+    pub bytes_out: u64,
+    pub error: Option<&'static str>,
+    pub fault: Option<&'static str>,
+    /// The client went away before the response body ended.
+    pub aborted: bool,
+}
+
+struct Shared {
+    buf: Mutex<Vec<u8>>,
+    wake: Condvar,
+    /// Count of completed flush rounds, so `flush` can wait for a write to land.
+    rounds: Mutex<u64>,
+    round_done: Condvar,
+}
+
+#[derive(Clone)]
+pub struct AccessLog {
+    shared: Arc<Shared>,
+    dropped: Counter,
+}
+
+impl std::fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessLog")
+    }
+}
+
+/// Where lines go.
+pub enum Sink {
+    Stdout,
+    Stderr,
+    File(std::fs::File),
+    /// For tests: lines are appended here.
+    Memory(Arc<Mutex<Vec<u8>>>),
+}
+
+impl AccessLog {
+    /// Starts the flushing thread. It lives as long as the process; `flush` forces a write.
+    pub fn start(sink: Sink, dropped: Counter) -> Self {
+        let shared = Arc::new(Shared {
+            buf: Mutex::new(Vec::with_capacity(FLUSH_AT * 2)),
+            wake: Condvar::new(),
+            rounds: Mutex::new(0),
+            round_done: Condvar::new(),
+        });
+        let s = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || flush_loop(&s, sink));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the access log thread; access log lines will be dropped");
+        }
+        Self { shared, dropped }
+    }
+
+    pub fn log(&self, r: &Record<'_>) {
+        thread_local! {
+            static LINE: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(512));
+        }
+        LINE.with(|line| {
+            let mut line = line.borrow_mut();
+            line.clear();
+            format_record(&mut line, r);
+            let mut buf = self.shared.buf.lock().unwrap_or_else(|p| p.into_inner());
+            if buf.len() + line.len() > MAX_PENDING {
+                drop(buf);
+                self.dropped.inc();
+                return;
+            }
+            buf.extend_from_slice(line.as_bytes());
+            if buf.len() >= FLUSH_AT {
+                self.shared.wake.notify_one();
+            }
+        });
+    }
+
+    /// Asks the flusher to write what is pending now (used at shutdown).
+    pub fn flush(&self) {
+        let rounds = self.shared.rounds.lock().unwrap_or_else(|p| p.into_inner());
+        let start = *rounds;
+        self.shared.wake.notify_one();
+        // Two rounds: the one in progress may have swapped out its buffer before our lines.
+        let _ = self
+            .shared
+            .round_done
+            .wait_timeout_while(rounds, Duration::from_secs(2), |r| *r < start + 2);
+    }
+}
+
+fn flush_loop(shared: &Shared, mut sink: Sink) {
+    let mut out = Vec::with_capacity(FLUSH_AT * 2);
+    loop {
+        {
+            let guard = shared.buf.lock().unwrap_or_else(|p| p.into_inner());
+            let (mut guard, _) = shared
+                .wake
+                .wait_timeout(guard, FLUSH_EVERY)
+                .unwrap_or_else(|p| p.into_inner());
+            std::mem::swap(&mut *guard, &mut out);
+        }
+        if !out.is_empty() {
+            write_batch(&mut sink, &out);
+            out.clear();
+        }
+        *shared.rounds.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        shared.round_done.notify_all();
+    }
+}
+
+fn write_batch(sink: &mut Sink, out: &[u8]) {
+    {
+        let res = match sink {
+            Sink::Stdout => std::io::stdout().lock().write_all(out),
+            Sink::Stderr => std::io::stderr().lock().write_all(out),
+            Sink::File(f) => f.write_all(out),
+            Sink::Memory(m) => {
+                m.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(out);
+                Ok(())
+            }
+        };
+        if let Err(e) = res {
+            // Losing log lines must not take the gateway down; say so once per batch.
+            eprintln!("tollgate: access log write failed: {e}");
+        }
+    }
+}
+
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn field_str(out: &mut String, key: &str, v: Option<&str>) {
+    out.push_str(",\"");
+    out.push_str(key);
+    out.push_str("\":");
+    match v {
+        Some(v) => json_str(out, v),
+        None => out.push_str("null"),
+    }
+}
+
+fn field_num(out: &mut String, key: &str, v: Option<u64>) {
+    out.push_str(",\"");
+    out.push_str(key);
+    out.push_str("\":");
+    match v {
+        Some(v) => out.push_str(itoa::Buffer::new().format(v)),
+        None => out.push_str("null"),
+    }
+}
+
+fn field_ms(out: &mut String, key: &str, d: Option<Duration>) {
+    out.push_str(",\"");
+    out.push_str(key);
+    out.push_str("\":");
+    match d {
+        // Microsecond precision as a decimal number of milliseconds.
+        Some(d) => {
+            let us = d.as_micros();
+            let _ = write!(out, "{}.{:03}", us / 1000, us % 1000);
+        }
+        None => out.push_str("null"),
+    }
+}
+
+pub(crate) fn format_record(out: &mut String, r: &Record<'_>) {
+    out.push_str("{\"ts\":\"");
+    let _ = write!(out, "{}", humantime::format_rfc3339_millis(SystemTime::now()));
+    out.push('"');
+    field_str(out, "request_id", Some(r.request_id));
+    let _ = write!(out, ",\"client_ip\":\"{}\"", r.client_ip);
+    field_str(out, "listener", Some(r.listener));
+    field_str(out, "protocol", Some(r.protocol));
+    field_str(out, "method", Some(r.method));
+    field_str(out, "path", Some(r.path));
+    field_str(out, "tenant", r.tenant);
+    field_str(out, "api", r.api);
+    field_str(out, "route", r.route);
+    field_num(out, "status", Some(u64::from(r.status)));
+    field_ms(out, "duration_ms", Some(r.duration));
+    field_ms(out, "upstream_ms", r.upstream_duration);
+    field_str(out, "upstream", r.upstream);
+    field_num(out, "bytes_in", r.bytes_in);
+    field_num(out, "bytes_out", Some(r.bytes_out));
+    field_str(out, "error", r.error);
+    field_str(out, "fault", r.fault);
+    if r.aborted {
+        out.push_str(",\"aborted\":true");
+    }
+    out.push_str("}\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_valid_json_and_escape_hostile_values() {
+        let mut s = String::new();
+        format_record(
+            &mut s,
+            &Record {
+                request_id: "abc\"\\",
+                client_ip: [10, 0, 0, 1].into(),
+                listener: "public",
+                protocol: "HTTP/1.1",
+                method: "GET",
+                path: "/a\u{1}b",
+                tenant: Some("retail"),
+                api: None,
+                route: Some("r"),
+                status: 200,
+                duration: Duration::from_micros(1234),
+                upstream_duration: None,
+                upstream: Some("127.0.0.1:9101"),
+                bytes_in: None,
+                bytes_out: 42,
+                error: None,
+                fault: None,
+                aborted: true,
+            },
+        );
+        assert!(s.ends_with('\n'));
+        let v: serde_json::Value = serde_json::from_str(s.trim()).expect("valid json");
+        assert_eq!(v["request_id"], "abc\"\\");
+        assert_eq!(v["path"], "/a\u{1}b");
+        assert_eq!(v["duration_ms"], 1.234);
+        assert_eq!(v["api"], serde_json::Value::Null);
+        assert_eq!(v["bytes_out"], 42);
+        assert_eq!(v["aborted"], true);
+    }
+
+    #[test]
+    fn memory_sink_receives_lines() {
+        let mem = Arc::new(Mutex::new(Vec::new()));
+        let log = AccessLog::start(Sink::Memory(mem.clone()), Counter::default());
+        let rec = Record {
+            request_id: "x",
+            client_ip: [127, 0, 0, 1].into(),
+            listener: "public",
+            protocol: "HTTP/1.1",
+            method: "GET",
+            path: "/",
+            tenant: None,
+            api: None,
+            route: None,
+            status: 404,
+            duration: Duration::ZERO,
+            upstream_duration: None,
+            upstream: None,
+            bytes_in: Some(0),
+            bytes_out: 0,
+            error: Some("not-found"),
+            fault: Some("client"),
+            aborted: false,
+        };
+        log.log(&rec);
+        log.flush();
+        let text = String::from_utf8(mem.lock().expect("lock").clone()).expect("utf8");
+        assert!(text.contains("\"error\":\"not-found\""), "{text}");
+    }
+}

@@ -1,0 +1,197 @@
+//! Compiles a validated config into a [`Snapshot`]: routers per listener, upstream pools,
+//! policy chains, TLS certificates and metric handles. Nothing here runs per request; the
+//! request path only reads the snapshot it loaded when the request arrived.
+
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::router::{CompiledRoute, Router, RouterBuilder};
+use crate::tls::{self, CertSet};
+use crate::upstream::Upstream;
+use http::Method;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tollgate_config::{Config, ListenerName, LoadedConfig, Problem};
+use tollgate_core::RouteMeta;
+
+/// Request limits applied before routing.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_uri_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+}
+
+/// One immutable, fully compiled configuration.
+pub struct Snapshot {
+    pub generation: u64,
+    pub public: Router,
+    pub tls: Router,
+    pub limits: Limits,
+    pub trusted_proxies: Box<[ipnet::IpNet]>,
+    /// Metric handles for requests that matched no route.
+    pub unmatched: Arc<RouteMetrics>,
+    pub certs: Option<Arc<CertSet>>,
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    pub loaded: Arc<LoadedConfig>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("generation", &self.generation)
+            .field("public", &self.public)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Snapshot {
+    pub fn config(&self) -> &Config {
+        &self.loaded.config
+    }
+}
+
+/// Compile problems carry key paths like validation problems; `line` is filled from the source.
+pub fn compile(
+    loaded: Arc<LoadedConfig>,
+    previous: Option<&Snapshot>,
+    metrics: &Metrics,
+    policy_env: &tollgate_policy::Env,
+    generation: u64,
+) -> Result<Snapshot, Vec<Problem>> {
+    let cfg = &loaded.config;
+    let mut problems = Vec::new();
+    let mut push = |key_path: String, message: String| {
+        let line = tollgate_config::line_of(&loaded.source_text, &key_path);
+        problems.push(Problem { key_path, line, message });
+    };
+
+    // Upstreams: reuse the previous pool when the settings did not change, so a reload keeps
+    // warm keep-alive connections.
+    let mut upstreams = HashMap::new();
+    for (name, u) in &cfg.upstreams {
+        let reused = previous
+            .and_then(|p| p.upstreams.get(name))
+            .filter(|old| old.settings == *u)
+            .cloned();
+        match reused.map_or_else(|| Upstream::new(name, u).map(Arc::new), Ok) {
+            Ok(up) => {
+                upstreams.insert(name.clone(), up);
+            }
+            Err(e) => push(format!("upstreams.{name}"), e.to_string()),
+        }
+    }
+
+    let mut public = RouterBuilder::default();
+    let mut tls_routes = RouterBuilder::default();
+    for (tname, tenant) in &cfg.tenants {
+        let tenant_name: Arc<str> = Arc::from(tname.as_str());
+        for (aname, api) in &tenant.apis {
+            let api_name: Arc<str> = Arc::from(aname.as_str());
+            for (i, route) in api.routes.iter().enumerate() {
+                let key = format!("tenants.{tname}.apis.{aname}.routes[{i}]");
+                let route_id = route.id.clone().unwrap_or_else(|| format!("{tname}/{aname}/{i}"));
+                let meta = Arc::new(RouteMeta {
+                    tenant: tenant_name.clone(),
+                    api: api_name.clone(),
+                    route_id: Arc::from(route_id.as_str()),
+                    template: Arc::from(route.path.as_str()),
+                });
+                let mut ups: Vec<Arc<Upstream>> = Vec::new();
+                if route.gone.is_none() {
+                    let own = route.upstream.as_ref().or(api.upstream.as_ref());
+                    let names = own.into_iter().chain(route.versions.iter().flat_map(|v| v.variants.iter().map(|x| &x.upstream)));
+                    for n in names {
+                        match upstreams.get(n) {
+                            Some(u) => ups.push(u.clone()),
+                            None => push(format!("{key}.upstream"), format!("unknown upstream `{n}`")),
+                        }
+                    }
+                }
+                let methods: Vec<Method> = route
+                    .methods
+                    .iter()
+                    .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+                    .collect();
+                let compiled = Arc::new(CompiledRoute {
+                    meta,
+                    upstreams: ups.into(),
+                    policies: tollgate_policy::chain_for(policy_env, api, route).into(),
+                    max_body_bytes: route.max_body_bytes.or(cfg.server.max_body_bytes),
+                    metrics: metrics.route(tname, aname, &route_id),
+                });
+                let listeners = route
+                    .listeners
+                    .as_deref()
+                    .or(api.listeners.as_deref())
+                    .unwrap_or(&[ListenerName::Public, ListenerName::Tls]);
+                for l in listeners {
+                    let builder = match l {
+                        ListenerName::Public => &mut public,
+                        ListenerName::Tls => &mut tls_routes,
+                    };
+                    if let Err(e) = builder.add(&route.path, &methods, compiled.clone(), &key) {
+                        push(e.key_path, e.message);
+                    }
+                }
+            }
+        }
+    }
+    let public = public.build().map_err(|e| push(e.key_path, e.message)).ok();
+    let tls_router = tls_routes.build().map_err(|e| push(e.key_path, e.message)).ok();
+
+    let mut certs = None;
+    if let Some(t) = &cfg.listeners.tls {
+        let mut loaded_certs = Vec::new();
+        for (i, c) in t.certificates.iter().enumerate() {
+            match tls::load_cert(&loaded.resolve(&c.cert), &loaded.resolve(&c.key)) {
+                Ok(x) => loaded_certs.push(x),
+                Err(e) => push(format!("listeners.tls.certificates[{i}]"), e.to_string()),
+            }
+        }
+        match CertSet::new(loaded_certs) {
+            Ok(set) => certs = Some(Arc::new(set)),
+            Err(e) => push("listeners.tls.certificates".into(), e.to_string()),
+        }
+    }
+
+    let (Some(public), Some(tls_router)) = (public, tls_router) else {
+        return Err(problems);
+    };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let s = &cfg.server;
+    Ok(Snapshot {
+        generation,
+        public,
+        tls: tls_router,
+        limits: Limits {
+            max_uri_bytes: s.max_uri_bytes,
+            max_header_bytes: s.max_header_bytes,
+            max_headers: s.max_headers,
+        },
+        trusted_proxies: s.trusted_proxies.clone().into(),
+        unmatched: metrics.route("", "", "unmatched"),
+        certs,
+        upstreams,
+        loaded,
+    })
+}
+
+/// Compiles a config without serving it (`tollgate validate`): same checks as a start or
+/// reload, including certificates. Returns a one-line summary.
+pub fn check(loaded: LoadedConfig) -> Result<String, tollgate_config::ConfigError> {
+    let metrics = Metrics::new();
+    let env = tollgate_policy::Env {
+        clock: Arc::new(tollgate_core::SystemClock),
+    };
+    let path = loaded.source_path.clone();
+    let snap = compile(Arc::new(loaded), None, &metrics, &env, 0)
+        .map_err(|problems| tollgate_config::ConfigError::Invalid { path, problems })?;
+    Ok(format!(
+        "{} routes on the public listener, {} on TLS, {} upstreams",
+        snap.public.len(),
+        snap.tls.len(),
+        snap.upstreams.len()
+    ))
+}

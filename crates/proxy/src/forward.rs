@@ -1,0 +1,224 @@
+//! Header handling between client and upstream: hop-by-hop removal (RFC 9110 §7.6.1), the
+//! client IP behind trusted proxies, and `X-Forwarded-*`.
+
+use http::header::{CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+use std::net::IpAddr;
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
+const PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authorization");
+
+/// Removes hop-by-hop headers, including every header the `Connection` field names.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Fast path: most requests carry no Connection header at all (h2 never does).
+    if let Some(conn) = h.get(CONNECTION) {
+        let mut named: Vec<HeaderName> = Vec::new();
+        for v in h.get_all(CONNECTION) {
+            if let Ok(s) = v.to_str() {
+                for token in s.split(',') {
+                    if let Ok(n) = HeaderName::from_bytes(token.trim().as_bytes()) {
+                        named.push(n);
+                    }
+                }
+            }
+        }
+        let _ = conn;
+        for n in named {
+            h.remove(n);
+        }
+        h.remove(CONNECTION);
+    }
+    for n in [
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        PROXY_AUTHENTICATE,
+        PROXY_AUTHORIZATION,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+    ] {
+        if h.contains_key(&n) {
+            h.remove(n);
+        }
+    }
+}
+
+fn trusted(ip: IpAddr, nets: &[IpNet]) -> bool {
+    let ip = canonical(ip);
+    nets.iter().any(|n| n.contains(&ip))
+}
+
+/// IPv4-mapped IPv6 peers (`::ffff:1.2.3.4`) are matched as the IPv4 address they are.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The client's address: the TCP peer, or, when the peer is a trusted proxy, the right-most
+/// `X-Forwarded-For` entry that is not itself trusted. Entries that fail to parse end the walk
+/// (everything left of them is the client's own claim).
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted_nets: &[IpNet]) -> IpAddr {
+    let peer = canonical(peer);
+    if trusted_nets.is_empty() || !trusted(peer, trusted_nets) {
+        return peer;
+    }
+    let mut client = peer;
+    // Later header lines are appended by later proxies: walk them last to first.
+    let values: Vec<&HeaderValue> = headers.get_all(X_FORWARDED_FOR).iter().collect();
+    for v in values.iter().rev() {
+        let Ok(s) = v.to_str() else { return client };
+        for entry in s.rsplit(',') {
+            let Some(ip) = parse_xff_entry(entry.trim()) else {
+                return client;
+            };
+            client = canonical(ip);
+            if !trusted(client, trusted_nets) {
+                return client;
+            }
+        }
+    }
+    client
+}
+
+fn parse_xff_entry(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse() {
+        return Some(ip);
+    }
+    // `1.2.3.4:5678` and `[::1]:5678` appear in the wild.
+    s.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host` for the upstream. A trusted peer's values are extended;
+/// an untrusted client's are replaced, so the upstream never sees a forged chain as ours.
+pub fn set_forwarded(
+    h: &mut HeaderMap,
+    peer: IpAddr,
+    peer_trusted: bool,
+    proto: &'static str,
+    host: Option<HeaderValue>,
+) {
+    let peer = canonical(peer);
+    let mut ipbuf = [0u8; 64];
+    let peer_s = fmt_ip(peer, &mut ipbuf);
+    let xff = match (peer_trusted, h.get(X_FORWARDED_FOR)) {
+        (true, Some(prev)) => {
+            // Fold multiple lines into one list, then append the peer.
+            let mut joined = Vec::with_capacity(prev.len() + peer_s.len() + 2);
+            for (i, v) in h.get_all(X_FORWARDED_FOR).iter().enumerate() {
+                if i > 0 {
+                    joined.extend_from_slice(b", ");
+                }
+                joined.extend_from_slice(v.as_bytes());
+            }
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(peer_s.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
+        }
+        _ => HeaderValue::from_str(peer_s).ok(),
+    };
+    if let Some(v) = xff {
+        h.insert(X_FORWARDED_FOR, v);
+    }
+    if !(peer_trusted && h.contains_key(X_FORWARDED_PROTO)) {
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !(peer_trusted && h.contains_key(X_FORWARDED_HOST)) {
+        match host {
+            Some(v) => {
+                h.insert(X_FORWARDED_HOST, v);
+            }
+            None => {
+                h.remove(X_FORWARDED_HOST);
+            }
+        }
+    }
+    // The upstream gets its own Host from the URI (set by the client pool).
+    h.remove(HOST);
+}
+
+pub fn is_trusted(peer: IpAddr, nets: &[IpNet]) -> bool {
+    !nets.is_empty() && trusted(peer, nets)
+}
+
+fn fmt_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
+    use std::io::Write;
+    let mut cur = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cur, "{ip}");
+    let n = cur.position() as usize;
+    std::str::from_utf8(&buf[..n]).unwrap_or("0.0.0.0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(s: &[&str]) -> Vec<IpNet> {
+        s.iter().map(|n| n.parse().expect("net")).collect()
+    }
+
+    fn hm(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).expect("n"), HeaderValue::from_str(v).expect("v"));
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_connection_tokens_go() {
+        let mut h = hm(&[
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic x"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn client_ip_honours_only_trusted_peers() {
+        let t = nets(&["127.0.0.0/8", "10.0.0.0/8"]);
+        let h = hm(&[("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.1.1.1")]);
+        // Untrusted peer: its header is ignored.
+        assert_eq!(client_ip("198.51.100.1".parse().expect("ip"), &h, &t), "198.51.100.1".parse::<IpAddr>().expect("ip"));
+        // Trusted peer: right-most untrusted entry.
+        assert_eq!(client_ip("127.0.0.1".parse().expect("ip"), &h, &t), "203.0.113.9".parse::<IpAddr>().expect("ip"));
+        // Garbage stops the walk at the last good entry.
+        let h = hm(&[("x-forwarded-for", "1.1.1.1, garbage, 10.0.0.5")]);
+        assert_eq!(client_ip("127.0.0.1".parse().expect("ip"), &h, &t), "10.0.0.5".parse::<IpAddr>().expect("ip"));
+        // Multiple header lines: the last line is the nearest hop.
+        let h = hm(&[("x-forwarded-for", "9.9.9.9"), ("x-forwarded-for", "8.8.8.8")]);
+        assert_eq!(client_ip("127.0.0.1".parse().expect("ip"), &h, &t), "8.8.8.8".parse::<IpAddr>().expect("ip"));
+        // Mapped IPv6 peers count as IPv4.
+        assert_eq!(client_ip("::ffff:127.0.0.1".parse().expect("ip"), &h, &t), "8.8.8.8".parse::<IpAddr>().expect("ip"));
+    }
+
+    #[test]
+    fn forwarded_headers_are_replaced_for_untrusted_and_extended_for_trusted() {
+        let mut h = hm(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "https"), ("host", "api.bank.test")]);
+        set_forwarded(&mut h, "198.51.100.1".parse().expect("ip"), false, "http", Some(HeaderValue::from_static("api.bank.test")));
+        assert_eq!(h["x-forwarded-for"], "198.51.100.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "api.bank.test");
+        assert!(h.get("host").is_none());
+
+        let mut h = hm(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "https")]);
+        set_forwarded(&mut h, "127.0.0.1".parse().expect("ip"), true, "http", None);
+        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+}

@@ -1,0 +1,185 @@
+//! The gateway handle: owns the current snapshot (swapped atomically on reload), metrics, the
+//! access log, and injected time and ids.
+
+use crate::access_log::{AccessLog, Sink};
+use crate::compile::{Snapshot, compile};
+use crate::metrics::{Metrics, ResultLabels};
+use crate::tls::{CertSet, SniResolver};
+use arc_swap::ArcSwap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tollgate_config::{ConfigError, EnvOverrides, LoadedConfig, Problem};
+use tollgate_core::trace::{IdSource, RandomIds};
+use tollgate_core::{Clock, SystemClock};
+
+/// Injected dependencies; defaults are the real clock, random ids and the configured log target.
+pub struct Options {
+    pub clock: Arc<dyn Clock>,
+    pub ids: Arc<dyn IdSource>,
+    pub env: EnvOverrides,
+    /// Overrides the config's access log target (tests capture lines in memory).
+    pub access_log_sink: Option<Sink>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            ids: Arc::new(RandomIds),
+            env: EnvOverrides::default(),
+            access_log_sink: None,
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub metrics: Arc<Metrics>,
+    pub access_log: AccessLog,
+    pub ids: Arc<dyn IdSource>,
+    pub policy_env: tollgate_policy::Env,
+    pub env: EnvOverrides,
+    pub tls_resolver: Option<Arc<SniResolver>>,
+    /// Serialises reloads; never held on the request path.
+    pub reload_lock: Mutex<()>,
+}
+
+/// A running or ready-to-run gateway. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("generation", &self.shared.snapshot.load().generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a reload was refused. The running config is untouched in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("reload already in progress")]
+    Busy,
+}
+
+impl Gateway {
+    /// Compiles the first config. Fails with the same problems `tollgate validate` reports.
+    pub fn new(loaded: LoadedConfig, opts: Options) -> Result<Self, ConfigError> {
+        let metrics = Arc::new(Metrics::new());
+        let policy_env = tollgate_policy::Env { clock: opts.clock.clone() };
+        let loaded = Arc::new(loaded);
+        let snap = compile(loaded.clone(), None, &metrics, &policy_env, 1).map_err(|problems| invalid(&loaded, problems))?;
+        metrics.config_generation.set(1);
+        let sink = match opts.access_log_sink {
+            Some(s) => s,
+            None => sink_for(&loaded).map_err(|e| ConfigError::Read {
+                path: PathBuf::from(&loaded.config.access_log.target),
+                source: e,
+            })?,
+        };
+        let access_log = AccessLog::start(sink, metrics.access_log_dropped.clone());
+        let tls_resolver = snap.certs.clone().map(|c| Arc::new(SniResolver(ArcSwap::new(c))));
+        Ok(Self {
+            shared: Arc::new(Shared {
+                snapshot: ArcSwap::from_pointee(snap),
+                metrics,
+                access_log,
+                ids: opts.ids,
+                policy_env,
+                env: opts.env,
+                tls_resolver,
+                reload_lock: Mutex::new(()),
+            }),
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshot.load_full()
+    }
+
+    pub fn flush_access_log(&self) {
+        self.shared.access_log.flush();
+    }
+
+    /// Re-reads the config file the gateway was started with, compiles it and swaps it in.
+    /// Blocking (file I/O, certificate parsing): call from a blocking context.
+    pub fn reload(&self) -> Result<u64, ReloadError> {
+        let path = self.shared.snapshot.load().loaded.source_path.clone();
+        let result = self.try_reload(&path);
+        let label = if result.is_ok() { "success" } else { "failure" };
+        self.shared.metrics.reloads.get_or_create(&ResultLabels { result: label }).inc();
+        match &result {
+            Ok(generation) => tracing::info!(generation, path = %path.display(), "config reloaded"),
+            Err(e) => tracing::error!(error = %e, "config reload refused; the running config stays"),
+        }
+        result
+    }
+
+    fn try_reload(&self, path: &std::path::Path) -> Result<u64, ReloadError> {
+        let Ok(_guard) = self.shared.reload_lock.try_lock() else {
+            return Err(ReloadError::Busy);
+        };
+        let loaded = Arc::new(tollgate_config::load(path, &self.shared.env)?);
+        let old = self.shared.snapshot.load_full();
+        let generation = old.generation + 1;
+        let snap = compile(loaded.clone(), Some(&old), &self.shared.metrics, &self.shared.policy_env, generation)
+            .map_err(|problems| invalid(&loaded, problems))?;
+        warn_on_restart_only_changes(&old, &snap);
+        if let (Some(resolver), Some(certs)) = (&self.shared.tls_resolver, &snap.certs) {
+            resolver.0.store(certs.clone() as Arc<CertSet>);
+        }
+        self.shared.snapshot.store(Arc::new(snap));
+        self.shared.metrics.config_generation.set(generation as i64);
+        Ok(generation)
+    }
+}
+
+fn invalid(loaded: &LoadedConfig, problems: Vec<Problem>) -> ConfigError {
+    ConfigError::Invalid {
+        path: loaded.source_path.clone(),
+        problems,
+    }
+}
+
+fn sink_for(loaded: &LoadedConfig) -> std::io::Result<Sink> {
+    Ok(match loaded.config.access_log.target.as_str() {
+        "stdout" => Sink::Stdout,
+        "stderr" => Sink::Stderr,
+        p => Sink::File(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(loaded.resolve(std::path::Path::new(p)))?,
+        ),
+    })
+}
+
+/// Listener addresses and the access log target are bound at start; say so instead of
+/// silently ignoring a change.
+fn warn_on_restart_only_changes(old: &Snapshot, new: &Snapshot) {
+    let (o, n) = (old.config(), new.config());
+    if o.listeners.public.as_ref().map(|l| l.addr) != n.listeners.public.as_ref().map(|l| l.addr)
+        || o.listeners.tls.as_ref().map(|l| l.addr) != n.listeners.tls.as_ref().map(|l| l.addr)
+        || o.listeners.admin.as_ref().map(|l| l.addr) != n.listeners.admin.as_ref().map(|l| l.addr)
+        || o.listeners.tls.is_some() != n.listeners.tls.is_some()
+    {
+        tracing::warn!("listener changes take effect at the next restart");
+    }
+    if o.access_log.target != n.access_log.target {
+        tracing::warn!("access log target changes take effect at the next restart");
+    }
+    if o.server.max_connections != n.server.max_connections
+        || o.server.header_read_timeout != n.server.header_read_timeout
+    {
+        tracing::warn!("max_connections and header_read_timeout take effect at the next restart");
+    }
+}

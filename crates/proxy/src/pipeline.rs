@@ -1,0 +1,429 @@
+//! The request pipeline: limits → routing → policies by phase → upstream → response hooks →
+//! metrics and access log. One function per stage, one error type throughout.
+
+use crate::access_log::Record;
+use crate::body::{RequestBody, ResponseBody};
+use crate::compile::Snapshot;
+use crate::forward;
+use crate::gateway::Shared;
+use crate::metrics::RouteMetrics;
+use crate::router::{CompiledRoute, Lookup};
+use crate::upstream::TargetAddr;
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, HOST};
+use http::{HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+use tollgate_core::trace::{TraceParent, new_request_id, sane_request_id};
+use tollgate_core::{Decision, GatewayError, Kind, Listener, RequestCtx, RouteMeta, Step};
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// What the accept loop knows about a connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnMeta {
+    pub peer: SocketAddr,
+    pub listener: Listener,
+}
+
+/// What the upstream stage learned, for the log.
+#[derive(Default)]
+struct UpstreamInfo {
+    target: Option<Arc<TargetAddr>>,
+    duration: Option<Duration>,
+}
+
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    conn: ConnMeta,
+    req: Request<Incoming>,
+) -> Result<Response<LoggedBody>, Infallible> {
+    let started = Instant::now();
+    let snap = shared.snapshot.load_full();
+    let (parts, body) = req.into_parts();
+    let request_id = match parts.headers.get(X_REQUEST_ID) {
+        Some(v) if sane_request_id(v) => v.clone(),
+        _ => new_request_id(&*shared.ids),
+    };
+    let client_ip = forward::client_ip(conn.peer.ip(), &parts.headers, &snap.trusted_proxies);
+    let mut ctx = RequestCtx::new(request_id, client_ip, conn.listener, started);
+    let method = parts.method.clone();
+    let uri = parts.uri.clone();
+    let version = parts.version;
+    let bytes_in = content_length(&parts.headers);
+
+    let mut info = UpstreamInfo::default();
+    let mut route: Option<Arc<CompiledRoute>> = None;
+    let result = run(&shared, &snap, &mut ctx, conn, parts, body, &mut route, &mut info).await;
+    let (mut resp, error) = match result {
+        Ok(r) => (r, None),
+        Err(e) => {
+            if e.fault() != tollgate_core::Fault::Client {
+                tracing::warn!(
+                    request_id = ctx.request_id_str(),
+                    kind = e.kind.slug(),
+                    cause = e.cause.as_deref().unwrap_or(""),
+                    "request failed"
+                );
+            }
+            let r = e.to_response(ctx.request_id_str()).map(ResponseBody::full);
+            (r, Some(e))
+        }
+    };
+
+    // Response hooks run for every response once the route is known, whatever produced it.
+    if let Some(r) = &route {
+        let (mut head, body) = resp.into_parts();
+        for p in r.policies.iter().rev() {
+            p.on_response(&ctx, &mut head);
+        }
+        resp = Response::from_parts(head, body);
+    }
+    let headers = resp.headers_mut();
+    for (k, v) in ctx.response_headers.drain(..) {
+        headers.append(k, v);
+    }
+    headers.insert(X_REQUEST_ID, ctx.request_id.clone());
+
+    let status = resp.status().as_u16();
+    let completion = Completion {
+        shared: shared.clone(),
+        metrics: route.as_ref().map_or_else(|| snap.unmatched.clone(), |r| r.metrics.clone()),
+        meta: route.map(|r| r.meta.clone()),
+        log: snap.config().access_log.enabled,
+        request_id: ctx.request_id,
+        client_ip: ctx.client_ip,
+        listener: conn.listener,
+        version,
+        method,
+        uri,
+        status,
+        started,
+        upstream: info.target,
+        upstream_duration: info.duration,
+        bytes_in,
+        bytes_out: 0,
+        error: error.as_ref().map(|e| (e.kind.slug(), e.fault().as_str())),
+    };
+    Ok(resp.map(|inner| LoggedBody {
+        inner,
+        done: Some(completion),
+    }))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    shared: &Shared,
+    snap: &Snapshot,
+    ctx: &mut RequestCtx,
+    conn: ConnMeta,
+    mut parts: http::request::Parts,
+    body: Incoming,
+    route_out: &mut Option<Arc<CompiledRoute>>,
+    info: &mut UpstreamInfo,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    check_limits(snap, &parts)?;
+    let route = route(snap, ctx.listener, &parts.method, parts.uri.path())?.clone();
+    ctx.route = Some(route.meta.clone());
+    *route_out = Some(route.clone());
+
+    for p in route.policies.iter() {
+        let decision = match p.on_request(ctx, &mut parts) {
+            Step::Continue => continue,
+            Step::Reject(e) => Decision::Reject(e),
+            Step::Respond(r) => Decision::Respond(r),
+            Step::Wait(fut) => fut.await,
+        };
+        match decision {
+            Decision::Continue => {}
+            Decision::Reject(e) => return Err(e),
+            Decision::Respond(r) => return Ok(r.map(ResponseBody::full)),
+        }
+    }
+
+    if let (Some(limit), Some(len)) = (route.max_body_bytes, content_length(&parts.headers)) {
+        if len > limit {
+            return Err(GatewayError::new(
+                Kind::PayloadTooLarge,
+                format!("the request body exceeds the limit of {limit} bytes"),
+            ));
+        }
+    }
+
+    let upstream = route.upstreams.get(ctx.variant).ok_or_else(|| {
+        GatewayError::new(Kind::Internal, "the route has no upstream").with_cause(format!(
+            "route {} variant {} has no upstream",
+            route.meta.route_id, ctx.variant
+        ))
+    })?;
+    let target = upstream.pick().clone();
+
+    let peer_trusted = forward::is_trusted(conn.peer.ip(), &snap.trusted_proxies);
+    let host = parts
+        .headers
+        .get(HOST)
+        .cloned()
+        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    forward::strip_hop_by_hop(&mut parts.headers);
+    let proto = match ctx.listener {
+        Listener::Public => "http",
+        Listener::Tls => "https",
+    };
+    forward::set_forwarded(&mut parts.headers, conn.peer.ip(), peer_trusted, proto, host);
+    parts.headers.insert(X_REQUEST_ID, ctx.request_id.clone());
+    let tp = TraceParent::child_or_new(parts.headers.get(TRACEPARENT), &*shared.ids);
+    parts.headers.insert(TRACEPARENT, tp.to_header());
+
+    let req = Request::from_parts(parts, RequestBody::new(body, route.max_body_bytes));
+    let sent = Instant::now();
+    info.target = Some(target.clone());
+    let result = upstream.send(&target, req).await;
+    info.duration = Some(sent.elapsed());
+    let resp = result.inspect_err(|e| {
+        if e.fault() == tollgate_core::Fault::Upstream {
+            shared
+                .metrics
+                .upstream_errors
+                .get_or_create(&crate::metrics::UpstreamErrorLabels {
+                    upstream: upstream.name.to_string(),
+                    kind: e.kind.slug(),
+                })
+                .inc();
+        }
+    })?;
+    let (mut head, body) = resp.into_parts();
+    forward::strip_hop_by_hop(&mut head.headers);
+    Ok(Response::from_parts(head, ResponseBody::Upstream(body)))
+}
+
+/// Refuses oversized request targets and header sections with a problem document before any
+/// routing work. hyper's own (higher) limits stay as a backstop against truly huge heads.
+fn check_limits(snap: &Snapshot, parts: &http::request::Parts) -> Result<(), GatewayError> {
+    let l = &snap.limits;
+    let target_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len > l.max_uri_bytes {
+        return Err(GatewayError::new(
+            Kind::UriTooLong,
+            format!("the request target exceeds {} bytes", l.max_uri_bytes),
+        ));
+    }
+    if parts.headers.len() > l.max_headers {
+        return Err(GatewayError::new(
+            Kind::HeadersTooLarge,
+            format!("more than {} request header fields", l.max_headers),
+        ));
+    }
+    let size: usize = parts
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if size > l.max_header_bytes {
+        return Err(GatewayError::new(
+            Kind::HeadersTooLarge,
+            format!("request header fields exceed {} bytes", l.max_header_bytes),
+        ));
+    }
+    Ok(())
+}
+
+fn route<'s>(
+    snap: &'s Snapshot,
+    listener: Listener,
+    method: &Method,
+    path: &str,
+) -> Result<&'s Arc<CompiledRoute>, GatewayError> {
+    // Dot segments would let `/public/../internal` reach an upstream as a different resource
+    // than the one we routed; refuse rather than guess how the upstream normalises.
+    if has_dot_segment(path) {
+        return Err(GatewayError::new(
+            Kind::BadRequest,
+            "the path contains `.` or `..` segments",
+        ));
+    }
+    let router = match listener {
+        Listener::Public => &snap.public,
+        Listener::Tls => &snap.tls,
+    };
+    match router.lookup(method, path) {
+        Lookup::Found(r) => Ok(r),
+        Lookup::MethodNotAllowed(allow) => Err(GatewayError::new(
+            Kind::MethodNotAllowed,
+            format!("{method} is not allowed here; allowed: {}", allow.to_str().unwrap_or("")),
+        )
+        .with_header(http::header::ALLOW, allow.clone())),
+        Lookup::NotFound => Err(GatewayError::new(
+            Kind::NotFound,
+            "no API is registered at this path",
+        )),
+    }
+}
+
+fn has_dot_segment(path: &str) -> bool {
+    if !path.contains('.') && !path.contains('%') {
+        return false;
+    }
+    path.split('/').any(|seg| is_dot_segment(seg.as_bytes()))
+}
+
+/// `.` or `..`, with any dot possibly percent-encoded as `%2e`/`%2E`.
+fn is_dot_segment(mut seg: &[u8]) -> bool {
+    let mut dots = 0;
+    while !seg.is_empty() {
+        if seg[0] == b'.' {
+            seg = &seg[1..];
+        } else if seg.len() >= 3 && seg[0] == b'%' && seg[1] == b'2' && (seg[2] | 0x20) == b'e' {
+            seg = &seg[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    dots == 1 || dots == 2
+}
+
+fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Everything needed to record a request once its response has been fully sent (or the client
+/// went away): metrics and the access log line.
+pub(crate) struct Completion {
+    shared: Arc<Shared>,
+    metrics: Arc<RouteMetrics>,
+    meta: Option<Arc<RouteMeta>>,
+    log: bool,
+    request_id: HeaderValue,
+    client_ip: std::net::IpAddr,
+    listener: Listener,
+    version: Version,
+    method: Method,
+    uri: Uri,
+    status: u16,
+    started: Instant,
+    upstream: Option<Arc<TargetAddr>>,
+    upstream_duration: Option<Duration>,
+    bytes_in: Option<u64>,
+    bytes_out: u64,
+    error: Option<(&'static str, &'static str)>,
+}
+
+impl Completion {
+    fn finish(self, aborted: bool) {
+        let elapsed = self.started.elapsed();
+        self.metrics.record(self.status, elapsed);
+        if !self.log {
+            return;
+        }
+        let meta = self.meta.as_deref();
+        self.shared.access_log.log(&Record {
+            request_id: self.request_id.to_str().unwrap_or("-"),
+            client_ip: self.client_ip,
+            listener: match self.listener {
+                Listener::Public => "public",
+                Listener::Tls => "tls",
+            },
+            protocol: match self.version {
+                Version::HTTP_2 => "HTTP/2",
+                Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            method: self.method.as_str(),
+            path: self.uri.path(),
+            tenant: meta.map(|m| &*m.tenant),
+            api: meta.map(|m| &*m.api),
+            route: meta.map(|m| &*m.route_id),
+            status: self.status,
+            duration: elapsed,
+            upstream_duration: self.upstream_duration,
+            upstream: self.upstream.as_deref().map(|t| &*t.label),
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            error: self.error.map(|e| e.0),
+            fault: self.error.map(|e| e.1),
+            aborted,
+        });
+    }
+}
+
+/// The response body as sent to the client; records the request when it ends or is dropped.
+pub struct LoggedBody {
+    inner: ResponseBody,
+    done: Option<Completion>,
+}
+
+impl Body for LoggedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let (Some(d), Some(c)) = (f.data_ref(), this.done.as_mut()) {
+                    c.bytes_out += d.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    if let Some(c) = this.done.take() {
+                        c.finish(false);
+                    }
+                }
+            }
+            Some(Err(_)) => {
+                if let Some(c) = this.done.take() {
+                    c.finish(true);
+                }
+            }
+            None => {
+                if let Some(c) = this.done.take() {
+                    c.finish(false);
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        if let Some(c) = self.done.take() {
+            // hyper may drop a body it never needed to poll (HEAD, 304, empty): not an abort.
+            let aborted = !self.inner.is_end_stream();
+            c.finish(aborted);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_dot_segment;
+
+    #[test]
+    fn dot_segments_are_detected_plain_and_encoded() {
+        for p in ["/a/../b", "/a/./b", "/..", "/a/%2e%2e/b", "/a/%2E./b", "/a/.%2e"] {
+            assert!(has_dot_segment(p), "{p}");
+        }
+        for p in ["/a/b", "/a/.well-known", "/a/..b", "/v1/file.json", "/a/%2e%2ex"] {
+            assert!(!has_dot_segment(p), "{p}");
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Path routing: one matchit tree per listener, built once per config. A lookup yields either
+//! a route, "no such path" (404) or "path known, method not" (405 with `Allow`).
+
+use crate::upstream::Upstream;
+use crate::metrics::RouteMetrics;
+use http::{HeaderValue, Method};
+use std::sync::Arc;
+use tollgate_core::{Policy, RouteMeta};
+
+/// A route ready to serve: everything the request path needs, resolved at compile time.
+pub struct CompiledRoute {
+    pub meta: Arc<RouteMeta>,
+    /// Index 0 is the route's own upstream, then one per version variant. Empty for a retired
+    /// route, which never reaches an upstream.
+    pub upstreams: Box<[Arc<Upstream>]>,
+    pub policies: Box<[Arc<dyn Policy>]>,
+    pub max_body_bytes: Option<u64>,
+    pub metrics: Arc<RouteMetrics>,
+}
+
+impl std::fmt::Debug for CompiledRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledRoute").field("meta", &self.meta).finish_non_exhaustive()
+    }
+}
+
+/// All routes sharing one path template.
+#[derive(Debug)]
+struct PathEntry {
+    methods: Vec<(Method, Arc<CompiledRoute>)>,
+    allow: HeaderValue,
+}
+
+pub enum Lookup<'a> {
+    Found(&'a Arc<CompiledRoute>),
+    MethodNotAllowed(&'a HeaderValue),
+    NotFound,
+}
+
+#[derive(Default)]
+pub struct Router {
+    tree: matchit::Router<PathEntry>,
+    len: usize,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").field("routes", &self.len).finish()
+    }
+}
+
+/// Collects routes before the tree is built, so routes of one template may come from anywhere
+/// in the config.
+#[derive(Default)]
+pub struct RouterBuilder {
+    /// template → (method, route, config key path of the route for errors)
+    entries: Vec<(String, Vec<(Method, Arc<CompiledRoute>, String)>)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{key_path}: {message}")]
+pub struct RouteConflict {
+    pub key_path: String,
+    pub message: String,
+}
+
+impl RouterBuilder {
+    pub fn add(&mut self, template: &str, methods: &[Method], route: Arc<CompiledRoute>, key_path: &str) -> Result<(), RouteConflict> {
+        let idx = match self.entries.iter().position(|(t, _)| t == template) {
+            Some(i) => i,
+            None => {
+                self.entries.push((template.to_string(), Vec::new()));
+                self.entries.len() - 1
+            }
+        };
+        let list = &mut self.entries[idx].1;
+        for m in methods {
+            if let Some((_, _, other)) = list.iter().find(|(om, _, _)| om == m) {
+                return Err(RouteConflict {
+                    key_path: key_path.to_string(),
+                    message: format!("{m} {template} is already routed by {other}"),
+                });
+            }
+            list.push((m.clone(), route.clone(), key_path.to_string()));
+        }
+        // HEAD is served wherever GET is, unless a route claims HEAD itself (RFC 9110 §9.3.2).
+        Ok(())
+    }
+
+    pub fn build(self) -> Result<Router, RouteConflict> {
+        let mut tree = matchit::Router::new();
+        let mut len = 0;
+        for (template, mut list) in self.entries {
+            let has_head = list.iter().any(|(m, _, _)| m == Method::HEAD);
+            if !has_head {
+                if let Some((_, r, k)) = list.iter().find(|(m, _, _)| m == Method::GET).cloned() {
+                    list.push((Method::HEAD, r, k));
+                }
+            }
+            let mut names: Vec<&str> = list.iter().map(|(m, _, _)| m.as_str()).collect();
+            names.sort_unstable();
+            let allow = HeaderValue::from_str(&names.join(", ")).unwrap_or(HeaderValue::from_static("GET"));
+            let first_key = list.first().map(|(_, _, k)| k.clone()).unwrap_or_default();
+            len += list.len();
+            let entry = PathEntry {
+                methods: list.into_iter().map(|(m, r, _)| (m, r)).collect(),
+                allow,
+            };
+            tree.insert(template.as_str(), entry).map_err(|e| RouteConflict {
+                key_path: first_key,
+                message: format!("path `{template}` conflicts with another route: {e}"),
+            })?;
+        }
+        Ok(Router { tree, len })
+    }
+}
+
+impl Router {
+    pub fn lookup(&self, method: &Method, path: &str) -> Lookup<'_> {
+        match self.tree.at(path) {
+            Ok(m) => match m.value.methods.iter().find(|(rm, _)| rm == method) {
+                Some((_, r)) => Lookup::Found(r),
+                None => Lookup::MethodNotAllowed(&m.value.allow),
+            },
+            Err(_) => Lookup::NotFound,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}

@@ -1,0 +1,140 @@
+//! TLS for the public TLS listener: certificates chosen by SNI, ALPN `h2` and `http/1.1`.
+//!
+//! The certificate set is part of the compiled snapshot and read through an `ArcSwap` at each
+//! handshake, so a reload that changes certificates applies to the next handshake without
+//! touching open connections.
+
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Certificates by server name. Names come from each certificate's SANs (DNS names), so the
+/// config only lists files.
+#[derive(Debug)]
+pub struct CertSet {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.example.com` stored as `example.com`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("no certificates configured")]
+    Empty,
+}
+
+fn file_err(path: &Path, message: impl Into<String>) -> TlsError {
+    TlsError::File {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+/// Loads one PEM certificate chain and key and returns it with the DNS names it is valid for.
+pub fn load_cert(cert: &Path, key: &Path) -> Result<(Arc<CertifiedKey>, Vec<String>), TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| file_err(cert, format!("cannot read certificates: {e}")))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(cert, format!("invalid PEM: {e}")))?;
+    if chain.is_empty() {
+        return Err(file_err(cert, "contains no certificate"));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| file_err(key, format!("cannot read a private key: {e}")))?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let ck = CertifiedKey::from_der(chain, key_der, &provider)
+        .map_err(|e| file_err(key, format!("key does not fit the certificate: {e}")))?;
+    let names = dns_names(&ck.cert[0]).map_err(|m| file_err(cert, m))?;
+    Ok((Arc::new(ck), names))
+}
+
+fn dns_names(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| format!("cannot parse certificate: {e}"))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                names.push(d.to_ascii_lowercase());
+            }
+        }
+    }
+    if names.is_empty() {
+        // Legacy certificates name the host only in the subject CN.
+        for cn in cert.subject().iter_common_name() {
+            if let Ok(s) = cn.as_str() {
+                names.push(s.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok(names)
+}
+
+impl CertSet {
+    pub fn new(certs: Vec<(Arc<CertifiedKey>, Vec<String>)>) -> Result<Self, TlsError> {
+        let default = certs.first().map(|(c, _)| c.clone()).ok_or(TlsError::Empty)?;
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        for (ck, names) in certs {
+            for n in names {
+                // The first certificate listed for a name wins, as operators would expect.
+                match n.strip_prefix("*.") {
+                    Some(base) => wildcard.entry(base.to_string()).or_insert_with(|| ck.clone()),
+                    None => exact.entry(n).or_insert_with(|| ck.clone()),
+                };
+            }
+        }
+        Ok(Self {
+            exact,
+            wildcard,
+            default,
+        })
+    }
+
+    fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = sni else {
+            return self.default.clone();
+        };
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(c) = self.exact.get(&name) {
+            return c.clone();
+        }
+        if let Some((_, parent)) = name.split_once('.') {
+            if let Some(c) = self.wildcard.get(parent) {
+                return c.clone();
+            }
+        }
+        self.default.clone()
+    }
+}
+
+/// The rustls resolver: reads the current set at each handshake.
+#[derive(Debug)]
+pub struct SniResolver(pub ArcSwap<CertSet>);
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load().pick(hello.server_name()))
+    }
+}
+
+/// A server config that offers h2 and HTTP/1.1 by ALPN.
+pub fn server_config(resolver: Arc<SniResolver>) -> Arc<ServerConfig> {
+    let mut cfg = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_no_client_auth().with_cert_resolver(resolver.clone()))
+        // The default provider always supports the default versions; fall back to the
+        // process default builder only to avoid a panic path.
+        .unwrap_or_else(|_| ServerConfig::builder().with_no_client_auth().with_cert_resolver(resolver));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}

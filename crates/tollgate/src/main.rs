@@ -1,0 +1,220 @@
+//! The `tollgate` binary: `serve` a config, `validate` one, or run the bank `demo` with its
+//! sample backends. Owns process concerns only: CLI, logging, runtime, signals, file watching.
+
+mod demo;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+use tollgate_config::EnvOverrides;
+use tollgate_proxy::{Gateway, Options, ShutdownTrigger, shutdown_pair};
+
+#[derive(Parser, Debug)]
+#[command(name = "tollgate", version, about = "An API gateway: routing, identity, usage plans and limits, in one binary.")]
+struct Cli {
+    /// Worker threads; 1 runs everything on the calling thread. Default: one per CPU.
+    #[arg(long, global = true, env = "TOLLGATE_WORKERS")]
+    workers: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway with a config file.
+    Serve {
+        #[arg(long, short, env = "TOLLGATE_CONFIG")]
+        config: PathBuf,
+        /// Do not reload when the config file changes (SIGHUP and the admin API still work).
+        #[arg(long)]
+        no_watch: bool,
+    },
+    /// Check a config file: exit 0 if it would load, 1 with every problem (key path and line) if not.
+    Validate {
+        #[arg(long, short, env = "TOLLGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run the bank example with built-in sample backends and print requests to try.
+    Demo {
+        /// The example config; default: examples/bank/gateway.yaml of this source tree.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    tollgate_proxy::install_crypto_provider();
+    let result = match cli.command {
+        Command::Validate { config } => validate(&config),
+        Command::Serve { config, no_watch } => run(cli.workers, serve(config, !no_watch, false)),
+        Command::Demo { config } => {
+            let config = config.unwrap_or_else(demo::default_config);
+            run(cli.workers, serve(config, true, true))
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tollgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .init();
+}
+
+fn run(workers: Option<usize>, fut: impl std::future::Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
+    let rt = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        Some(0) => anyhow::bail!("--workers must be at least 1"),
+        Some(n) => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build()?,
+        None => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
+    };
+    let code = rt.block_on(fut);
+    // Connection tasks that outlived the grace period must not hold the process open.
+    rt.shutdown_timeout(Duration::from_millis(200));
+    code
+}
+
+fn validate(path: &Path) -> Result<ExitCode> {
+    let env = EnvOverrides::from_env();
+    let checked = tollgate_config::load(path, &env).and_then(|loaded| tollgate_proxy::compile::check(loaded));
+    match checked {
+        Ok(summary) => {
+            println!("{}: ok ({summary})", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn serve(config: PathBuf, watch: bool, demo: bool) -> Result<ExitCode> {
+    {
+        let env = EnvOverrides::from_env();
+        let loaded = tollgate_config::load(&config, &env)?;
+        let gateway = Gateway::new(loaded, Options { env, ..Options::default() })?;
+        let snap = gateway.snapshot();
+        let cfg = snap.config();
+
+        let (trigger, shutdown) = shutdown_pair();
+        let bound = gateway.bind().await?;
+        let admin = match &cfg.listeners.admin {
+            Some(a) => {
+                let l = tokio::net::TcpListener::bind(a.addr.0)
+                    .await
+                    .with_context(|| format!("cannot listen on {} (admin)", a.addr.0))?;
+                let addr = l.local_addr()?;
+                let mut token = std::env::var(&a.token_env).ok().filter(|t| !t.is_empty());
+                if token.is_none() && demo {
+                    // The demo must be usable as is: make a token and say what it is.
+                    let t = format!("demo-{}", tollgate_core::trace::new_request_id(&tollgate_core::trace::RandomIds).to_str().unwrap_or("token"));
+                    println!("admin token for this demo run: export {}={t}", a.token_env);
+                    token = Some(t);
+                }
+                if token.is_none() {
+                    tracing::warn!(variable = %a.token_env, "admin token not set: protected admin routes refuse every request");
+                }
+                tracing::info!(listener = "admin", addr = %addr, "listening");
+                Some(tokio::spawn(tollgate_admin::serve(l, gateway.clone(), token, shutdown.clone())))
+            }
+            None => None,
+        };
+        for (name, addr) in [("public", bound.public_addr), ("tls", bound.tls_addr)] {
+            if let Some(addr) = addr {
+                tracing::info!(listener = name, addr = %addr, "listening");
+            }
+        }
+        if demo {
+            demo::start(&gateway)?;
+        }
+        tokio::spawn(signals(gateway.clone(), trigger));
+        let _watcher = if watch { watch_config(&gateway, &config) } else { None };
+        tracing::info!(generation = snap.generation, config = %config.display(), "tollgate started");
+        drop(snap);
+
+        gateway.serve(bound, shutdown.clone()).await;
+        if let Some(a) = admin {
+            let _ = tokio::time::timeout(Duration::from_secs(2), a).await;
+        }
+        tracing::info!("shut down");
+        gateway.flush_access_log();
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// SIGHUP reloads; SIGTERM and SIGINT start a graceful shutdown.
+async fn signals(gateway: Gateway, trigger: ShutdownTrigger) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let gw = gateway.clone();
+                let _ = tokio::task::spawn_blocking(move || gw.reload()).await;
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutdown requested: no new connections, draining in-flight requests");
+    trigger.trigger();
+}
+
+/// Reloads when the config file changes. Watches the folder, not the file, because editors and
+/// deploy tools replace files by rename; changes are debounced so a multi-step write reloads once.
+fn watch_config(gateway: &Gateway, config: &Path) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let file = std::fs::canonicalize(config).ok()?;
+    let dir = file.parent()?.to_path_buf();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let target = file.clone();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            if ev.kind.is_modify() || ev.kind.is_create() {
+                if ev.paths.iter().any(|p| p == &target || p.file_name() == target.file_name()) {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "cannot watch the config file; use SIGHUP or the admin API to reload"))
+    .ok()?;
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        tracing::warn!(error = %e, "cannot watch the config folder");
+        return None;
+    }
+    let gw = gateway.clone();
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            while rx.try_recv().is_ok() {}
+            let gw = gw.clone();
+            let _ = tokio::task::spawn_blocking(move || gw.reload()).await;
+        }
+    });
+    Some(watcher)
+}
