@@ -42,7 +42,10 @@ pub fn router(gateway: Gateway, token: Option<String>) -> Router {
         .route("/admin/config", get(config_info))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
-        .route("/health/live", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/health/live",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .merge(protected)
@@ -51,7 +54,10 @@ pub fn router(gateway: Gateway, token: Option<String>) -> Router {
 }
 
 async fn not_found() -> Problem {
-    Problem(GatewayError::new(Kind::NotFound, "no admin route at this path"))
+    Problem(GatewayError::new(
+        Kind::NotFound,
+        "no admin route at this path",
+    ))
 }
 
 async fn ready(State(s): State<AdminState>) -> impl IntoResponse {
@@ -73,19 +79,29 @@ async fn reload(State(s): State<AdminState>) -> Result<Json<serde_json::Value>, 
     let gw = s.gateway.clone();
     let result = tokio::task::spawn_blocking(move || gw.reload())
         .await
-        .map_err(|e| Problem(GatewayError::new(Kind::Internal, "reload task failed").with_cause(e.to_string())))?;
+        .map_err(|e| {
+            Problem(
+                GatewayError::new(Kind::Internal, "reload task failed").with_cause(e.to_string()),
+            )
+        })?;
     match result {
-        Ok(generation) => Ok(Json(serde_json::json!({"status": "reloaded", "config_generation": generation}))),
+        Ok(generation) => Ok(Json(
+            serde_json::json!({"status": "reloaded", "config_generation": generation}),
+        )),
         Err(e) => {
             let problems: Vec<String> = match &e {
-                tollgate_proxy::ReloadError::Config(tollgate_config::ConfigError::Invalid { problems, .. }) => {
-                    problems.iter().map(ToString::to_string).collect()
-                }
+                tollgate_proxy::ReloadError::Config(tollgate_config::ConfigError::Invalid {
+                    problems,
+                    ..
+                }) => problems.iter().map(ToString::to_string).collect(),
                 other => vec![other.to_string()],
             };
             Err(Problem(
-                GatewayError::new(Kind::BadRequest, format!("config refused; the running config stays: {e}"))
-                    .with_extension("errors", problems.into()),
+                GatewayError::new(
+                    Kind::BadRequest,
+                    format!("config refused; the running config stays: {e}"),
+                )
+                .with_extension("errors", problems.into()),
             ))
         }
     }
@@ -119,8 +135,10 @@ async fn require_token(State(s): State<AdminState>, req: Request, next: Next) ->
         "this admin route needs `Authorization: Bearer <token>`",
     ))
     .into_response();
-    resp.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tollgate-admin\""));
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"tollgate-admin\""),
+    );
     *resp.status_mut() = StatusCode::UNAUTHORIZED;
     resp
 }

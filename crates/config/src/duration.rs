@@ -21,7 +21,9 @@ impl<'de> Deserialize<'de> for Duration {
         let s = String::deserialize(d)?;
         humantime::parse_duration(s.trim())
             .map(Duration)
-            .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration like 500ms or 3s ({e})")))
+            .map_err(|e| {
+                serde::de::Error::custom(format!("`{s}` is not a duration like 500ms or 3s ({e})"))
+            })
     }
 }
 

@@ -200,7 +200,11 @@ pub fn parse_str(text: &str, env: &EnvOverrides, base_dir: &Path) -> Result<Conf
 
 /// serde_path_to_error prints `.` for the root and `?` for untracked segments.
 fn clean_path(p: &str) -> String {
-    if p == "." { String::new() } else { p.to_string() }
+    if p == "." {
+        String::new()
+    } else {
+        p.to_string()
+    }
 }
 
 /// yaml errors end with " at line L column C"; the line is reported separately.

@@ -64,7 +64,10 @@ fn key_of(text: &str) -> Option<&str> {
 /// Indent at which a line's first key sits: `- path: x` at column 4 holds `path` at column 6.
 fn key_indent<'a>(l: &Line<'a>) -> (usize, &'a str) {
     match l.text.strip_prefix("- ") {
-        Some(rest) => (l.indent + 2 + (rest.len() - rest.trim_start().len()), rest.trim_start()),
+        Some(rest) => (
+            l.indent + 2 + (rest.len() - rest.trim_start().len()),
+            rest.trim_start(),
+        ),
         None => (l.indent, l.text),
     }
 }
@@ -112,7 +115,11 @@ pub fn line_of(text: &str, path: &str) -> Option<usize> {
             j += 1;
         }
         // A sequence item's own line holds its first key, so it stays in scope.
-        start = if matches!(seg, Seg::Index(_)) { hit } else { hit + 1 };
+        start = if matches!(seg, Seg::Index(_)) {
+            hit
+        } else {
+            hit + 1
+        };
         end = j;
         parent = Some(node_indent);
     }
@@ -143,11 +150,26 @@ tenants:
     #[test]
     fn finds_nested_keys_and_sequence_items() {
         assert_eq!(line_of(DOC, "listeners.public.addr"), Some(4));
-        assert_eq!(line_of(DOC, "tenants.retail.apis.accounts.upstream"), Some(9));
-        assert_eq!(line_of(DOC, "tenants.retail.apis.accounts.routes[0].path"), Some(11));
-        assert_eq!(line_of(DOC, "tenants.retail.apis.accounts.routes[1]"), Some(13));
-        assert_eq!(line_of(DOC, "tenants.retail.apis.accounts.routes[1].upstream"), Some(14));
-        assert_eq!(line_of(DOC, "tenants.retail.apis.accounts.routes[0].methods"), Some(12));
+        assert_eq!(
+            line_of(DOC, "tenants.retail.apis.accounts.upstream"),
+            Some(9)
+        );
+        assert_eq!(
+            line_of(DOC, "tenants.retail.apis.accounts.routes[0].path"),
+            Some(11)
+        );
+        assert_eq!(
+            line_of(DOC, "tenants.retail.apis.accounts.routes[1]"),
+            Some(13)
+        );
+        assert_eq!(
+            line_of(DOC, "tenants.retail.apis.accounts.routes[1].upstream"),
+            Some(14)
+        );
+        assert_eq!(
+            line_of(DOC, "tenants.retail.apis.accounts.routes[0].methods"),
+            Some(12)
+        );
     }
 
     #[test]

@@ -33,12 +33,22 @@ fn good_config_parses_with_defaults() {
 
 #[test]
 fn unknown_key_names_path_and_line() {
-    let text = GOOD.replace("            methods: [GET]", "            methods: [GET]\n            metods: [POST]");
+    let text = GOOD.replace(
+        "            methods: [GET]",
+        "            methods: [GET]\n            metods: [POST]",
+    );
     let errs = parse(&text).expect_err("unknown key");
     assert_eq!(errs.len(), 1);
-    assert_eq!(errs[0].key_path, "tenants.retail.apis.accounts.routes[0].metods");
+    assert_eq!(
+        errs[0].key_path,
+        "tenants.retail.apis.accounts.routes[0].metods"
+    );
     assert_eq!(errs[0].line, Some(16));
-    assert!(errs[0].message.contains("unknown field `metods`"), "{}", errs[0].message);
+    assert!(
+        errs[0].message.contains("unknown field `metods`"),
+        "{}",
+        errs[0].message
+    );
 }
 
 #[test]
@@ -56,13 +66,26 @@ fn semantic_errors_are_all_reported_with_lines() {
         .replace("methods: [GET]", "methods: [GET, FETCH]");
     let errs = parse(&text).expect_err("two problems");
     let keys: Vec<_> = errs.iter().map(|p| (p.key_path.as_str(), p.line)).collect();
-    assert!(keys.contains(&("tenants.retail.apis.accounts.upstream", Some(12))), "{keys:?}");
-    assert!(keys.contains(&("tenants.retail.apis.accounts.routes[0].methods", Some(15))), "{keys:?}");
+    assert!(
+        keys.contains(&("tenants.retail.apis.accounts.upstream", Some(12))),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&("tenants.retail.apis.accounts.routes[0].methods", Some(15))),
+        "{keys:?}"
+    );
 }
 
 #[test]
 fn path_templates_are_checked() {
-    for bad in ["v1/x", "/a/{id", "/a/x{id}", "/a/{id}/{id}", "/a/../b", "/a/*"] {
+    for bad in [
+        "v1/x",
+        "/a/{id",
+        "/a/x{id}",
+        "/a/{id}/{id}",
+        "/a/../b",
+        "/a/*",
+    ] {
         assert!(validate::check_path_template(bad).is_err(), "{bad}");
     }
     for good in ["/", "/a/{id}", "/a/{id}/b/{other_id}"] {
@@ -74,7 +97,13 @@ fn path_templates_are_checked() {
 fn target_urls_are_checked() {
     assert!(validate::check_target_url("http://127.0.0.1:9101").is_ok());
     assert!(validate::check_target_url("http://backend.internal").is_ok());
-    for bad in ["127.0.0.1:9101", "http://h:1/path", "https://h", "http://", "http://u@h"] {
+    for bad in [
+        "127.0.0.1:9101",
+        "http://h:1/path",
+        "https://h",
+        "http://",
+        "http://u@h",
+    ] {
         assert!(validate::check_target_url(bad).is_err(), "{bad}");
     }
 }
@@ -97,7 +126,13 @@ fn env_overrides_replace_addresses() {
 
 #[test]
 fn malformed_yaml_is_an_error_not_a_panic() {
-    for text in ["", ":", "listeners: [", "\u{0}", "listeners:\n  public:\n    addr: [1,2"] {
+    for text in [
+        "",
+        ":",
+        "listeners: [",
+        "\u{0}",
+        "listeners:\n  public:\n    addr: [1,2",
+    ] {
         assert!(parse(text).is_err(), "{text:?}");
     }
 }
@@ -109,11 +144,18 @@ fn durations_and_timestamps_parse() {
         "      - url: http://127.0.0.1:9101\n    response_timeout: 1500ms",
     );
     let cfg = parse(&text).expect("valid");
-    assert_eq!(cfg.upstreams["a"].response_timeout, Duration::from_millis(1500));
+    assert_eq!(
+        cfg.upstreams["a"].response_timeout,
+        Duration::from_millis(1500)
+    );
     let text = GOOD.replace("    response_timeout", "x").replace(
         "      - url: http://127.0.0.1:9101",
         "      - url: http://127.0.0.1:9101\n    response_timeout: soon",
     );
     let errs = parse(&text).expect_err("bad duration");
-    assert!(errs[0].message.contains("not a duration"), "{}", errs[0].message);
+    assert!(
+        errs[0].message.contains("not a duration"),
+        "{}",
+        errs[0].message
+    );
 }

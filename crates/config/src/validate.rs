@@ -37,11 +37,18 @@ fn listeners(cfg: &Config, base_dir: &Path, r: &mut Report) {
     }
     if let Some(tls) = &l.tls {
         if tls.certificates.is_empty() {
-            r.err("listeners.tls.certificates", "a TLS listener needs at least one certificate");
+            r.err(
+                "listeners.tls.certificates",
+                "a TLS listener needs at least one certificate",
+            );
         }
         for (i, c) in tls.certificates.iter().enumerate() {
             for (field, p) in [("cert", &c.cert), ("key", &c.key)] {
-                let full = if p.is_absolute() { p.clone() } else { base_dir.join(p) };
+                let full = if p.is_absolute() {
+                    p.clone()
+                } else {
+                    base_dir.join(p)
+                };
                 if !full.is_file() {
                     r.err(
                         format!("listeners.tls.certificates[{i}].{field}"),
@@ -58,21 +65,24 @@ fn listeners(cfg: &Config, base_dir: &Path, r: &mut Report) {
         ("admin", l.admin.as_ref().map(|x| x.addr.0)),
     ] {
         if let Some(a) = addr {
-            if a.port() != 0 {
-                if let Some((other, _)) = seen.iter().find(|(_, b)| *b == a) {
-                    r.err(
-                        format!("listeners.{name}.addr"),
-                        format!("{a} is already used by listener `{other}`"),
-                    );
-                }
+            if a.port() != 0
+                && let Some((other, _)) = seen.iter().find(|(_, b)| *b == a)
+            {
+                r.err(
+                    format!("listeners.{name}.addr"),
+                    format!("{a} is already used by listener `{other}`"),
+                );
             }
             seen.push((name, a));
         }
     }
-    if let Some(admin) = &l.admin {
-        if admin.token_env.trim().is_empty() {
-            r.err("listeners.admin.token_env", "must name an environment variable");
-        }
+    if let Some(admin) = &l.admin
+        && admin.token_env.trim().is_empty()
+    {
+        r.err(
+            "listeners.admin.token_env",
+            "must name an environment variable",
+        );
     }
 }
 
@@ -112,14 +122,20 @@ fn upstreams(cfg: &Config, r: &mut Report) {
             r.err(&key, "names may contain only letters, digits, `-` and `_`");
         }
         if u.targets.is_empty() {
-            r.err(format!("{key}.targets"), "an upstream needs at least one target");
+            r.err(
+                format!("{key}.targets"),
+                "an upstream needs at least one target",
+            );
         }
         for (i, t) in u.targets.iter().enumerate() {
             if let Err(msg) = check_target_url(&t.url) {
                 r.err(format!("{key}.targets[{i}].url"), msg);
             }
             if t.weight == 0 || t.weight > 100 {
-                r.err(format!("{key}.targets[{i}].weight"), "must be between 1 and 100");
+                r.err(
+                    format!("{key}.targets[{i}].weight"),
+                    "must be between 1 and 100",
+                );
             }
         }
         for (k, d) in [
@@ -172,10 +188,13 @@ fn tenants(cfg: &Config, r: &mut Report) {
             if !is_ident(aname) {
                 r.err(&akey, "names may contain only letters, digits, `-` and `_`");
             }
-            if let Some(u) = &api.upstream {
-                if !cfg.upstreams.contains_key(u) {
-                    r.err(format!("{akey}.upstream"), format!("unknown upstream `{u}`"));
-                }
+            if let Some(u) = &api.upstream
+                && !cfg.upstreams.contains_key(u)
+            {
+                r.err(
+                    format!("{akey}.upstream"),
+                    format!("unknown upstream `{u}`"),
+                );
             }
             if let Some(ls) = &api.listeners {
                 check_listeners(cfg, ls, &format!("{akey}.listeners"), r);
@@ -191,7 +210,10 @@ fn tenants(cfg: &Config, r: &mut Report) {
                     .clone()
                     .unwrap_or_else(|| format!("{tname}/{aname}/{i}"));
                 if !route_ids.insert(id.clone()) {
-                    r.err(format!("{rkey}.id"), format!("route id `{id}` is used twice"));
+                    r.err(
+                        format!("{rkey}.id"),
+                        format!("route id `{id}` is used twice"),
+                    );
                 }
             }
         }
@@ -208,7 +230,10 @@ fn check_listeners(cfg: &Config, ls: &[ListenerName], key: &str, r: &mut Report)
             ListenerName::Tls => cfg.listeners.tls.is_some(),
         };
         if !present {
-            r.err(key, format!("listener `{l:?}` is not configured").to_lowercase());
+            r.err(
+                key,
+                format!("listener `{l:?}` is not configured").to_lowercase(),
+            );
         }
     }
 }
@@ -231,10 +256,13 @@ fn check_route(cfg: &Config, api_upstream: Option<&str>, route: &Route, key: &st
             r.err(format!("{key}.methods"), format!("`{m}` is listed twice"));
         }
     }
-    if let Some(id) = &route.id {
-        if !is_ident(id) {
-            r.err(format!("{key}.id"), "ids may contain only letters, digits, `-` and `_`");
-        }
+    if let Some(id) = &route.id
+        && !is_ident(id)
+    {
+        r.err(
+            format!("{key}.id"),
+            "ids may contain only letters, digits, `-` and `_`",
+        );
     }
     if let Some(ls) = &route.listeners {
         check_listeners(cfg, ls, &format!("{key}.listeners"), r);
@@ -244,13 +272,19 @@ fn check_route(cfg: &Config, api_upstream: Option<&str>, route: &Route, key: &st
             r.err(format!("{key}.upstream"), format!("unknown upstream `{u}`"));
         }
         (None, false) if api_upstream.is_none() => {
-            r.err(key, "no upstream: set `upstream` on the route or its API, or mark it `gone`");
+            r.err(
+                key,
+                "no upstream: set `upstream` on the route or its API, or mark it `gone`",
+            );
         }
         _ => {}
     }
     if let Some(v) = &route.versions {
         if v.variants.is_empty() {
-            r.err(format!("{key}.versions.variants"), "list at least one variant");
+            r.err(
+                format!("{key}.versions.variants"),
+                "list at least one variant",
+            );
         }
         for (i, var) in v.variants.iter().enumerate() {
             if !cfg.upstreams.contains_key(&var.upstream) {
@@ -260,18 +294,23 @@ fn check_route(cfg: &Config, api_upstream: Option<&str>, route: &Route, key: &st
                 );
             }
         }
-        if let Some(h) = &v.header {
-            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                r.err(format!("{key}.versions.header"), format!("`{h}` is not a header name"));
-            }
+        if let Some(h) = &v.header
+            && http::HeaderName::from_bytes(h.as_bytes()).is_err()
+        {
+            r.err(
+                format!("{key}.versions.header"),
+                format!("`{h}` is not a header name"),
+            );
         }
     }
-    if let Some(d) = &route.deprecation {
-        if let Some(s) = d.sunset {
-            if s < d.since {
-                r.err(format!("{key}.deprecation.sunset"), "sunset comes before deprecation");
-            }
-        }
+    if let Some(d) = &route.deprecation
+        && let Some(s) = d.sunset
+        && s < d.since
+    {
+        r.err(
+            format!("{key}.deprecation.sunset"),
+            "sunset comes before deprecation",
+        );
     }
 }
 
@@ -293,7 +332,11 @@ pub(crate) fn check_path_template(path: &str) -> Result<(), String> {
         if opens == 0 && closes == 0 {
             continue;
         }
-        let whole = seg.len() > 2 && seg.starts_with('{') && seg.ends_with('}') && opens == 1 && closes == 1;
+        let whole = seg.len() > 2
+            && seg.starts_with('{')
+            && seg.ends_with('}')
+            && opens == 1
+            && closes == 1;
         if !whole {
             return Err(format!(
                 "`{path}`: a parameter must be a whole segment like `{{id}}`"

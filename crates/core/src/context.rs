@@ -39,7 +39,12 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    pub fn new(request_id: HeaderValue, client_ip: IpAddr, listener: Listener, started: Instant) -> Self {
+    pub fn new(
+        request_id: HeaderValue,
+        client_ip: IpAddr,
+        listener: Listener,
+        started: Instant,
+    ) -> Self {
         Self {
             request_id,
             client_ip,

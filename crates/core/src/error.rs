@@ -239,8 +239,7 @@ mod tests {
         let e = GatewayError::new(Kind::NotFound, "no route for GET /x")
             .with_extension("status", 999.into())
             .with_extension("hint", "check the path".into());
-        let v: serde_json::Value =
-            serde_json::from_slice(&e.problem_json("req-1")).expect("json");
+        let v: serde_json::Value = serde_json::from_slice(&e.problem_json("req-1")).expect("json");
         assert_eq!(v["type"], "https://tollgate.dev/problems/not-found");
         assert_eq!(v["title"], "Not found");
         assert_eq!(v["status"], 404);
@@ -266,8 +265,11 @@ mod tests {
 
     #[test]
     fn cause_never_reaches_the_body() {
-        let e = GatewayError::new(Kind::UpstreamUnreachable, "the upstream refused the connection")
-            .with_cause("connect 10.0.0.7:9101: ECONNREFUSED secret-token");
+        let e = GatewayError::new(
+            Kind::UpstreamUnreachable,
+            "the upstream refused the connection",
+        )
+        .with_cause("connect 10.0.0.7:9101: ECONNREFUSED secret-token");
         let body = e.problem_json("r");
         let s = std::str::from_utf8(&body).expect("utf8");
         assert!(!s.contains("10.0.0.7") && !s.contains("secret-token"));

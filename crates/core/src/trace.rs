@@ -166,8 +166,12 @@ mod tests {
         assert!(!sane_request_id(&HeaderValue::from_static("has space")));
         let long = "a".repeat(129);
         assert!(!sane_request_id(&HeaderValue::from_str(&long).expect("hv")));
-        assert!(sane_request_id(&HeaderValue::from_str(&long[..128]).expect("hv")));
-        assert!(!sane_request_id(&HeaderValue::from_bytes(b"caf\xc3\xa9").expect("hv")));
+        assert!(sane_request_id(
+            &HeaderValue::from_str(&long[..128]).expect("hv")
+        ));
+        assert!(!sane_request_id(
+            &HeaderValue::from_bytes(b"caf\xc3\xa9").expect("hv")
+        ));
     }
 
     #[test]
@@ -182,9 +186,8 @@ mod tests {
 
     #[test]
     fn traceparent_child_keeps_trace_and_changes_span() {
-        let parent = HeaderValue::from_static(
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        );
+        let parent =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         let child = TraceParent::child_or_new(Some(&parent), &SeededIds::new(1));
         let s = child.to_header();
         let s = s.to_str().expect("ascii");
@@ -208,9 +211,11 @@ mod tests {
             assert_eq!(TraceParent::parse(bad.as_bytes()), None, "{bad}");
         }
         // A future version may append fields.
-        assert!(TraceParent::parse(
-            b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-holds"
-        )
-        .is_some());
+        assert!(
+            TraceParent::parse(
+                b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-holds"
+            )
+            .is_some()
+        );
     }
 }

@@ -28,11 +28,16 @@ impl Notice {
         Some(Self {
             deprecation: HeaderValue::from_str(&format!("@{}", d.since.unix_seconds())).ok()?,
             sunset: match d.sunset {
-                Some(s) => Some((s.0, HeaderValue::from_str(&httpdate::fmt_http_date(s.0)).ok()?)),
+                Some(s) => Some((
+                    s.0,
+                    HeaderValue::from_str(&httpdate::fmt_http_date(s.0)).ok()?,
+                )),
                 None => None,
             },
             link: match &d.successor {
-                Some(s) => Some(HeaderValue::from_str(&format!("<{s}>; rel=\"successor-version\"")).ok()?),
+                Some(s) => {
+                    Some(HeaderValue::from_str(&format!("<{s}>; rel=\"successor-version\"")).ok()?)
+                }
                 None => None,
             },
             successor: d.successor.as_deref().map(Arc::from),
@@ -52,29 +57,31 @@ struct Selector {
 
 impl Selector {
     fn select(&self, req: &http::request::Parts) -> Option<usize> {
-        if let Some(h) = &self.header {
-            if let Some(v) = req.headers.get(h).and_then(|v| v.to_str().ok()) {
-                if let Some(i) = self.variants.iter().position(|(ver, _)| ver == v.trim()) {
-                    return Some(i + 1);
-                }
-            }
+        if let Some(h) = &self.header
+            && let Some(v) = req.headers.get(h).and_then(|v| v.to_str().ok())
+            && let Some(i) = self.variants.iter().position(|(ver, _)| ver == v.trim())
+        {
+            return Some(i + 1);
         }
         if let (Some(name), Some(q)) = (&self.query, req.uri.query()) {
             for pair in q.split('&') {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                if k == name {
-                    if let Some(i) = self.variants.iter().position(|(ver, _)| ver == v) {
-                        return Some(i + 1);
-                    }
+                if k == name
+                    && let Some(i) = self.variants.iter().position(|(ver, _)| ver == v)
+                {
+                    return Some(i + 1);
                 }
             }
         }
         for accept in req.headers.get_all(ACCEPT) {
-            let Ok(accept) = accept.to_str() else { continue };
+            let Ok(accept) = accept.to_str() else {
+                continue;
+            };
             for range in accept.split(',') {
                 let media = range.split(';').next().unwrap_or("").trim();
                 if let Some(i) = self.variants.iter().position(|(_, mt)| {
-                    mt.as_deref().is_some_and(|mt| mt.eq_ignore_ascii_case(media))
+                    mt.as_deref()
+                        .is_some_and(|mt| mt.eq_ignore_ascii_case(media))
                 }) {
                     return Some(i + 1);
                 }
@@ -119,18 +126,23 @@ impl Versioning {
             }
             Selector {
                 query: v.query.clone(),
-                header: v.header.as_deref().and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+                header: v
+                    .header
+                    .as_deref()
+                    .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
                 variants: v
                     .variants
                     .iter()
                     .map(|x| (x.version.clone(), x.media_type.clone()))
                     .collect(),
-                vary: HeaderValue::from_str(&vary.join(", ")).unwrap_or(HeaderValue::from_static("Accept")),
+                vary: HeaderValue::from_str(&vary.join(", "))
+                    .unwrap_or(HeaderValue::from_static("Accept")),
             }
         });
         let gone = route.gone.as_ref().map(|g| GoneNotice {
             successor: Arc::from(g.successor.as_str()),
-            link: HeaderValue::from_str(&format!("<{}>; rel=\"successor-version\"", g.successor)).ok(),
+            link: HeaderValue::from_str(&format!("<{}>; rel=\"successor-version\"", g.successor))
+                .ok(),
             sunset: g
                 .sunset
                 .and_then(|s| HeaderValue::from_str(&httpdate::fmt_http_date(s.0)).ok()),
@@ -143,7 +155,11 @@ impl Versioning {
         })
     }
 
-    fn gone_error(successor: &str, link: Option<&HeaderValue>, sunset: Option<&HeaderValue>) -> GatewayError {
+    fn gone_error(
+        successor: &str,
+        link: Option<&HeaderValue>,
+        sunset: Option<&HeaderValue>,
+    ) -> GatewayError {
         let mut e = GatewayError::new(
             Kind::Gone,
             format!("this API version has been retired; use {successor}"),
@@ -168,20 +184,27 @@ impl Policy for Versioning {
         Phase::Version
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx, req: &'a mut http::request::Parts) -> Step<'a> {
+    fn on_request<'a>(
+        &'a self,
+        ctx: &'a mut RequestCtx,
+        req: &'a mut http::request::Parts,
+    ) -> Step<'a> {
         if let Some(g) = &self.gone {
-            return Step::Reject(Self::gone_error(&g.successor, g.link.as_ref(), g.sunset.as_ref()));
+            return Step::Reject(Self::gone_error(
+                &g.successor,
+                g.link.as_ref(),
+                g.sunset.as_ref(),
+            ));
         }
         if let Some(sel) = &self.selector {
             ctx.variant = sel.select(req).unwrap_or(0);
         }
-        if let Some(Some(n)) = self.notices.get(ctx.variant) {
-            if let Some((at, value)) = &n.sunset {
-                if self.clock.now() >= *at {
-                    let successor = n.successor.as_deref().unwrap_or("a newer version");
-                    return Step::Reject(Self::gone_error(successor, n.link.as_ref(), Some(value)));
-                }
-            }
+        if let Some(Some(n)) = self.notices.get(ctx.variant)
+            && let Some((at, value)) = &n.sunset
+            && self.clock.now() >= *at
+        {
+            let successor = n.successor.as_deref().unwrap_or("a newer version");
+            return Step::Reject(Self::gone_error(successor, n.link.as_ref(), Some(value)));
         }
         Step::Continue
     }
@@ -236,7 +259,9 @@ routes:
     fn setup(now_secs: u64) -> (Arc<ManualClock>, Versioning, Versioning) {
         let api: Api = yaml_serde::from_str(API).expect("api");
         let clock = Arc::new(ManualClock::new(UNIX_EPOCH + Duration::from_secs(now_secs)));
-        let env = Env { clock: clock.clone() };
+        let env = Env {
+            clock: clock.clone(),
+        };
         let neg = Versioning::from_config(&env, &api, &api.routes[0]).expect("policy");
         let gone = Versioning::from_config(&env, &api, &api.routes[1]).expect("policy");
         (clock, neg, gone)
@@ -259,7 +284,10 @@ routes:
         b.body(()).expect("req").into_parts().0
     }
 
-    fn run(p: &Versioning, req: &mut http::request::Parts) -> (RequestCtx, Result<(), GatewayError>) {
+    fn run(
+        p: &Versioning,
+        req: &mut http::request::Parts,
+    ) -> (RequestCtx, Result<(), GatewayError>) {
         let mut c = ctx();
         let r = match p.on_request(&mut c, req) {
             Step::Continue => Ok(()),
@@ -279,8 +307,16 @@ routes:
             ("/accounts/1?version=1", vec![], 1),
             ("/accounts/1?x=2&version=1", vec![], 1),
             ("/accounts/1?version=7", vec![], 0),
-            ("/accounts/1", vec![("accept", "application/vnd.bank.v1+json")], 1),
-            ("/accounts/1", vec![("accept", "text/html, application/VND.bank.v1+json;q=0.9")], 1),
+            (
+                "/accounts/1",
+                vec![("accept", "application/vnd.bank.v1+json")],
+                1,
+            ),
+            (
+                "/accounts/1",
+                vec![("accept", "text/html, application/VND.bank.v1+json;q=0.9")],
+                1,
+            ),
             ("/accounts/1", vec![("api-version", "1")], 1),
             ("/accounts/1", vec![("accept", "application/json")], 0),
         ] {
@@ -298,7 +334,10 @@ routes:
         neg.on_response(&c, &mut resp);
         assert_eq!(resp.headers["deprecation"], "@1767225600");
         assert_eq!(resp.headers["sunset"], "Mon, 15 Mar 2027 00:00:00 GMT");
-        assert_eq!(resp.headers["link"], "</v2/accounts>; rel=\"successor-version\"");
+        assert_eq!(
+            resp.headers["link"],
+            "</v2/accounts>; rel=\"successor-version\""
+        );
         assert_eq!(resp.headers["vary"], "Accept, Api-Version");
 
         let (c, _) = run(&neg, &mut parts("/accounts/1", &[]));
@@ -320,10 +359,15 @@ routes:
     #[test]
     fn retired_route_names_its_successor() {
         let (_, _, gone) = setup(JAN_2027);
-        let e = run(&gone, &mut parts("/v0/accounts/1", &[])).1.expect_err("gone");
+        let e = run(&gone, &mut parts("/v0/accounts/1", &[]))
+            .1
+            .expect_err("gone");
         assert_eq!(e.status(), 410);
         assert!(e.detail.contains("/v2/accounts/{id}"));
         let body = String::from_utf8(e.problem_json("r").to_vec()).expect("utf8");
-        assert!(body.contains("\"successor\":\"/v2/accounts/{id}\""), "{body}");
+        assert!(
+            body.contains("\"successor\":\"/v2/accounts/{id}\""),
+            "{body}"
+        );
     }
 }

@@ -149,7 +149,9 @@ fn write_batch(sink: &mut Sink, out: &[u8]) {
             Sink::Stderr => std::io::stderr().lock().write_all(out),
             Sink::File(f) => f.write_all(out),
             Sink::Memory(m) => {
-                m.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(out);
+                m.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(out);
                 Ok(())
             }
         };
@@ -211,7 +213,11 @@ fn field_ms(out: &mut String, key: &str, d: Option<Duration>) {
 
 pub(crate) fn format_record(out: &mut String, r: &Record<'_>) {
     out.push_str("{\"ts\":\"");
-    let _ = write!(out, "{}", humantime::format_rfc3339_millis(SystemTime::now()));
+    let _ = write!(
+        out,
+        "{}",
+        humantime::format_rfc3339_millis(SystemTime::now())
+    );
     out.push('"');
     field_str(out, "request_id", Some(r.request_id));
     let _ = write!(out, ",\"client_ip\":\"{}\"", r.client_ip);

@@ -62,7 +62,11 @@ pub fn compile(
     let mut problems = Vec::new();
     let mut push = |key_path: String, message: String| {
         let line = tollgate_config::line_of(&loaded.source_text, &key_path);
-        problems.push(Problem { key_path, line, message });
+        problems.push(Problem {
+            key_path,
+            line,
+            message,
+        });
     };
 
     // Upstreams: reuse the previous pool when the settings did not change, so a reload keeps
@@ -89,7 +93,10 @@ pub fn compile(
             let api_name: Arc<str> = Arc::from(aname.as_str());
             for (i, route) in api.routes.iter().enumerate() {
                 let key = format!("tenants.{tname}.apis.{aname}.routes[{i}]");
-                let route_id = route.id.clone().unwrap_or_else(|| format!("{tname}/{aname}/{i}"));
+                let route_id = route
+                    .id
+                    .clone()
+                    .unwrap_or_else(|| format!("{tname}/{aname}/{i}"));
                 let meta = Arc::new(RouteMeta {
                     tenant: tenant_name.clone(),
                     api: api_name.clone(),
@@ -99,11 +106,18 @@ pub fn compile(
                 let mut ups: Vec<Arc<Upstream>> = Vec::new();
                 if route.gone.is_none() {
                     let own = route.upstream.as_ref().or(api.upstream.as_ref());
-                    let names = own.into_iter().chain(route.versions.iter().flat_map(|v| v.variants.iter().map(|x| &x.upstream)));
+                    let names = own.into_iter().chain(
+                        route
+                            .versions
+                            .iter()
+                            .flat_map(|v| v.variants.iter().map(|x| &x.upstream)),
+                    );
                     for n in names {
                         match upstreams.get(n) {
                             Some(u) => ups.push(u.clone()),
-                            None => push(format!("{key}.upstream"), format!("unknown upstream `{n}`")),
+                            None => {
+                                push(format!("{key}.upstream"), format!("unknown upstream `{n}`"))
+                            }
                         }
                     }
                 }
@@ -137,7 +151,10 @@ pub fn compile(
         }
     }
     let public = public.build().map_err(|e| push(e.key_path, e.message)).ok();
-    let tls_router = tls_routes.build().map_err(|e| push(e.key_path, e.message)).ok();
+    let tls_router = tls_routes
+        .build()
+        .map_err(|e| push(e.key_path, e.message))
+        .ok();
 
     let mut certs = None;
     if let Some(t) = &cfg.listeners.tls {

@@ -168,7 +168,10 @@ mod tests {
     fn hm(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).expect("n"), HeaderValue::from_str(v).expect("v"));
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("n"),
+                HeaderValue::from_str(v).expect("v"),
+            );
         }
         h
     }
@@ -194,29 +197,60 @@ mod tests {
         let t = nets(&["127.0.0.0/8", "10.0.0.0/8"]);
         let h = hm(&[("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.1.1.1")]);
         // Untrusted peer: its header is ignored.
-        assert_eq!(client_ip("198.51.100.1".parse().expect("ip"), &h, &t), "198.51.100.1".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            client_ip("198.51.100.1".parse().expect("ip"), &h, &t),
+            "198.51.100.1".parse::<IpAddr>().expect("ip")
+        );
         // Trusted peer: right-most untrusted entry.
-        assert_eq!(client_ip("127.0.0.1".parse().expect("ip"), &h, &t), "203.0.113.9".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            client_ip("127.0.0.1".parse().expect("ip"), &h, &t),
+            "203.0.113.9".parse::<IpAddr>().expect("ip")
+        );
         // Garbage stops the walk at the last good entry.
         let h = hm(&[("x-forwarded-for", "1.1.1.1, garbage, 10.0.0.5")]);
-        assert_eq!(client_ip("127.0.0.1".parse().expect("ip"), &h, &t), "10.0.0.5".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            client_ip("127.0.0.1".parse().expect("ip"), &h, &t),
+            "10.0.0.5".parse::<IpAddr>().expect("ip")
+        );
         // Multiple header lines: the last line is the nearest hop.
-        let h = hm(&[("x-forwarded-for", "9.9.9.9"), ("x-forwarded-for", "8.8.8.8")]);
-        assert_eq!(client_ip("127.0.0.1".parse().expect("ip"), &h, &t), "8.8.8.8".parse::<IpAddr>().expect("ip"));
+        let h = hm(&[
+            ("x-forwarded-for", "9.9.9.9"),
+            ("x-forwarded-for", "8.8.8.8"),
+        ]);
+        assert_eq!(
+            client_ip("127.0.0.1".parse().expect("ip"), &h, &t),
+            "8.8.8.8".parse::<IpAddr>().expect("ip")
+        );
         // Mapped IPv6 peers count as IPv4.
-        assert_eq!(client_ip("::ffff:127.0.0.1".parse().expect("ip"), &h, &t), "8.8.8.8".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            client_ip("::ffff:127.0.0.1".parse().expect("ip"), &h, &t),
+            "8.8.8.8".parse::<IpAddr>().expect("ip")
+        );
     }
 
     #[test]
     fn forwarded_headers_are_replaced_for_untrusted_and_extended_for_trusted() {
-        let mut h = hm(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "https"), ("host", "api.bank.test")]);
-        set_forwarded(&mut h, "198.51.100.1".parse().expect("ip"), false, "http", Some(HeaderValue::from_static("api.bank.test")));
+        let mut h = hm(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("host", "api.bank.test"),
+        ]);
+        set_forwarded(
+            &mut h,
+            "198.51.100.1".parse().expect("ip"),
+            false,
+            "http",
+            Some(HeaderValue::from_static("api.bank.test")),
+        );
         assert_eq!(h["x-forwarded-for"], "198.51.100.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.bank.test");
         assert!(h.get("host").is_none());
 
-        let mut h = hm(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "https")]);
+        let mut h = hm(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+        ]);
         set_forwarded(&mut h, "127.0.0.1".parse().expect("ip"), true, "http", None);
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");

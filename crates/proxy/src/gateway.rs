@@ -71,9 +71,12 @@ impl Gateway {
     /// Compiles the first config. Fails with the same problems `tollgate validate` reports.
     pub fn new(loaded: LoadedConfig, opts: Options) -> Result<Self, ConfigError> {
         let metrics = Arc::new(Metrics::new());
-        let policy_env = tollgate_policy::Env { clock: opts.clock.clone() };
+        let policy_env = tollgate_policy::Env {
+            clock: opts.clock.clone(),
+        };
         let loaded = Arc::new(loaded);
-        let snap = compile(loaded.clone(), None, &metrics, &policy_env, 1).map_err(|problems| invalid(&loaded, problems))?;
+        let snap = compile(loaded.clone(), None, &metrics, &policy_env, 1)
+            .map_err(|problems| invalid(&loaded, problems))?;
         metrics.config_generation.set(1);
         let sink = match opts.access_log_sink {
             Some(s) => s,
@@ -83,7 +86,10 @@ impl Gateway {
             })?,
         };
         let access_log = AccessLog::start(sink, metrics.access_log_dropped.clone());
-        let tls_resolver = snap.certs.clone().map(|c| Arc::new(SniResolver(ArcSwap::new(c))));
+        let tls_resolver = snap
+            .certs
+            .clone()
+            .map(|c| Arc::new(SniResolver(ArcSwap::new(c))));
         Ok(Self {
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(snap),
@@ -116,10 +122,16 @@ impl Gateway {
         let path = self.shared.snapshot.load().loaded.source_path.clone();
         let result = self.try_reload(&path);
         let label = if result.is_ok() { "success" } else { "failure" };
-        self.shared.metrics.reloads.get_or_create(&ResultLabels { result: label }).inc();
+        self.shared
+            .metrics
+            .reloads
+            .get_or_create(&ResultLabels { result: label })
+            .inc();
         match &result {
             Ok(generation) => tracing::info!(generation, path = %path.display(), "config reloaded"),
-            Err(e) => tracing::error!(error = %e, "config reload refused; the running config stays"),
+            Err(e) => {
+                tracing::error!(error = %e, "config reload refused; the running config stays")
+            }
         }
         result
     }
@@ -131,8 +143,14 @@ impl Gateway {
         let loaded = Arc::new(tollgate_config::load(path, &self.shared.env)?);
         let old = self.shared.snapshot.load_full();
         let generation = old.generation + 1;
-        let snap = compile(loaded.clone(), Some(&old), &self.shared.metrics, &self.shared.policy_env, generation)
-            .map_err(|problems| invalid(&loaded, problems))?;
+        let snap = compile(
+            loaded.clone(),
+            Some(&old),
+            &self.shared.metrics,
+            &self.shared.policy_env,
+            generation,
+        )
+        .map_err(|problems| invalid(&loaded, problems))?;
         warn_on_restart_only_changes(&old, &snap);
         if let (Some(resolver), Some(certs)) = (&self.shared.tls_resolver, &snap.certs) {
             resolver.0.store(certs.clone() as Arc<CertSet>);

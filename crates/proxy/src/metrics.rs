@@ -100,8 +100,14 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("tollgate");
         let requests = Family::<RouteLabels, Counter>::default();
-        registry.register("requests", "Requests answered, by route and status class", requests.clone());
-        let durations = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram);
+        registry.register(
+            "requests",
+            "Requests answered, by route and status class",
+            requests.clone(),
+        );
+        let durations = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram,
+        );
         registry.register_with_unit(
             "request_duration",
             "Time from request head to the end of the response body",
@@ -115,7 +121,11 @@ impl Metrics {
             upstream_errors.clone(),
         );
         let reloads = Family::<ResultLabels, Counter>::default();
-        registry.register("config_reloads", "Config reload attempts by result", reloads.clone());
+        registry.register(
+            "config_reloads",
+            "Config reload attempts by result",
+            reloads.clone(),
+        );
         let config_generation = Gauge::default();
         registry.register(
             "config_generation",
@@ -123,7 +133,11 @@ impl Metrics {
             config_generation.clone(),
         );
         let connections_open = Family::<ListenerLabels, Gauge>::default();
-        registry.register("connections_open", "Open client connections by listener", connections_open.clone());
+        registry.register(
+            "connections_open",
+            "Open client connections by listener",
+            connections_open.clone(),
+        );
         let access_log_dropped = Counter::default();
         registry.register(
             "access_log_dropped",

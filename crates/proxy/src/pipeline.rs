@@ -61,7 +61,10 @@ pub(crate) async fn handle(
 
     let mut info = UpstreamInfo::default();
     let mut route: Option<Arc<CompiledRoute>> = None;
-    let result = run(&shared, &snap, &mut ctx, conn, parts, body, &mut route, &mut info).await;
+    let result = run(
+        &shared, &snap, &mut ctx, conn, parts, body, &mut route, &mut info,
+    )
+    .await;
     let (mut resp, error) = match result {
         Ok(r) => (r, None),
         Err(e) => {
@@ -95,7 +98,9 @@ pub(crate) async fn handle(
     let status = resp.status().as_u16();
     let completion = Completion {
         shared: shared.clone(),
-        metrics: route.as_ref().map_or_else(|| snap.unmatched.clone(), |r| r.metrics.clone()),
+        metrics: route
+            .as_ref()
+            .map_or_else(|| snap.unmatched.clone(), |r| r.metrics.clone()),
         meta: route.map(|r| r.meta.clone()),
         log: snap.config().access_log.enabled,
         request_id: ctx.request_id,
@@ -148,13 +153,13 @@ async fn run(
         }
     }
 
-    if let (Some(limit), Some(len)) = (route.max_body_bytes, content_length(&parts.headers)) {
-        if len > limit {
-            return Err(GatewayError::new(
-                Kind::PayloadTooLarge,
-                format!("the request body exceeds the limit of {limit} bytes"),
-            ));
-        }
+    if let (Some(limit), Some(len)) = (route.max_body_bytes, content_length(&parts.headers))
+        && len > limit
+    {
+        return Err(GatewayError::new(
+            Kind::PayloadTooLarge,
+            format!("the request body exceeds the limit of {limit} bytes"),
+        ));
     }
 
     let upstream = route.upstreams.get(ctx.variant).ok_or_else(|| {
@@ -166,17 +171,24 @@ async fn run(
     let target = upstream.pick().clone();
 
     let peer_trusted = forward::is_trusted(conn.peer.ip(), &snap.trusted_proxies);
-    let host = parts
-        .headers
-        .get(HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let host = parts.headers.get(HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     forward::strip_hop_by_hop(&mut parts.headers);
     let proto = match ctx.listener {
         Listener::Public => "http",
         Listener::Tls => "https",
     };
-    forward::set_forwarded(&mut parts.headers, conn.peer.ip(), peer_trusted, proto, host);
+    forward::set_forwarded(
+        &mut parts.headers,
+        conn.peer.ip(),
+        peer_trusted,
+        proto,
+        host,
+    );
     parts.headers.insert(X_REQUEST_ID, ctx.request_id.clone());
     let tp = TraceParent::child_or_new(parts.headers.get(TRACEPARENT), &*shared.ids);
     parts.headers.insert(TRACEPARENT, tp.to_header());
@@ -256,7 +268,10 @@ fn route<'s>(
         Lookup::Found(r) => Ok(r),
         Lookup::MethodNotAllowed(allow) => Err(GatewayError::new(
             Kind::MethodNotAllowed,
-            format!("{method} is not allowed here; allowed: {}", allow.to_str().unwrap_or("")),
+            format!(
+                "{method} is not allowed here; allowed: {}",
+                allow.to_str().unwrap_or("")
+            ),
         )
         .with_header(http::header::ALLOW, allow.clone())),
         Lookup::NotFound => Err(GatewayError::new(
@@ -374,10 +389,10 @@ impl Body for LoggedBody {
                 if let (Some(d), Some(c)) = (f.data_ref(), this.done.as_mut()) {
                     c.bytes_out += d.len() as u64;
                 }
-                if this.inner.is_end_stream() {
-                    if let Some(c) = this.done.take() {
-                        c.finish(false);
-                    }
+                if this.inner.is_end_stream()
+                    && let Some(c) = this.done.take()
+                {
+                    c.finish(false);
                 }
             }
             Some(Err(_)) => {
@@ -419,10 +434,23 @@ mod tests {
 
     #[test]
     fn dot_segments_are_detected_plain_and_encoded() {
-        for p in ["/a/../b", "/a/./b", "/..", "/a/%2e%2e/b", "/a/%2E./b", "/a/.%2e"] {
+        for p in [
+            "/a/../b",
+            "/a/./b",
+            "/..",
+            "/a/%2e%2e/b",
+            "/a/%2E./b",
+            "/a/.%2e",
+        ] {
             assert!(has_dot_segment(p), "{p}");
         }
-        for p in ["/a/b", "/a/.well-known", "/a/..b", "/v1/file.json", "/a/%2e%2ex"] {
+        for p in [
+            "/a/b",
+            "/a/.well-known",
+            "/a/..b",
+            "/v1/file.json",
+            "/a/%2e%2ex",
+        ] {
             assert!(!has_dot_segment(p), "{p}");
         }
     }

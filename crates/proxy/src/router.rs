@@ -1,8 +1,8 @@
 //! Path routing: one matchit tree per listener, built once per config. A lookup yields either
 //! a route, "no such path" (404) or "path known, method not" (405 with `Allow`).
 
-use crate::upstream::Upstream;
 use crate::metrics::RouteMetrics;
+use crate::upstream::Upstream;
 use http::{HeaderValue, Method};
 use std::sync::Arc;
 use tollgate_core::{Policy, RouteMeta};
@@ -20,7 +20,9 @@ pub struct CompiledRoute {
 
 impl std::fmt::Debug for CompiledRoute {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompiledRoute").field("meta", &self.meta).finish_non_exhaustive()
+        f.debug_struct("CompiledRoute")
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
     }
 }
 
@@ -51,10 +53,13 @@ impl std::fmt::Debug for Router {
 
 /// Collects routes before the tree is built, so routes of one template may come from anywhere
 /// in the config.
+/// A method bound to a route, with the route's config key path for error messages.
+type Binding = (Method, Arc<CompiledRoute>, String);
+
 #[derive(Default)]
 pub struct RouterBuilder {
-    /// template → (method, route, config key path of the route for errors)
-    entries: Vec<(String, Vec<(Method, Arc<CompiledRoute>, String)>)>,
+    /// Path template and the methods bound under it.
+    entries: Vec<(String, Vec<Binding>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +70,13 @@ pub struct RouteConflict {
 }
 
 impl RouterBuilder {
-    pub fn add(&mut self, template: &str, methods: &[Method], route: Arc<CompiledRoute>, key_path: &str) -> Result<(), RouteConflict> {
+    pub fn add(
+        &mut self,
+        template: &str,
+        methods: &[Method],
+        route: Arc<CompiledRoute>,
+        key_path: &str,
+    ) -> Result<(), RouteConflict> {
         let idx = match self.entries.iter().position(|(t, _)| t == template) {
             Some(i) => i,
             None => {
@@ -92,24 +103,26 @@ impl RouterBuilder {
         let mut len = 0;
         for (template, mut list) in self.entries {
             let has_head = list.iter().any(|(m, _, _)| m == Method::HEAD);
-            if !has_head {
-                if let Some((_, r, k)) = list.iter().find(|(m, _, _)| m == Method::GET).cloned() {
-                    list.push((Method::HEAD, r, k));
-                }
+            if !has_head
+                && let Some((_, r, k)) = list.iter().find(|(m, _, _)| m == Method::GET).cloned()
+            {
+                list.push((Method::HEAD, r, k));
             }
             let mut names: Vec<&str> = list.iter().map(|(m, _, _)| m.as_str()).collect();
             names.sort_unstable();
-            let allow = HeaderValue::from_str(&names.join(", ")).unwrap_or(HeaderValue::from_static("GET"));
+            let allow =
+                HeaderValue::from_str(&names.join(", ")).unwrap_or(HeaderValue::from_static("GET"));
             let first_key = list.first().map(|(_, _, k)| k.clone()).unwrap_or_default();
             len += list.len();
             let entry = PathEntry {
                 methods: list.into_iter().map(|(m, r, _)| (m, r)).collect(),
                 allow,
             };
-            tree.insert(template.as_str(), entry).map_err(|e| RouteConflict {
-                key_path: first_key,
-                message: format!("path `{template}` conflicts with another route: {e}"),
-            })?;
+            tree.insert(template.as_str(), entry)
+                .map_err(|e| RouteConflict {
+                    key_path: first_key,
+                    message: format!("path `{template}` conflicts with another route: {e}"),
+                })?;
         }
         Ok(Router { tree, len })
     }

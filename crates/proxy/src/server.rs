@@ -74,12 +74,16 @@ impl Gateway {
             tls_addr: None,
         };
         if let Some(p) = &cfg.listeners.public {
-            let l = bind(p.addr.0).await.map_err(|e| with_addr(e, "public", p.addr.0))?;
+            let l = bind(p.addr.0)
+                .await
+                .map_err(|e| with_addr(e, "public", p.addr.0))?;
             b.public_addr = Some(l.local_addr()?);
             b.public = Some(l);
         }
         if let Some(t) = &cfg.listeners.tls {
-            let l = bind(t.addr.0).await.map_err(|e| with_addr(e, "tls", t.addr.0))?;
+            let l = bind(t.addr.0)
+                .await
+                .map_err(|e| with_addr(e, "tls", t.addr.0))?;
             b.tls_addr = Some(l.local_addr()?);
             b.tls = Some(l);
         }
@@ -100,12 +104,16 @@ impl Gateway {
             .header_read_timeout(server.header_read_timeout.get())
             // Our own limits answer with problem documents; hyper's stay above them as a
             // backstop against heads too large to even parse.
-            .max_buf_size((server.max_header_bytes + server.max_uri_bytes + 4096).max(16 * 1024) * 2)
+            .max_buf_size(
+                (server.max_header_bytes + server.max_uri_bytes + 4096).max(16 * 1024) * 2,
+            )
             .max_headers(server.max_headers.saturating_mul(2).max(100));
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(server.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX))
+            .max_header_list_size(
+                u32::try_from(server.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+            )
             .max_concurrent_streams(256)
             .keep_alive_interval(Some(Duration::from_secs(30)));
         let builder = Arc::new(builder);
@@ -185,7 +193,10 @@ async fn accept_loop(
             _ = shutdown.wait() => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = ConnMeta { peer, listener: kind };
+        let conn = ConnMeta {
+            peer,
+            listener: kind,
+        };
         let shared = gw.shared.clone();
         let service = service_fn(move |req| handle(shared.clone(), conn, req));
         let watcher = graceful.watcher();
@@ -224,7 +235,13 @@ async fn accept_loop(
         }
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(listener = label.listener, "grace period over; closing remaining connections");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = label.listener,
+            "grace period over; closing remaining connections"
+        );
     }
 }

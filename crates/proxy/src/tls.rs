@@ -81,14 +81,19 @@ fn dns_names(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
 
 impl CertSet {
     pub fn new(certs: Vec<(Arc<CertifiedKey>, Vec<String>)>) -> Result<Self, TlsError> {
-        let default = certs.first().map(|(c, _)| c.clone()).ok_or(TlsError::Empty)?;
+        let default = certs
+            .first()
+            .map(|(c, _)| c.clone())
+            .ok_or(TlsError::Empty)?;
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
         for (ck, names) in certs {
             for n in names {
                 // The first certificate listed for a name wins, as operators would expect.
                 match n.strip_prefix("*.") {
-                    Some(base) => wildcard.entry(base.to_string()).or_insert_with(|| ck.clone()),
+                    Some(base) => wildcard
+                        .entry(base.to_string())
+                        .or_insert_with(|| ck.clone()),
                     None => exact.entry(n).or_insert_with(|| ck.clone()),
                 };
             }
@@ -108,10 +113,10 @@ impl CertSet {
         if let Some(c) = self.exact.get(&name) {
             return c.clone();
         }
-        if let Some((_, parent)) = name.split_once('.') {
-            if let Some(c) = self.wildcard.get(parent) {
-                return c.clone();
-            }
+        if let Some((_, parent)) = name.split_once('.')
+            && let Some(c) = self.wildcard.get(parent)
+        {
+            return c.clone();
         }
         self.default.clone()
     }
@@ -129,12 +134,18 @@ impl ResolvesServerCert for SniResolver {
 
 /// A server config that offers h2 and HTTP/1.1 by ALPN.
 pub fn server_config(resolver: Arc<SniResolver>) -> Arc<ServerConfig> {
-    let mut cfg = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map(|b| b.with_no_client_auth().with_cert_resolver(resolver.clone()))
-        // The default provider always supports the default versions; fall back to the
-        // process default builder only to avoid a panic path.
-        .unwrap_or_else(|_| ServerConfig::builder().with_no_client_auth().with_cert_resolver(resolver));
+    let mut cfg = ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map(|b| b.with_no_client_auth().with_cert_resolver(resolver.clone()))
+    // The default provider always supports the default versions; fall back to the
+    // process default builder only to avoid a panic path.
+    .unwrap_or_else(|_| {
+        ServerConfig::builder()
+            .with_no_client_auth()
+            .with_cert_resolver(resolver)
+    });
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(cfg)
 }

@@ -117,8 +117,10 @@ impl Upstream {
         parts.scheme = Some(Scheme::HTTP);
         parts.authority = Some(target.authority.clone());
         parts.path_and_query = Some(pq);
-        *req.uri_mut() = Uri::from_parts(parts)
-            .map_err(|e| GatewayError::new(Kind::Internal, "could not build the upstream request").with_cause(e.to_string()))?;
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|e| {
+            GatewayError::new(Kind::Internal, "could not build the upstream request")
+                .with_cause(e.to_string())
+        })?;
         // The upstream speaks HTTP/1.1 whatever the client spoke.
         *req.version_mut() = http::Version::HTTP_11;
         match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
@@ -126,16 +128,26 @@ impl Upstream {
             Ok(Err(e)) => Err(classify(&self.name, target, &e)),
             Err(_) => Err(GatewayError::new(
                 Kind::UpstreamTimeout,
-                format!("the upstream did not answer within {} ms", self.response_timeout.as_millis()),
+                format!(
+                    "the upstream did not answer within {} ms",
+                    self.response_timeout.as_millis()
+                ),
             )
-            .with_cause(format!("upstream {} target {}: response timeout", self.name, target.label))),
+            .with_cause(format!(
+                "upstream {} target {}: response timeout",
+                self.name, target.label
+            ))),
         }
     }
 }
 
 /// Maps a client error to the party at fault: our body limit → 413, a client that broke off
 /// its body → 400, connect failures → 502 unreachable, anything else → 502 bad response.
-fn classify(name: &str, target: &TargetAddr, e: &hyper_util::client::legacy::Error) -> GatewayError {
+fn classify(
+    name: &str,
+    target: &TargetAddr,
+    e: &hyper_util::client::legacy::Error,
+) -> GatewayError {
     let mut src: Option<&(dyn std::error::Error + 'static)> = e.source();
     while let Some(s) = src {
         if let Some(b) = s.downcast_ref::<RequestBodyError>() {
@@ -144,21 +156,27 @@ fn classify(name: &str, target: &TargetAddr, e: &hyper_util::client::legacy::Err
                     Kind::PayloadTooLarge,
                     format!("the request body exceeds the limit of {} bytes", t.0),
                 ),
-                RequestBodyError::Client(c) => GatewayError::new(
-                    Kind::BadRequest,
-                    "the request body could not be read",
-                )
-                .with_cause(c.to_string()),
+                RequestBodyError::Client(c) => {
+                    GatewayError::new(Kind::BadRequest, "the request body could not be read")
+                        .with_cause(c.to_string())
+                }
             };
         }
         src = s.source();
     }
     let cause = format!("upstream {name} target {}: {e:?}", target.label);
     if e.is_connect() {
-        GatewayError::new(Kind::UpstreamUnreachable, "the upstream could not be reached").with_cause(cause)
+        GatewayError::new(
+            Kind::UpstreamUnreachable,
+            "the upstream could not be reached",
+        )
+        .with_cause(cause)
     } else {
-        GatewayError::new(Kind::UpstreamBadResponse, "the upstream closed the connection or sent an invalid response")
-            .with_cause(cause)
+        GatewayError::new(
+            Kind::UpstreamBadResponse,
+            "the upstream closed the connection or sent an invalid response",
+        )
+        .with_cause(cause)
     }
 }
 

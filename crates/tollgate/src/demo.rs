@@ -40,14 +40,31 @@ pub fn start(gateway: &Gateway) -> Result<()> {
                 tokio::spawn(echo_server(l, name));
             }
             // Someone else (a test, a real service) already answers there: use it.
-            Err(e) => tracing::warn!(backend = name, %addr, error = %e, "sample backend not started"),
+            Err(e) => {
+                tracing::warn!(backend = name, %addr, error = %e, "sample backend not started")
+            }
         }
     }
     let snap = gateway.snapshot();
     let cfg = snap.config();
-    let public = cfg.listeners.public.as_ref().map(|l| l.addr.0.to_string()).unwrap_or_default();
-    let admin = cfg.listeners.admin.as_ref().map(|l| l.addr.0.to_string()).unwrap_or_default();
-    let tls = cfg.listeners.tls.as_ref().map(|l| l.addr.0.port()).unwrap_or(8443);
+    let public = cfg
+        .listeners
+        .public
+        .as_ref()
+        .map(|l| l.addr.0.to_string())
+        .unwrap_or_default();
+    let admin = cfg
+        .listeners
+        .admin
+        .as_ref()
+        .map(|l| l.addr.0.to_string())
+        .unwrap_or_default();
+    let tls = cfg
+        .listeners
+        .tls
+        .as_ref()
+        .map(|l| l.addr.0.port())
+        .unwrap_or(8443);
     let ca = snap.loaded.base_dir.join("certs/ca.pem");
     println!(
         "\n\
@@ -81,11 +98,17 @@ async fn echo_server(listener: tokio::net::TcpListener, name: &'static str) {
     }
 }
 
-async fn echo(name: &'static str, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn echo(
+    name: &'static str,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     let mut headers = serde_json::Map::new();
     for (k, v) in &parts.headers {
-        headers.insert(k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned().into());
+        headers.insert(
+            k.as_str().to_string(),
+            String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
+        );
     }
     let body = match Limited::new(body, ECHO_BODY_LIMIT).collect().await {
         Ok(b) => serde_json::Value::String(String::from_utf8_lossy(&b.to_bytes()).into_owned()),
@@ -100,7 +123,9 @@ async fn echo(name: &'static str, req: Request<Incoming>) -> Result<Response<Ful
         "body": body,
     });
     let mut resp = Response::new(Full::new(Bytes::from(doc.to_string())));
-    resp.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     Ok(resp)
 }

@@ -12,7 +12,11 @@ use tollgate_config::EnvOverrides;
 use tollgate_proxy::{Gateway, Options, ShutdownTrigger, shutdown_pair};
 
 #[derive(Parser, Debug)]
-#[command(name = "tollgate", version, about = "An API gateway: routing, identity, usage plans and limits, in one binary.")]
+#[command(
+    name = "tollgate",
+    version,
+    about = "An API gateway: routing, identity, usage plans and limits, in one binary."
+)]
 struct Cli {
     /// Worker threads; 1 runs everything on the calling thread. Default: one per CPU.
     #[arg(long, global = true, env = "TOLLGATE_WORKERS")]
@@ -77,12 +81,22 @@ fn init_logging() {
         .init();
 }
 
-fn run(workers: Option<usize>, fut: impl std::future::Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
+fn run(
+    workers: Option<usize>,
+    fut: impl std::future::Future<Output = Result<ExitCode>>,
+) -> Result<ExitCode> {
     let rt = match workers {
-        Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
         Some(0) => anyhow::bail!("--workers must be at least 1"),
-        Some(n) => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build()?,
-        None => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
     };
     let code = rt.block_on(fut);
     // Connection tasks that outlived the grace period must not hold the process open.
@@ -92,7 +106,7 @@ fn run(workers: Option<usize>, fut: impl std::future::Future<Output = Result<Exi
 
 fn validate(path: &Path) -> Result<ExitCode> {
     let env = EnvOverrides::from_env();
-    let checked = tollgate_config::load(path, &env).and_then(|loaded| tollgate_proxy::compile::check(loaded));
+    let checked = tollgate_config::load(path, &env).and_then(tollgate_proxy::compile::check);
     match checked {
         Ok(summary) => {
             println!("{}: ok ({summary})", path.display());
@@ -109,7 +123,13 @@ async fn serve(config: PathBuf, watch: bool, demo: bool) -> Result<ExitCode> {
     {
         let env = EnvOverrides::from_env();
         let loaded = tollgate_config::load(&config, &env)?;
-        let gateway = Gateway::new(loaded, Options { env, ..Options::default() })?;
+        let gateway = Gateway::new(
+            loaded,
+            Options {
+                env,
+                ..Options::default()
+            },
+        )?;
         let snap = gateway.snapshot();
         let cfg = snap.config();
 
@@ -124,7 +144,12 @@ async fn serve(config: PathBuf, watch: bool, demo: bool) -> Result<ExitCode> {
                 let mut token = std::env::var(&a.token_env).ok().filter(|t| !t.is_empty());
                 if token.is_none() && demo {
                     // The demo must be usable as is: make a token and say what it is.
-                    let t = format!("demo-{}", tollgate_core::trace::new_request_id(&tollgate_core::trace::RandomIds).to_str().unwrap_or("token"));
+                    let t = format!(
+                        "demo-{}",
+                        tollgate_core::trace::new_request_id(&tollgate_core::trace::RandomIds)
+                            .to_str()
+                            .unwrap_or("token")
+                    );
                     println!("admin token for this demo run: export {}={t}", a.token_env);
                     token = Some(t);
                 }
@@ -132,7 +157,12 @@ async fn serve(config: PathBuf, watch: bool, demo: bool) -> Result<ExitCode> {
                     tracing::warn!(variable = %a.token_env, "admin token not set: protected admin routes refuse every request");
                 }
                 tracing::info!(listener = "admin", addr = %addr, "listening");
-                Some(tokio::spawn(tollgate_admin::serve(l, gateway.clone(), token, shutdown.clone())))
+                Some(tokio::spawn(tollgate_admin::serve(
+                    l,
+                    gateway.clone(),
+                    token,
+                    shutdown.clone(),
+                )))
             }
             None => None,
         };
@@ -145,7 +175,11 @@ async fn serve(config: PathBuf, watch: bool, demo: bool) -> Result<ExitCode> {
             demo::start(&gateway)?;
         }
         tokio::spawn(signals(gateway.clone(), trigger));
-        let _watcher = if watch { watch_config(&gateway, &config) } else { None };
+        let _watcher = if watch {
+            watch_config(&gateway, &config)
+        } else {
+            None
+        };
         tracing::info!(generation = snap.generation, config = %config.display(), "tollgate started");
         drop(snap);
 
@@ -193,12 +227,11 @@ fn watch_config(gateway: &Gateway, config: &Path) -> Option<notify::RecommendedW
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let target = file.clone();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev {
-            if ev.kind.is_modify() || ev.kind.is_create() {
-                if ev.paths.iter().any(|p| p == &target || p.file_name() == target.file_name()) {
-                    let _ = tx.send(());
-                }
-            }
+        if let Ok(ev) = ev
+            && (ev.kind.is_modify() || ev.kind.is_create())
+            && ev.paths.iter().any(|p| p.file_name() == target.file_name())
+        {
+            let _ = tx.send(());
         }
     })
     .map_err(|e| tracing::warn!(error = %e, "cannot watch the config file; use SIGHUP or the admin API to reload"))
