@@ -1,0 +1,174 @@
+//! The command line: `validate`, `--version`, `--help`, and `serve` refusing a bad file.
+
+use crate::common::*;
+use anyhow::Result;
+use std::path::Path;
+use std::process::{Command, Output};
+use tollgate_testkit::{ConfigBuilder, Gateway, TempDir, workspace_root};
+
+fn tollgate(args: &[&str]) -> Result<Output> {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    for var in [
+        "TOLLGATE_PUBLIC_ADDR",
+        "TOLLGATE_TLS_ADDR",
+        "TOLLGATE_ADMIN_ADDR",
+        "TOLLGATE_CONFIG",
+    ] {
+        cmd.env_remove(var);
+    }
+    Ok(cmd.output()?)
+}
+
+fn validate(path: &Path) -> Result<Output> {
+    tollgate(&["validate", "--config", &path.display().to_string()])
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn validate_accepts_a_good_file() -> Result<()> {
+    let dir = TempDir::new("tollgate-cli")?;
+    let path = dir.path().join("good.yaml");
+    let cfg = ConfigBuilder::new()
+        .upstream("up", "http://127.0.0.1:9")
+        .get("echo", "/e/{id}", "up");
+    std::fs::write(&path, cfg.render())?;
+    let out = validate(&path)?;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ok"), "{}", text(&out.stdout));
+    Ok(())
+}
+
+#[test]
+fn the_bank_example_validates() -> Result<()> {
+    let out = validate(&workspace_root().join("examples/bank/gateway.yaml"))?;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    Ok(())
+}
+
+#[test]
+fn validate_names_an_unknown_key_with_its_path_and_line() -> Result<()> {
+    let dir = TempDir::new("tollgate-cli")?;
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "listeners:\n\
+         \x20 public:\n\
+         \x20   addr: \"127.0.0.1:0\"\n\
+         upstreams:\n\
+         \x20 up:\n\
+         \x20   targets:\n\
+         \x20     - url: \"http://127.0.0.1:9\"\n\
+         \x20   conect_timeout: 1s\n",
+    )?;
+    let out = validate(&path)?;
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "a typo must fail validation");
+    assert!(err.contains("conect_timeout"), "names the key: {err}");
+    assert!(err.contains("upstreams.up"), "names the key path: {err}");
+    assert!(err.contains("line 8"), "names the line: {err}");
+    Ok(())
+}
+
+#[test]
+fn validate_names_an_unknown_upstream_with_its_path_and_line() -> Result<()> {
+    let dir = TempDir::new("tollgate-cli")?;
+    let path = dir.path().join("bad.yaml");
+    let yaml = ConfigBuilder::new()
+        .upstream("up", "http://127.0.0.1:9")
+        .get("echo", "/e/{id}", "up")
+        .get("broken", "/b", "nope")
+        .render();
+    let line = yaml
+        .lines()
+        .position(|l| l.contains("upstream: nope"))
+        .map(|i| i + 1)
+        .expect("line");
+    std::fs::write(&path, &yaml)?;
+    let out = validate(&path)?;
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("tenants.test.apis.main.routes[1].upstream"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("line {line}")), "line {line}: {err}");
+    assert!(err.contains("nope"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn validate_fails_for_a_missing_file() -> Result<()> {
+    let out = validate(Path::new("/nonexistent/tollgate.yaml"))?;
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("/nonexistent/tollgate.yaml"));
+    Ok(())
+}
+
+#[test]
+fn version_and_help_work() -> Result<()> {
+    let out = tollgate(&["--version"])?;
+    assert!(out.status.success());
+    assert!(
+        text(&out.stdout).contains(env!("CARGO_PKG_VERSION")),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = tollgate(&["--help"])?;
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for word in ["serve", "validate", "demo"] {
+        assert!(help.contains(word), "--help mentions {word}: {help}");
+    }
+    let out = tollgate(&["validate", "--help"])?;
+    assert!(out.status.success());
+    assert!(text(&out.stdout).contains("--config"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn serve_refuses_a_bad_file_and_exits_non_zero() -> Result<()> {
+    let yaml = ConfigBuilder::new().get("broken", "/b", "nope").render();
+    let err = Gateway::start(BIN, &yaml)
+        .await
+        .expect_err("a bad config must not start");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("exited with"), "{msg}");
+    assert!(msg.contains("unknown upstream `nope`"), "{msg}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn environment_overrides_replace_listener_addresses() -> Result<()> {
+    // The file names fixed ports; the environment moves both listeners to port 0.
+    let (public, admin) = (tollgate_testkit::dead_addr(), tollgate_testkit::dead_addr());
+    let yaml = ConfigBuilder::new()
+        .upstream("up", "http://127.0.0.1:9")
+        .get("echo", "/e/{id}", "up")
+        .render()
+        .replacen("127.0.0.1:0", &public.to_string(), 1)
+        .replacen("127.0.0.1:0", &admin.to_string(), 1);
+    assert!(
+        yaml.contains(&public.to_string()) && yaml.contains(&admin.to_string()),
+        "{yaml}"
+    );
+    let gw = Gateway::builder(BIN, &yaml)
+        .env("TOLLGATE_PUBLIC_ADDR", "127.0.0.1:0")
+        .env("TOLLGATE_ADMIN_ADDR", "127.0.0.1:0")
+        .start()
+        .await?;
+    assert_ne!(gw.public_addr(), public);
+    assert_ne!(gw.admin_addr(), admin);
+    let r = gw.client().get(gw.url("/nowhere")).send().await?;
+    assert_eq!(r.status(), 404);
+    let r = gw
+        .client()
+        .get(format!("{}/health/live", gw.admin_url()))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    Ok(())
+}

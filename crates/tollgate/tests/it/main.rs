@@ -1,0 +1,14 @@
+//! Black-box integration tests: the real `tollgate` binary against real upstream servers, all
+//! on loopback port 0, so every test runs in parallel with every other.
+
+mod cli;
+mod common;
+mod headers;
+mod limits;
+mod observability;
+mod protocols;
+mod reload;
+mod routing;
+mod shutdown;
+mod streaming;
+mod upstreams;

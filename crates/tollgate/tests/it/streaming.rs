@@ -1,0 +1,160 @@
+//! Streaming: 1 GiB through the gateway in each direction while its memory stays small. The
+//! bodies are generated on the fly on both ends; nothing holds them whole.
+
+use crate::common::*;
+use anyhow::Result;
+use bytes::Bytes;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tollgate_testkit::{
+    Behaviour, ConfigBuilder, RouteSpec, Upstream, UpstreamSpec, client_builder, rss_of,
+};
+
+const GIB: u64 = 1 << 30;
+const RSS_LIMIT: u64 = 200 * 1024 * 1024;
+const CHUNK: usize = 64 * 1024;
+const PAUSE: Duration = Duration::from_millis(1500);
+static FILL: [u8; CHUNK] = [b'u'; CHUNK];
+
+/// Samples a process's RSS every 50 ms until dropped; keeps the maximum.
+struct RssWatch {
+    max: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl RssWatch {
+    fn start(pid: u32) -> Self {
+        let max = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, s) = (max.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if let Ok(rss) = rss_of(pid) {
+                    m.fetch_max(rss, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Self { max, stop }
+    }
+
+    fn max(&self) -> u64 {
+        self.max.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for RssWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn mib(n: u64) -> f64 {
+    n as f64 / (1024.0 * 1024.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1gib_request_body_streams_through_with_bounded_memory() -> Result<()> {
+    // The upstream waits before reading: a gateway that buffered instead of applying
+    // backpressure would swallow the client's data meanwhile.
+    let sink = Upstream::builder()
+        .name("sink")
+        .behaviour(Behaviour::Sink)
+        .read_pause(PAUSE)
+        .spawn()
+        .await;
+    let gw = start(
+        &ConfigBuilder::new()
+            .upstream_spec(
+                UpstreamSpec::new("sink")
+                    .target(&sink.url())
+                    .response_timeout("10m"),
+            )
+            .route(RouteSpec::new("upload", "/upload", "sink").methods(&["POST"])),
+    )
+    .await?;
+    let watch = RssWatch::start(gw.pid());
+    let chunks = (GIB / CHUNK as u64) as usize;
+    let stream = futures_util::stream::iter(
+        (0..chunks).map(|_| Ok::<_, std::io::Error>(Bytes::from_static(&FILL))),
+    );
+    let client = client_builder().timeout(Duration::from_secs(600)).build()?;
+    let started = Instant::now();
+    let r = client
+        .post(gw.url("/upload"))
+        .header("content-length", GIB.to_string())
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await?;
+    let status = r.status();
+    let v: serde_json::Value = r.json().await?;
+    let elapsed = started.elapsed();
+    let peak = watch.max();
+    eprintln!(
+        "upload: 1 GiB in {elapsed:.1?} ({:.0} MiB/s), gateway peak RSS {:.1} MiB",
+        1024.0 / elapsed.as_secs_f64(),
+        mib(peak)
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["bytes"], GIB, "the upstream received every byte: {v}");
+    assert_eq!(sink.body_bytes(), GIB);
+    assert!(peak > 0, "RSS was sampled");
+    assert!(
+        peak < RSS_LIMIT,
+        "gateway RSS peaked at {:.1} MiB",
+        mib(peak)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1gib_response_body_streams_through_with_bounded_memory() -> Result<()> {
+    let up = Upstream::streaming(GIB).await;
+    let gw = start(&ConfigBuilder::new().upstream("big", &up.url()).get(
+        "download",
+        "/download",
+        "big",
+    ))
+    .await?;
+    let watch = RssWatch::start(gw.pid());
+    let client = client_builder().timeout(Duration::from_secs(600)).build()?;
+    let started = Instant::now();
+    let mut r = client.get(gw.url("/download")).send().await?;
+    assert_eq!(r.status(), 200);
+    let mut total: u64 = 0;
+    // Read a little, then stall: a gateway without backpressure would buffer the upstream's
+    // output meanwhile.
+    if let Some(chunk) = r.chunk().await? {
+        total += chunk.len() as u64;
+    }
+    tokio::time::sleep(PAUSE).await;
+    let during_pause = watch.max();
+    while let Some(chunk) = r.chunk().await? {
+        total += chunk.len() as u64;
+    }
+    let elapsed = started.elapsed();
+    let peak = watch.max();
+    eprintln!(
+        "download: 1 GiB in {elapsed:.1?} ({:.0} MiB/s), gateway peak RSS {:.1} MiB",
+        1024.0 / elapsed.as_secs_f64(),
+        mib(peak)
+    );
+    assert_eq!(total, GIB);
+    assert!(peak > 0, "RSS was sampled");
+    assert!(
+        during_pause < RSS_LIMIT,
+        "gateway RSS reached {:.1} MiB while the client stalled",
+        mib(during_pause)
+    );
+    assert!(
+        peak < RSS_LIMIT,
+        "gateway RSS peaked at {:.1} MiB",
+        mib(peak)
+    );
+    let line = gw
+        .wait_access_log(SHORT, |l| l["route"] == "download")
+        .await?;
+    assert_eq!(line["bytes_out"], GIB);
+    Ok(())
+}
