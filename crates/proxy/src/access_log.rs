@@ -164,63 +164,128 @@ fn write_batch(sink: &mut Sink, out: &[u8]) {
 
 fn json_str(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+    // Almost every value is plain ASCII with nothing to escape: copy it in one go.
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(s);
+    } else {
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if (c as u32) < 0x20 => {
+                    let _ = write!(out, "\\u{:04x}", c as u32);
+                }
+                c => out.push(c),
             }
-            c => out.push(c),
         }
     }
     out.push('"');
 }
 
-fn field_str(out: &mut String, key: &str, v: Option<&str>) {
+fn key(out: &mut String, key: &str) {
     out.push_str(",\"");
     out.push_str(key);
     out.push_str("\":");
+}
+
+fn field_str(out: &mut String, k: &str, v: Option<&str>) {
+    key(out, k);
     match v {
         Some(v) => json_str(out, v),
         None => out.push_str("null"),
     }
 }
 
-fn field_num(out: &mut String, key: &str, v: Option<u64>) {
-    out.push_str(",\"");
-    out.push_str(key);
-    out.push_str("\":");
+fn field_num(out: &mut String, k: &str, v: Option<u64>) {
+    key(out, k);
     match v {
         Some(v) => out.push_str(itoa::Buffer::new().format(v)),
         None => out.push_str("null"),
     }
 }
 
-fn field_ms(out: &mut String, key: &str, d: Option<Duration>) {
-    out.push_str(",\"");
-    out.push_str(key);
-    out.push_str("\":");
+fn field_ms(out: &mut String, k: &str, d: Option<Duration>) {
+    key(out, k);
     match d {
         // Microsecond precision as a decimal number of milliseconds.
         Some(d) => {
-            let us = d.as_micros();
-            let _ = write!(out, "{}.{:03}", us / 1000, us % 1000);
+            let us = d.as_micros() as u64;
+            out.push_str(itoa::Buffer::new().format(us / 1000));
+            out.push('.');
+            let frac = us % 1000;
+            if frac < 100 {
+                out.push('0');
+            }
+            if frac < 10 {
+                out.push('0');
+            }
+            out.push_str(itoa::Buffer::new().format(frac));
         }
         None => out.push_str("null"),
     }
 }
 
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut buf = itoa::Buffer::new();
+            for (i, o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(buf.format(*o));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// RFC 3339 UTC timestamp with milliseconds. The part up to the seconds changes once a second,
+/// so it is formatted once a second per thread.
+fn push_timestamp(out: &mut String, now: SystemTime) {
+    thread_local! {
+        static CACHE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let since = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            let full = humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_secs(secs),
+            )
+            .to_string();
+            // "2026-11-28T04:54:12Z" → keep everything before the Z.
+            c.1 = full.trim_end_matches('Z').to_string();
+            c.0 = secs;
+        }
+        out.push_str(&c.1);
+    });
+    let ms = since.subsec_millis();
+    out.push('.');
+    if ms < 100 {
+        out.push('0');
+    }
+    if ms < 10 {
+        out.push('0');
+    }
+    out.push_str(itoa::Buffer::new().format(ms));
+    out.push('Z');
+}
+
 pub(crate) fn format_record(out: &mut String, r: &Record<'_>) {
     out.push_str("{\"ts\":\"");
-    let _ = write!(
-        out,
-        "{}",
-        humantime::format_rfc3339_millis(SystemTime::now())
-    );
+    push_timestamp(out, SystemTime::now());
     out.push('"');
     field_str(out, "request_id", Some(r.request_id));
-    let _ = write!(out, ",\"client_ip\":\"{}\"", r.client_ip);
+    key(out, "client_ip");
+    out.push('"');
+    push_ip(out, r.client_ip);
+    out.push('"');
     field_str(out, "listener", Some(r.listener));
     field_str(out, "protocol", Some(r.protocol));
     field_str(out, "method", Some(r.method));
@@ -280,6 +345,20 @@ mod tests {
         assert_eq!(v["api"], serde_json::Value::Null);
         assert_eq!(v["bytes_out"], 42);
         assert_eq!(v["aborted"], true);
+        assert_eq!(v["client_ip"], "10.0.0.1");
+        let ts = v["ts"].as_str().expect("ts");
+        assert!(humantime::parse_rfc3339(ts).is_ok(), "{ts}");
+        assert_eq!(ts.len(), "2026-11-28T04:54:12.123Z".len(), "{ts}");
+    }
+
+    #[test]
+    fn milliseconds_are_zero_padded() {
+        let mut s = String::new();
+        field_ms(&mut s, "d", Some(Duration::from_micros(2_007)));
+        assert_eq!(s, ",\"d\":2.007");
+        let mut s = String::new();
+        push_ip(&mut s, "2001:db8::1".parse().expect("ip"));
+        assert_eq!(s, "2001:db8::1");
     }
 
     #[test]

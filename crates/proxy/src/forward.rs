@@ -1,7 +1,7 @@
 //! Header handling between client and upstream: hop-by-hop removal (RFC 9110 §7.6.1), the
 //! client IP behind trusted proxies, and `X-Forwarded-*`.
 
-use http::header::{CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use std::net::IpAddr;
@@ -14,39 +14,50 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 const PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
 const PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authorization");
 
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    n == CONNECTION
+        || n == TE
+        || n == TRAILER
+        || n == TRANSFER_ENCODING
+        || n == UPGRADE
+        || n == KEEP_ALIVE
+        || n == PROXY_CONNECTION
+        || n == PROXY_AUTHENTICATE
+        || n == PROXY_AUTHORIZATION
+}
+
 /// Removes hop-by-hop headers, including every header the `Connection` field names.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Fast path: most requests carry no Connection header at all (h2 never does).
-    if let Some(conn) = h.get(CONNECTION) {
+    // One pass of cheap name comparisons; most requests have nothing to remove, and most
+    // upstream responses only `Connection: keep-alive`.
+    let mut present: Vec<HeaderName> = Vec::new();
+    for k in h.keys() {
+        if is_hop_by_hop(k) {
+            present.push(k.clone());
+        }
+    }
+    if present.is_empty() {
+        return;
+    }
+    if present.contains(&CONNECTION) {
         let mut named: Vec<HeaderName> = Vec::new();
         for v in h.get_all(CONNECTION) {
-            if let Ok(s) = v.to_str() {
-                for token in s.split(',') {
-                    if let Ok(n) = HeaderName::from_bytes(token.trim().as_bytes()) {
-                        named.push(n);
-                    }
+            let Ok(s) = v.to_str() else { continue };
+            for token in s.split(',') {
+                let token = token.trim();
+                // `keep-alive` and `close` are the usual tokens; only names actually present
+                // need a removal.
+                if let Ok(n) = HeaderName::from_bytes(token.as_bytes())
+                    && h.contains_key(&n)
+                {
+                    named.push(n);
                 }
             }
         }
-        let _ = conn;
-        for n in named {
-            h.remove(n);
-        }
-        h.remove(CONNECTION);
+        present.extend(named);
     }
-    for n in [
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        PROXY_AUTHENTICATE,
-        PROXY_AUTHORIZATION,
-        TE,
-        TRAILER,
-        TRANSFER_ENCODING,
-        UPGRADE,
-    ] {
-        if h.contains_key(&n) {
-            h.remove(n);
-        }
+    for n in present {
+        h.remove(n);
     }
 }
 
@@ -99,39 +110,40 @@ fn parse_xff_entry(s: &str) -> Option<IpAddr> {
 
 /// Sets `X-Forwarded-For/-Proto/-Host` for the upstream. A trusted peer's values are extended;
 /// an untrusted client's are replaced, so the upstream never sees a forged chain as ours.
+/// `peer` is the peer address already rendered as a header value (once per connection).
 pub fn set_forwarded(
     h: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &HeaderValue,
     peer_trusted: bool,
     proto: &'static str,
     host: Option<HeaderValue>,
 ) {
-    let peer = canonical(peer);
-    let mut ipbuf = [0u8; 64];
-    let peer_s = fmt_ip(peer, &mut ipbuf);
-    let xff = match (peer_trusted, h.get(X_FORWARDED_FOR)) {
-        (true, Some(prev)) => {
+    if peer_trusted {
+        let mut lines = h.get_all(X_FORWARDED_FOR).iter().peekable();
+        let xff = if lines.peek().is_some() {
             // Fold multiple lines into one list, then append the peer.
-            let mut joined = Vec::with_capacity(prev.len() + peer_s.len() + 2);
-            for (i, v) in h.get_all(X_FORWARDED_FOR).iter().enumerate() {
-                if i > 0 {
-                    joined.extend_from_slice(b", ");
-                }
+            let mut joined = Vec::with_capacity(64);
+            for v in lines {
                 joined.extend_from_slice(v.as_bytes());
+                joined.extend_from_slice(b", ");
             }
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(peer_s.as_bytes());
-            HeaderValue::from_bytes(&joined).ok()
+            joined.extend_from_slice(peer.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| peer.clone())
+        } else {
+            peer.clone()
+        };
+        h.insert(X_FORWARDED_FOR, xff);
+        if !h.contains_key(X_FORWARDED_PROTO) {
+            h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         }
-        _ => HeaderValue::from_str(peer_s).ok(),
-    };
-    if let Some(v) = xff {
-        h.insert(X_FORWARDED_FOR, v);
-    }
-    if !(peer_trusted && h.contains_key(X_FORWARDED_PROTO)) {
+        if !h.contains_key(X_FORWARDED_HOST)
+            && let Some(v) = host
+        {
+            h.insert(X_FORWARDED_HOST, v);
+        }
+    } else {
+        h.insert(X_FORWARDED_FOR, peer.clone());
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    }
-    if !(peer_trusted && h.contains_key(X_FORWARDED_HOST)) {
         match host {
             Some(v) => {
                 h.insert(X_FORWARDED_HOST, v);
@@ -141,20 +153,16 @@ pub fn set_forwarded(
             }
         }
     }
-    // The upstream gets its own Host from the URI (set by the client pool).
-    h.remove(HOST);
+}
+
+/// The peer address as it appears in `X-Forwarded-For`.
+pub fn peer_value(peer: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&canonical(peer).to_string())
+        .unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 pub fn is_trusted(peer: IpAddr, nets: &[IpNet]) -> bool {
     !nets.is_empty() && trusted(peer, nets)
-}
-
-fn fmt_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
-    use std::io::Write;
-    let mut cur = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cur, "{ip}");
-    let n = cur.position() as usize;
-    std::str::from_utf8(&buf[..n]).unwrap_or("0.0.0.0")
 }
 
 #[cfg(test)]
@@ -237,7 +245,7 @@ mod tests {
         ]);
         set_forwarded(
             &mut h,
-            "198.51.100.1".parse().expect("ip"),
+            &peer_value("198.51.100.1".parse().expect("ip")),
             false,
             "http",
             Some(HeaderValue::from_static("api.bank.test")),
@@ -245,13 +253,18 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "198.51.100.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.bank.test");
-        assert!(h.get("host").is_none());
 
         let mut h = hm(&[
             ("x-forwarded-for", "6.6.6.6"),
             ("x-forwarded-proto", "https"),
         ]);
-        set_forwarded(&mut h, "127.0.0.1".parse().expect("ip"), true, "http", None);
+        set_forwarded(
+            &mut h,
+            &peer_value("::ffff:127.0.0.1".parse().expect("ip")),
+            true,
+            "http",
+            None,
+        );
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
     }

@@ -8,7 +8,7 @@ use crate::forward;
 use crate::gateway::Shared;
 use crate::metrics::RouteMetrics;
 use crate::router::{CompiledRoute, Lookup};
-use crate::upstream::TargetAddr;
+use crate::upstream::Target;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::{HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
@@ -26,17 +26,19 @@ use tollgate_core::{Decision, GatewayError, Kind, Listener, RequestCtx, RouteMet
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
-/// What the accept loop knows about a connection.
-#[derive(Debug, Clone, Copy)]
+/// What the accept loop knows about a connection, computed once per connection.
+#[derive(Debug, Clone)]
 pub(crate) struct ConnMeta {
     pub peer: SocketAddr,
+    /// The peer IP rendered for `X-Forwarded-For`.
+    pub peer_value: HeaderValue,
     pub listener: Listener,
 }
 
 /// What the upstream stage learned, for the log.
 #[derive(Default)]
 struct UpstreamInfo {
-    target: Option<Arc<TargetAddr>>,
+    target: Option<Arc<Target>>,
     duration: Option<Duration>,
 }
 
@@ -62,7 +64,7 @@ pub(crate) async fn handle(
     let mut info = UpstreamInfo::default();
     let mut route: Option<Arc<CompiledRoute>> = None;
     let result = run(
-        &shared, &snap, &mut ctx, conn, parts, body, &mut route, &mut info,
+        &shared, &snap, &mut ctx, &conn, parts, body, &mut route, &mut info,
     )
     .await;
     let (mut resp, error) = match result {
@@ -128,7 +130,7 @@ async fn run(
     shared: &Shared,
     snap: &Snapshot,
     ctx: &mut RequestCtx,
-    conn: ConnMeta,
+    conn: &ConnMeta,
     mut parts: http::request::Parts,
     body: Incoming,
     route_out: &mut Option<Arc<CompiledRoute>>,
@@ -170,6 +172,7 @@ async fn run(
     })?;
     let target = upstream.pick().clone();
 
+    // Trust is decided per request: a reload may change the trusted networks.
     let peer_trusted = forward::is_trusted(conn.peer.ip(), &snap.trusted_proxies);
     let host = parts.headers.get(HOST).cloned().or_else(|| {
         parts
@@ -184,7 +187,7 @@ async fn run(
     };
     forward::set_forwarded(
         &mut parts.headers,
-        conn.peer.ip(),
+        &conn.peer_value,
         peer_trusted,
         proto,
         host,
@@ -198,7 +201,7 @@ async fn run(
     info.target = Some(target.clone());
     let result = upstream.send(&target, req).await;
     info.duration = Some(sent.elapsed());
-    let resp = result.inspect_err(|e| {
+    let (resp, lease) = result.inspect_err(|e| {
         if e.fault() == tollgate_core::Fault::Upstream {
             shared
                 .metrics
@@ -212,7 +215,10 @@ async fn run(
     })?;
     let (mut head, body) = resp.into_parts();
     forward::strip_hop_by_hop(&mut head.headers);
-    Ok(Response::from_parts(head, ResponseBody::Upstream(body)))
+    Ok(Response::from_parts(
+        head,
+        ResponseBody::Upstream(body, Some(lease)),
+    ))
 }
 
 /// Refuses oversized request targets and header sections with a problem document before any
@@ -323,7 +329,7 @@ pub(crate) struct Completion {
     uri: Uri,
     status: u16,
     started: Instant,
-    upstream: Option<Arc<TargetAddr>>,
+    upstream: Option<Arc<Target>>,
     upstream_duration: Option<Duration>,
     bytes_in: Option<u64>,
     bytes_out: u64,

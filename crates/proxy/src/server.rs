@@ -195,10 +195,11 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let conn = ConnMeta {
             peer,
+            peer_value: crate::forward::peer_value(peer.ip()),
             listener: kind,
         };
         let shared = gw.shared.clone();
-        let service = service_fn(move |req| handle(shared.clone(), conn, req));
+        let service = service_fn(move |req| handle(shared.clone(), conn.clone(), req));
         let watcher = graceful.watcher();
         let builder = builder.clone();
         let open = open.clone();

@@ -2,40 +2,55 @@
 //! the timeouts that turn a dead or slow upstream into a 502 or 504.
 
 use crate::body::{RequestBody, RequestBodyError};
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri};
+use http::header::HOST;
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
 use std::error::Error as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tollgate_config as config;
 use tollgate_core::{GatewayError, Kind};
-
-pub type HttpClient = Client<HttpConnector, RequestBody>;
 
 /// One upstream as compiled from config. Pools survive reloads that leave the upstream's
 /// settings unchanged (see `compile`), so a reload does not cost a round of new connections.
 pub struct Upstream {
     pub name: Arc<str>,
     pub settings: config::Upstream,
-    client: HttpClient,
-    targets: Box<[Arc<TargetAddr>]>,
+    targets: Box<[Arc<Target>]>,
     /// Target indices spread by weight, e.g. weights 2:1 → [0, 1, 0].
     schedule: Box<[u16]>,
     next: AtomicUsize,
     response_timeout: Duration,
 }
 
-/// A target's authority, pre-parsed so building the upstream URI is a cheap clone.
-#[derive(Debug)]
-pub struct TargetAddr {
+/// One target with its own pool of idle keep-alive connections.
+///
+/// The pool is a plain mutex-guarded stack: checkout and checkin are a lock, a push or a pop,
+/// never held across an await. Connections are HTTP/1.1 (hyper's client connection); one is
+/// checked back in only once its response body has been read to the end, so a returned
+/// connection is always free for the next request.
+pub struct Target {
     pub authority: Authority,
-    /// `host:port` for the access log.
+    /// `host:port` for the access log and for connecting.
     pub label: Arc<str>,
+    /// The `Host` header the upstream receives.
+    host: HeaderValue,
+    idle: Mutex<Vec<(SendRequest<RequestBody>, Instant)>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("authority", &self.authority)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Upstream {
@@ -48,14 +63,94 @@ impl std::fmt::Debug for Upstream {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("upstream `{name}`: target `{url}` is not a valid http URL")]
+#[error("upstream `{name}`: {message}")]
 pub struct BadTarget {
     name: String,
-    url: String,
+    message: String,
+}
+
+/// A connection lent to one request; goes back to its target's pool when the response ends.
+pub struct Lease {
+    tx: SendRequest<RequestBody>,
+    target: Arc<Target>,
+}
+
+impl Lease {
+    /// Returns the connection to the pool. Only call once the response was read to the end.
+    pub fn release(self) {
+        self.target.checkin(self.tx);
+    }
+}
+
+impl Target {
+    fn checkout(&self) -> Option<SendRequest<RequestBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((tx, since)) = idle.pop() {
+            if !tx.is_closed() && since.elapsed() < self.idle_timeout {
+                return Some(tx);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, tx: SendRequest<RequestBody>) {
+        if tx.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push((tx, Instant::now()));
+        }
+    }
+
+    async fn connect(&self, upstream: &str) -> Result<SendRequest<RequestBody>, GatewayError> {
+        let unreachable = |cause: String| {
+            GatewayError::new(
+                Kind::UpstreamUnreachable,
+                "the upstream could not be reached",
+            )
+            .with_cause(format!(
+                "upstream {upstream} target {}: {cause}",
+                self.label
+            ))
+        };
+        let stream = match tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect(&*self.label),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "connect timed out after {:?}",
+                    self.connect_timeout
+                )));
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (tx, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(tx)
+    }
 }
 
 impl Upstream {
     pub fn new(name: &str, settings: &config::Upstream) -> Result<Self, BadTarget> {
+        if settings.targets.is_empty() {
+            return Err(BadTarget {
+                name: name.to_string(),
+                message: "no targets".into(),
+            });
+        }
         let mut targets = Vec::with_capacity(settings.targets.len());
         for t in &settings.targets {
             let auth = t
@@ -65,28 +160,29 @@ impl Upstream {
                 .and_then(|s| s.parse::<Authority>().ok())
                 .ok_or_else(|| BadTarget {
                     name: name.to_string(),
-                    url: t.url.clone(),
+                    message: format!("target `{}` is not a valid http URL", t.url),
                 })?;
-            targets.push(Arc::new(TargetAddr {
-                label: Arc::from(auth.as_str()),
+            let label = match auth.port_u16() {
+                Some(_) => auth.as_str().to_string(),
+                None => format!("{}:80", auth.as_str()),
+            };
+            targets.push(Arc::new(Target {
+                host: HeaderValue::from_str(auth.as_str()).map_err(|_| BadTarget {
+                    name: name.to_string(),
+                    message: format!("target `{}` has an invalid host", t.url),
+                })?,
+                label: Arc::from(label),
                 authority: auth,
+                idle: Mutex::new(Vec::new()),
+                max_idle: settings.pool_max_idle_per_target,
+                idle_timeout: settings.pool_idle_timeout.get(),
+                connect_timeout: settings.connect_timeout.get(),
             }));
         }
         let weights: Vec<u32> = settings.targets.iter().map(|t| t.weight).collect();
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout.get()));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(settings.pool_idle_timeout.get())
-            .pool_max_idle_per_host(settings.pool_max_idle_per_target)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
         Ok(Self {
             name: Arc::from(name),
             settings: settings.clone(),
-            client,
             targets: targets.into(),
             schedule: smooth_schedule(&weights).into(),
             next: AtomicUsize::new(0),
@@ -95,37 +191,29 @@ impl Upstream {
     }
 
     /// Next target by weighted round robin: one atomic increment, no lock.
-    pub fn pick(&self) -> &Arc<TargetAddr> {
+    pub fn pick(&self) -> &Arc<Target> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let idx = self.schedule[n % self.schedule.len()] as usize;
         &self.targets[idx]
     }
 
     /// Sends the request to `target` and waits for the response head within the response
-    /// timeout. The path and query are kept; scheme and authority become the target's.
+    /// timeout. The request keeps its path and query (origin form); `Host` becomes the target's.
     pub async fn send(
         &self,
-        target: &TargetAddr,
+        target: &Arc<Target>,
         mut req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, GatewayError> {
+    ) -> Result<(Response<Incoming>, Lease), GatewayError> {
         let pq = req
             .uri()
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(target.authority.clone());
-        parts.path_and_query = Some(pq);
-        *req.uri_mut() = Uri::from_parts(parts).map_err(|e| {
-            GatewayError::new(Kind::Internal, "could not build the upstream request")
-                .with_cause(e.to_string())
-        })?;
-        // The upstream speaks HTTP/1.1 whatever the client spoke.
+        *req.uri_mut() = pq.into();
         *req.version_mut() = http::Version::HTTP_11;
-        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(classify(&self.name, target, &e)),
+        req.headers_mut().insert(HOST, target.host.clone());
+        match tokio::time::timeout(self.response_timeout, self.exchange(target, req)).await {
+            Ok(r) => r,
             Err(_) => Err(GatewayError::new(
                 Kind::UpstreamTimeout,
                 format!(
@@ -139,15 +227,56 @@ impl Upstream {
             ))),
         }
     }
+
+    async fn exchange(
+        &self,
+        target: &Arc<Target>,
+        req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Lease), GatewayError> {
+        let mut req = req;
+        // A pooled connection may have been closed by the upstream while idle. If sending
+        // fails before any of the request was written, hyper hands the request back and we
+        // try the next idle connection, and finally a new one.
+        loop {
+            let (mut tx, reused) = match target.checkout() {
+                Some(tx) => (tx, true),
+                None => (target.connect(&self.name).await?, false),
+            };
+            if tx.ready().await.is_err() {
+                if reused {
+                    continue;
+                }
+                return Err(GatewayError::new(
+                    Kind::UpstreamUnreachable,
+                    "the upstream could not be reached",
+                )
+                .with_cause(format!(
+                    "upstream {} target {}: connection closed at once",
+                    self.name, target.label
+                )));
+            }
+            match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    return Ok((
+                        resp,
+                        Lease {
+                            tx,
+                            target: target.clone(),
+                        },
+                    ));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) if reused => req = back,
+                    _ => return Err(classify(&self.name, target, e.error())),
+                },
+            }
+        }
+    }
 }
 
 /// Maps a client error to the party at fault: our body limit → 413, a client that broke off
 /// its body → 400, connect failures → 502 unreachable, anything else → 502 bad response.
-fn classify(
-    name: &str,
-    target: &TargetAddr,
-    e: &hyper_util::client::legacy::Error,
-) -> GatewayError {
+fn classify(name: &str, target: &Target, e: &hyper::Error) -> GatewayError {
     let mut src: Option<&(dyn std::error::Error + 'static)> = e.source();
     while let Some(s) = src {
         if let Some(b) = s.downcast_ref::<RequestBodyError>() {
@@ -164,20 +293,11 @@ fn classify(
         }
         src = s.source();
     }
-    let cause = format!("upstream {name} target {}: {e:?}", target.label);
-    if e.is_connect() {
-        GatewayError::new(
-            Kind::UpstreamUnreachable,
-            "the upstream could not be reached",
-        )
-        .with_cause(cause)
-    } else {
-        GatewayError::new(
-            Kind::UpstreamBadResponse,
-            "the upstream closed the connection or sent an invalid response",
-        )
-        .with_cause(cause)
-    }
+    GatewayError::new(
+        Kind::UpstreamBadResponse,
+        "the upstream closed the connection or sent an invalid response",
+    )
+    .with_cause(format!("upstream {name} target {}: {e}", target.label))
 }
 
 /// Interleaved weighted schedule (nginx's smooth weighted round robin, unrolled once): weights
