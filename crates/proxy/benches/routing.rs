@@ -123,6 +123,7 @@ fn headers(c: &mut Criterion) {
     base.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
     let trusted: Vec<ipnet::IpNet> = vec!["127.0.0.0/8".parse().expect("net")];
     let peer: std::net::IpAddr = [127, 0, 0, 1].into();
+    let peer_value = tollgate_proxy::forward::peer_value(peer);
     c.bench_function("forward_headers", |b| {
         b.iter_batched_ref(
             || base.clone(),
@@ -131,7 +132,7 @@ fn headers(c: &mut Criterion) {
                 tollgate_proxy::forward::strip_hop_by_hop(h);
                 tollgate_proxy::forward::set_forwarded(
                     h,
-                    peer,
+                    &peer_value,
                     true,
                     "http",
                     h.get("host").cloned(),
