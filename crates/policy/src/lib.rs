@@ -2,6 +2,7 @@
 //! [`tollgate_core::Policy`]; [`chain_for`] is the one place that turns a route's config into its
 //! compiled, phase-ordered chain, so adding a policy means adding a module and a line there.
 
+pub mod auth;
 pub mod versioning;
 
 use std::sync::Arc;
