@@ -20,6 +20,13 @@ pub struct Config {
     pub upstreams: BTreeMap<String, Upstream>,
     #[serde(default)]
     pub tenants: BTreeMap<String, Tenant>,
+    /// How callers prove who they are: key hashing, JWT issuers, the gateway's own token
+    /// issuer, mTLS, SigV4 and external authorizers.
+    #[serde(default)]
+    pub identity: Identity,
+    /// Who may call: consumers and their credentials (stored hashed, never in plaintext).
+    #[serde(default)]
+    pub consumers: BTreeMap<String, Consumer>,
 }
 
 /// A socket address, parsed at load time.
@@ -91,7 +98,8 @@ pub struct Server {
     /// Cap on concurrently open client connections across listeners; further connections wait
     /// in the kernel's accept queue.
     pub max_connections: usize,
-    /// A client must finish sending the request head within this time.
+    /// A client must send a complete request head within this time; an idle keep-alive
+    /// connection waiting for its next request is closed after it too.
     pub header_read_timeout: Duration,
     /// Request line (method, target, version) limit → 414 for a longer target.
     pub max_uri_bytes: usize,
@@ -105,8 +113,6 @@ pub struct Server {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How long in-flight requests may run after SIGTERM before the process exits anyway.
     pub shutdown_grace: Duration,
-    /// Idle keep-alive connections from clients are closed after this.
-    pub idle_timeout: Duration,
 }
 
 impl Default for Server {
@@ -116,11 +122,10 @@ impl Default for Server {
             header_read_timeout: Duration::from_secs(10),
             max_uri_bytes: 8 * 1024,
             max_header_bytes: 32 * 1024,
-            max_headers: 100,
+            max_headers: 64,
             max_body_bytes: None,
             trusted_proxies: Vec::new(),
             shutdown_grace: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -204,6 +209,9 @@ pub struct Api {
     /// Listeners the API's routes are served on; default: `public` and `tls`.
     #[serde(default)]
     pub listeners: Option<Vec<ListenerName>>,
+    /// Authentication for every route of the API unless a route says otherwise.
+    #[serde(default)]
+    pub auth: Option<RouteAuth>,
     pub routes: Vec<Route>,
 }
 
@@ -238,6 +246,9 @@ pub struct Route {
     /// Pick another upstream by the requested version (media type, query or header).
     #[serde(default)]
     pub versions: Option<VersionSelect>,
+    /// Who may call this route; none means anyone.
+    #[serde(default)]
+    pub auth: Option<RouteAuth>,
 }
 
 /// RFC 9745 `Deprecation`, RFC 8594 `Sunset` and a successor link.
@@ -285,4 +296,234 @@ pub struct VersionVariant {
     pub upstream: String,
     #[serde(default)]
     pub deprecation: Option<Deprecation>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// File with the server secret that keys the HMAC-SHA256 of API keys and OAuth client
+    /// secrets (`tollgate hash` computes a value for the config). Required when any consumer
+    /// has an API key or a client secret.
+    #[serde(default)]
+    pub hash_secret_file: Option<PathBuf>,
+    /// Header carrying API keys.
+    #[serde(default = "default_api_key_header")]
+    pub api_key_header: String,
+    /// Trusted JWT issuers.
+    #[serde(default)]
+    pub jwt: Vec<JwtIssuer>,
+    /// The gateway as an OAuth2 token issuer (client credentials grant).
+    #[serde(default)]
+    pub token_issuer: Option<TokenIssuer>,
+    /// Client certificates on the TLS listener.
+    #[serde(default)]
+    pub mtls: Option<Mtls>,
+    /// AWS Signature Version 4.
+    #[serde(default)]
+    pub sigv4: Option<SigV4>,
+    /// External authorizers by name.
+    #[serde(default)]
+    pub authorizers: BTreeMap<String, Authorizer>,
+    /// Also send `X-Consumer-Tenant` and `X-Consumer-Plan` upstream.
+    #[serde(default)]
+    pub forward_tenant_and_plan: bool,
+}
+
+impl Default for Identity {
+    fn default() -> Self {
+        Self {
+            hash_secret_file: None,
+            api_key_header: default_api_key_header(),
+            jwt: Vec::new(),
+            token_issuer: None,
+            mtls: None,
+            sigv4: None,
+            authorizers: BTreeMap::new(),
+            forward_tenant_and_plan: false,
+        }
+    }
+}
+
+fn default_api_key_header() -> String {
+    "x-api-key".into()
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JwtIssuer {
+    /// Expected `iss`.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must name at least one.
+    pub audiences: Vec<String>,
+    /// JWKS endpoint (http://).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// JWKS file, relative to the config.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Allowed algorithms, e.g. `[RS256, ES256]`.
+    #[serde(default = "default_jwt_algorithms")]
+    pub algorithms: Vec<String>,
+    #[serde(default = "default_leeway")]
+    pub leeway: Duration,
+    /// Background JWKS refresh period (a `Cache-Control: max-age` shortens it).
+    #[serde(default = "default_jwks_refresh")]
+    pub refresh_interval: Duration,
+    /// Unknown `kid`s trigger a refetch at most this often.
+    #[serde(default = "default_min_refetch")]
+    pub min_refetch_interval: Duration,
+}
+
+fn default_jwt_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into()]
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_min_refetch() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenIssuer {
+    /// `iss` of tokens the gateway signs.
+    pub issuer: String,
+    /// `aud` of tokens the gateway signs.
+    pub audience: String,
+    /// PEM private key (EC P-256 → ES256).
+    pub signing_key: PathBuf,
+    /// Token lifetime, at most 15 minutes.
+    #[serde(default = "default_token_ttl")]
+    pub ttl: Duration,
+}
+
+fn default_token_ttl() -> Duration {
+    Duration::from_secs(600)
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Mtls {
+    /// PEM bundle of CAs that client certificates must chain to.
+    pub client_ca: PathBuf,
+    /// Header carrying the verified certificate subject to the upstream.
+    #[serde(default = "default_cert_header")]
+    pub subject_header: String,
+}
+
+fn default_cert_header() -> String {
+    "x-client-cert-subject".into()
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SigV4 {
+    pub service: String,
+    pub region: String,
+    #[serde(default = "default_sigv4_skew")]
+    pub max_skew: Duration,
+}
+
+fn default_sigv4_skew() -> Duration {
+    Duration::from_secs(300)
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Authorizer {
+    /// `http://host:port/path` that receives `POST {"method","path","headers","client_ip"}`.
+    pub url: String,
+    #[serde(default = "default_authorizer_timeout")]
+    pub timeout: Duration,
+    /// Decisions are cached by the `Authorization` header for this long.
+    #[serde(default = "default_authorizer_ttl")]
+    pub cache_ttl: Duration,
+}
+
+fn default_authorizer_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_authorizer_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Consumer {
+    #[serde(default)]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub plan: Option<String>,
+    /// Scopes the consumer may hold (and may request as an OAuth client).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub api_keys: Vec<ApiKey>,
+    /// HMAC of the OAuth2 client secret; the client id is the consumer id.
+    #[serde(default)]
+    pub client_secret_hash: Option<String>,
+    /// JWT `sub`/`client_id` values that mean this consumer; default: the consumer id.
+    #[serde(default)]
+    pub jwt_subjects: Option<Vec<String>>,
+    /// Client certificate subjects (CN or DNS SAN) that mean this consumer.
+    #[serde(default)]
+    pub certificate_subjects: Vec<String>,
+    #[serde(default)]
+    pub sigv4_keys: Vec<SigV4Key>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// Stable id for revocation and logs.
+    pub id: String,
+    /// `hmac-sha256:<hex>` of the key under the identity hash secret.
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SigV4Key {
+    pub access_key: String,
+    /// File holding the secret key (SigV4 needs the secret itself to recompute signatures).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Environment variable holding the secret key.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+}
+
+/// Authentication a route requires.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteAuth {
+    /// Any one of these schemes identifies the caller.
+    #[serde(default)]
+    pub any: Vec<AuthScheme>,
+    /// All of these schemes must succeed and name the same consumer.
+    #[serde(default)]
+    pub all: Vec<AuthScheme>,
+    /// Scopes the caller must hold (from its token or, for other schemes, its consumer).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// For `mtls`: certificate subjects allowed on this route (empty: any known consumer).
+    #[serde(default)]
+    pub certificate_subjects: Vec<String>,
+    /// For `authorizer`: which configured authorizer decides.
+    #[serde(default)]
+    pub authorizer: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthScheme {
+    ApiKey,
+    Jwt,
+    Mtls,
+    Sigv4,
+    Authorizer,
 }

@@ -26,7 +26,7 @@ tenants:
 #[test]
 fn good_config_parses_with_defaults() {
     let cfg = parse(GOOD).expect("valid");
-    assert_eq!(cfg.server.max_headers, 100);
+    assert_eq!(cfg.server.max_headers, 64);
     assert_eq!(cfg.upstreams["a"].connect_timeout, Duration::from_secs(1));
     assert_eq!(cfg.upstreams["a"].targets[0].weight, 1);
 }

@@ -27,7 +27,264 @@ pub fn validate(cfg: &Config, base_dir: &Path) -> Vec<Problem> {
     server(cfg, &mut r);
     upstreams(cfg, &mut r);
     tenants(cfg, &mut r);
+    identity(cfg, base_dir, &mut r);
+    consumers(cfg, &mut r);
     r.0
+}
+
+fn file_exists(base_dir: &Path, p: &Path) -> bool {
+    if p.is_absolute() {
+        p.is_file()
+    } else {
+        base_dir.join(p).is_file()
+    }
+}
+
+fn identity(cfg: &Config, base_dir: &Path, r: &mut Report) {
+    let id = &cfg.identity;
+    if http::HeaderName::from_bytes(id.api_key_header.as_bytes()).is_err() {
+        r.err(
+            "identity.api_key_header",
+            format!("`{}` is not a header name", id.api_key_header),
+        );
+    }
+    if let Some(p) = &id.hash_secret_file
+        && !file_exists(base_dir, p)
+    {
+        r.err(
+            "identity.hash_secret_file",
+            format!("file {} does not exist", p.display()),
+        );
+    }
+    for (i, j) in id.jwt.iter().enumerate() {
+        let key = format!("identity.jwt[{i}]");
+        match (&j.jwks_url, &j.jwks_file) {
+            (Some(_), Some(_)) | (None, None) => {
+                r.err(&key, "set exactly one of `jwks_url` and `jwks_file`")
+            }
+            (Some(u), None) if !u.starts_with("http://") => {
+                r.err(
+                    format!("{key}.jwks_url"),
+                    format!("`{u}`: only http:// JWKS URLs are supported"),
+                );
+            }
+            (None, Some(p)) if !file_exists(base_dir, p) => {
+                r.err(
+                    format!("{key}.jwks_file"),
+                    format!("file {} does not exist", p.display()),
+                );
+            }
+            _ => {}
+        }
+        if j.audiences.is_empty() {
+            r.err(format!("{key}.audiences"), "name at least one audience");
+        }
+        for a in &j.algorithms {
+            if !JWT_ALGORITHMS.contains(&a.as_str()) {
+                r.err(
+                    format!("{key}.algorithms"),
+                    format!("`{a}` is not one of {}", JWT_ALGORITHMS.join(", ")),
+                );
+            }
+        }
+    }
+    if let Some(t) = &id.token_issuer {
+        if !file_exists(base_dir, &t.signing_key) {
+            r.err(
+                "identity.token_issuer.signing_key",
+                format!("file {} does not exist", t.signing_key.display()),
+            );
+        }
+        if t.ttl.get().is_zero() || t.ttl.get() > std::time::Duration::from_secs(900) {
+            r.err("identity.token_issuer.ttl", "must be between 1s and 15m");
+        }
+    }
+    if let Some(m) = &id.mtls {
+        if !file_exists(base_dir, &m.client_ca) {
+            r.err(
+                "identity.mtls.client_ca",
+                format!("file {} does not exist", m.client_ca.display()),
+            );
+        }
+        if cfg.listeners.tls.is_none() {
+            r.err(
+                "identity.mtls",
+                "client certificates need the `tls` listener",
+            );
+        }
+    }
+    for (name, a) in &id.authorizers {
+        if let Err(msg) = check_http_url(&a.url) {
+            r.err(format!("identity.authorizers.{name}.url"), msg);
+        }
+        if a.timeout.get().is_zero() {
+            r.err(
+                format!("identity.authorizers.{name}.timeout"),
+                "must be greater than 0",
+            );
+        }
+    }
+}
+
+const JWT_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+/// `http://host[:port]/path` for control-plane calls (authorizers).
+fn check_http_url(url: &str) -> Result<(), String> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(format!("`{url}` must start with http://"));
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.is_empty() || authority.parse::<http::uri::Authority>().is_err() {
+        return Err(format!("`{url}` has an invalid host or port"));
+    }
+    url.parse::<http::Uri>()
+        .map(|_| ())
+        .map_err(|_| format!("`{url}` is not a valid URL"))
+}
+
+fn consumers(cfg: &Config, r: &mut Report) {
+    let mut subjects = BTreeSet::new();
+    let mut cert_subjects = BTreeSet::new();
+    let mut access_keys = BTreeSet::new();
+    let mut needs_secret = false;
+    for (name, c) in &cfg.consumers {
+        let key = format!("consumers.{name}");
+        if !is_ident(name) {
+            r.err(&key, "names may contain only letters, digits, `-` and `_`");
+        }
+        let mut ids = BTreeSet::new();
+        for (i, k) in c.api_keys.iter().enumerate() {
+            needs_secret = true;
+            if !ids.insert(&k.id) {
+                r.err(
+                    format!("{key}.api_keys[{i}].id"),
+                    format!("key id `{}` is used twice", k.id),
+                );
+            }
+            if !is_hmac_hash(&k.hash) {
+                r.err(
+                    format!("{key}.api_keys[{i}].hash"),
+                    "must be `hmac-sha256:` followed by 64 hex digits (see `tollgate hash`)",
+                );
+            }
+        }
+        if let Some(h) = &c.client_secret_hash {
+            needs_secret = true;
+            if !is_hmac_hash(h) {
+                r.err(
+                    format!("{key}.client_secret_hash"),
+                    "must be `hmac-sha256:` followed by 64 hex digits (see `tollgate hash`)",
+                );
+            }
+        }
+        let own = [name.clone()];
+        for s in c.jwt_subjects.as_deref().unwrap_or(&own) {
+            if !subjects.insert(s.clone()) {
+                r.err(
+                    format!("{key}.jwt_subjects"),
+                    format!("subject `{s}` already names another consumer"),
+                );
+            }
+        }
+        for s in &c.certificate_subjects {
+            if !cert_subjects.insert(s.clone()) {
+                r.err(
+                    format!("{key}.certificate_subjects"),
+                    format!("subject `{s}` already names another consumer"),
+                );
+            }
+        }
+        for (i, k) in c.sigv4_keys.iter().enumerate() {
+            if !access_keys.insert(k.access_key.clone()) {
+                r.err(
+                    format!("{key}.sigv4_keys[{i}].access_key"),
+                    "access key used twice",
+                );
+            }
+            if k.secret_file.is_some() == k.secret_env.is_some() {
+                r.err(
+                    format!("{key}.sigv4_keys[{i}]"),
+                    "set exactly one of `secret_file` and `secret_env`",
+                );
+            }
+        }
+        if !c.sigv4_keys.is_empty() && cfg.identity.sigv4.is_none() {
+            r.err(
+                format!("{key}.sigv4_keys"),
+                "SigV4 keys need `identity.sigv4`",
+            );
+        }
+        if let Some(t) = &c.tenant
+            && !cfg.tenants.contains_key(t)
+        {
+            r.err(format!("{key}.tenant"), format!("unknown tenant `{t}`"));
+        }
+    }
+    if needs_secret && cfg.identity.hash_secret_file.is_none() {
+        r.err(
+            "identity.hash_secret_file",
+            "API keys and client secrets need a hash secret file",
+        );
+    }
+}
+
+fn is_hmac_hash(s: &str) -> bool {
+    s.strip_prefix("hmac-sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn check_auth(
+    cfg: &Config,
+    auth: &crate::RouteAuth,
+    listeners: &[ListenerName],
+    key: &str,
+    r: &mut Report,
+) {
+    use crate::AuthScheme;
+    let schemes: &[AuthScheme] = match (auth.any.is_empty(), auth.all.is_empty()) {
+        (false, true) => &auth.any,
+        (true, false) => &auth.all,
+        _ => {
+            r.err(key, "set exactly one of `any` and `all`");
+            return;
+        }
+    };
+    let id = &cfg.identity;
+    for s in schemes {
+        let missing = match s {
+            AuthScheme::ApiKey => None,
+            AuthScheme::Jwt => (id.jwt.is_empty() && id.token_issuer.is_none())
+                .then_some("`identity.jwt` or `identity.token_issuer`"),
+            AuthScheme::Mtls => id.mtls.is_none().then_some("`identity.mtls`"),
+            AuthScheme::Sigv4 => id.sigv4.is_none().then_some("`identity.sigv4`"),
+            AuthScheme::Authorizer => None,
+        };
+        if let Some(m) = missing {
+            r.err(
+                key,
+                format!("scheme `{s:?}` needs {m}")
+                    .to_lowercase()
+                    .replace("apikey", "api_key"),
+            );
+        }
+        if *s == AuthScheme::Mtls && listeners.contains(&ListenerName::Public) {
+            r.err(key, "mtls routes must be limited to `listeners: [tls]`");
+        }
+        if *s == AuthScheme::Authorizer {
+            match &auth.authorizer {
+                None => r.err(format!("{key}.authorizer"), "name the authorizer to use"),
+                Some(a) if !id.authorizers.contains_key(a) => {
+                    r.err(
+                        format!("{key}.authorizer"),
+                        format!("unknown authorizer `{a}`"),
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 fn listeners(cfg: &Config, base_dir: &Path, r: &mut Report) {
@@ -105,13 +362,8 @@ fn server(cfg: &Config, r: &mut Report) {
     if s.max_header_bytes > 1024 * 1024 {
         r.err("server.max_header_bytes", "must be at most 1 MiB");
     }
-    for (k, d) in [
-        ("header_read_timeout", s.header_read_timeout),
-        ("idle_timeout", s.idle_timeout),
-    ] {
-        if d.get().is_zero() {
-            r.err(format!("server.{k}"), "must be greater than 0");
-        }
+    if s.header_read_timeout.get().is_zero() {
+        r.err("server.header_read_timeout", "must be greater than 0");
     }
 }
 
@@ -202,9 +454,24 @@ fn tenants(cfg: &Config, r: &mut Report) {
             if api.routes.is_empty() {
                 r.err(format!("{akey}.routes"), "an API needs at least one route");
             }
+            if let Some(a) = &api.auth {
+                let ls = api
+                    .listeners
+                    .as_deref()
+                    .unwrap_or(&[ListenerName::Public, ListenerName::Tls]);
+                check_auth(cfg, a, ls, &format!("{akey}.auth"), r);
+            }
             for (i, route) in api.routes.iter().enumerate() {
                 let rkey = format!("{akey}.routes[{i}]");
                 check_route(cfg, api.upstream.as_deref(), route, &rkey, r);
+                if let Some(a) = &route.auth {
+                    let ls = route
+                        .listeners
+                        .as_deref()
+                        .or(api.listeners.as_deref())
+                        .unwrap_or(&[ListenerName::Public, ListenerName::Tls]);
+                    check_auth(cfg, a, ls, &format!("{rkey}.auth"), r);
+                }
                 let id = route
                     .id
                     .clone()

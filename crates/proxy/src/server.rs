@@ -7,7 +7,6 @@ use crate::metrics::ListenerLabels;
 use crate::pipeline::{ConnMeta, handle};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,26 +96,7 @@ impl Gateway {
         let server = &snap.config().server;
         let permits = Arc::new(Semaphore::new(server.max_connections));
         let grace = server.shutdown_grace.get();
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(server.header_read_timeout.get())
-            // Our own limits answer with problem documents; hyper's stay above them as a
-            // backstop against heads too large to even parse.
-            .max_buf_size(
-                (server.max_header_bytes + server.max_uri_bytes + 4096).max(16 * 1024) * 2,
-            )
-            .max_headers(server.max_headers.saturating_mul(2).max(100));
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(
-                u32::try_from(server.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
-            )
-            .max_concurrent_streams(256)
-            .keep_alive_interval(Some(Duration::from_secs(30)));
-        let builder = Arc::new(builder);
+        let builder = Arc::new(Protocols::new(server));
         let mut tasks = Vec::new();
         if let Some(l) = bound.public {
             tasks.push(tokio::spawn(accept_loop(
@@ -161,7 +141,7 @@ async fn accept_loop(
     listener: TcpListener,
     kind: Listener,
     tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<Protocols>,
     permits: Arc<Semaphore>,
     mut shutdown: Shutdown,
     grace: Duration,
@@ -202,38 +182,30 @@ async fn accept_loop(
         let service = service_fn(move |req| handle(shared.clone(), conn.clone(), req));
         let watcher = graceful.watcher();
         let builder = builder.clone();
+        let tls = tls.clone();
         let open = open.clone();
         open.inc();
-        match &tls {
-            None => {
-                tokio::spawn(async move {
-                    let c = builder.serve_connection(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(c.into_owned()).await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                    open.dec();
-                    drop(permit);
-                });
-            }
-            Some((acceptor, timeout)) => {
-                let acceptor = acceptor.clone();
-                let timeout = *timeout;
-                tokio::spawn(async move {
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        tokio::spawn(async move {
+            match &tls {
+                None => match sniff(stream, builder.first_bytes_timeout).await {
+                    Ok(Some((io, is_h2))) => builder.serve(io, is_h2, service, watcher).await,
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, %peer, "no request head in time"),
+                },
+                Some((acceptor, timeout)) => {
+                    match tokio::time::timeout(*timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            let c = builder.serve_connection(TokioIo::new(tls_stream), service);
-                            if let Err(e) = watcher.watch(c.into_owned()).await {
-                                tracing::debug!(error = %e, "connection ended with an error");
-                            }
+                            let is_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            builder.serve(tls_stream, is_h2, service, watcher).await;
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
-                    open.dec();
-                    drop(permit);
-                });
+                }
             }
-        }
+            open.dec();
+            drop(permit);
+        });
     }
     drop(listener);
     if tokio::time::timeout(grace, graceful.shutdown())
@@ -244,5 +216,194 @@ async fn accept_loop(
             listener = label.listener,
             "grace period over; closing remaining connections"
         );
+    }
+}
+
+/// The HTTP/1.1 and HTTP/2 connection settings, built once per `serve`.
+///
+/// We pick the protocol ourselves (ALPN on TLS, the connection preface on the plain listener)
+/// rather than using hyper-util's auto builder, because its preface read has no timeout: a
+/// client that connects and sends nothing would hold a connection slot forever.
+pub(crate) struct Protocols {
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    first_bytes_timeout: Duration,
+}
+
+impl Protocols {
+    fn new(server: &tollgate_config::Server) -> Self {
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(server.header_read_timeout.get())
+            // Our own limits answer with problem documents; hyper's stay above them as a
+            // backstop against heads too large to even parse.
+            .max_buf_size(
+                (server.max_header_bytes + server.max_uri_bytes + 4096).max(16 * 1024) * 2,
+            );
+        // hyper parses up to 100 fields in a stack array; a larger cap costs two heap
+        // allocations per request, so only raise it for configs that allow more.
+        if server.max_headers > HYPER_INLINE_HEADERS {
+            http1.max_headers(server.max_headers.saturating_mul(2));
+        }
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(
+                u32::try_from(server.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+            )
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        Self {
+            http1,
+            http2,
+            first_bytes_timeout: server.header_read_timeout.get(),
+        }
+    }
+
+    async fn serve<I, S, B>(
+        &self,
+        io: I,
+        is_h2: bool,
+        service: S,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let io = TokioIo::new(io);
+        let result = if is_h2 {
+            watcher
+                .watch(self.http2.serve_connection(io, service))
+                .await
+        } else {
+            watcher
+                .watch(self.http1.serve_connection(io, service))
+                .await
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// hyper's default (stack-allocated) header array size.
+const HYPER_INLINE_HEADERS: usize = 100;
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads just enough of a plain connection to tell HTTP/2 prior knowledge from HTTP/1.1,
+/// within `timeout`. Returns the stream with those bytes put back, or `None` if the client
+/// closed without sending anything.
+async fn sniff(
+    mut stream: tokio::net::TcpStream,
+    timeout: Duration,
+) -> std::io::Result<Option<(Prefixed<tokio::net::TcpStream>, bool)>> {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; 24];
+    let mut n = 0;
+    loop {
+        let read = tokio::time::timeout_at(deadline, stream.read(&mut buf[n..]))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no request within the header read timeout",
+                )
+            })??;
+        if read == 0 {
+            if n == 0 {
+                return Ok(None);
+            }
+            // A partial head followed by EOF: let HTTP/1.1 answer or close it.
+            break;
+        }
+        n += read;
+        if buf[..n] != H2_PREFACE[..n] {
+            break;
+        }
+        if n == buf.len() {
+            return Ok(Some((Prefixed::new(buf, n, stream), true)));
+        }
+    }
+    Ok(Some((Prefixed::new(buf, n, stream), false)))
+}
+
+/// A stream with a few already-read bytes put back in front.
+pub(crate) struct Prefixed<S> {
+    prefix: [u8; 24],
+    pos: usize,
+    len: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    fn new(prefix: [u8; 24], len: usize, inner: S) -> Self {
+        Self {
+            prefix,
+            pos: 0,
+            len,
+            inner,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.pos < this.len {
+            let n = (this.len - this.pos).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
+            this.pos += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
