@@ -22,6 +22,37 @@ pub struct RouteMeta {
     pub template: Arc<str>,
 }
 
+/// A caller the gateway knows: from config, the management API or an authorizer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Consumer {
+    pub id: Arc<str>,
+    pub tenant: Option<Arc<str>>,
+    pub plan: Option<Arc<str>>,
+    /// Scopes the consumer holds; tokens may carry fewer.
+    pub scopes: Box<[String]>,
+}
+
+/// The identity in a verified client certificate.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// Subject common name.
+    pub common_name: Option<String>,
+    /// DNS names from the subjectAltName extension.
+    pub dns_names: Vec<String>,
+    /// The subject as an RFC 4514 string, e.g. `CN=ledger-reader,O=Tollgate Demo`.
+    pub subject: String,
+}
+
+impl ClientCert {
+    /// Names that can identify the holder: the CN first, then DNS SANs.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.common_name
+            .as_deref()
+            .into_iter()
+            .chain(self.dns_names.iter().map(String::as_str))
+    }
+}
+
 /// State of one request as it moves through the pipeline.
 #[derive(Debug)]
 pub struct RequestCtx {
@@ -36,6 +67,14 @@ pub struct RequestCtx {
     pub variant: usize,
     /// Headers that policies want on the response, whatever produced it.
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The verified client certificate of the connection (TLS listener with mTLS).
+    pub client_cert: Option<Arc<ClientCert>>,
+    /// Set by authentication.
+    pub consumer: Option<Arc<Consumer>>,
+    /// Scopes granted to this request: a token's scopes, or the consumer's for other schemes.
+    pub scopes: Option<Arc<[String]>>,
+    /// Which scheme identified the caller (`api_key`, `jwt`, ...), for logs.
+    pub auth_scheme: Option<&'static str>,
 }
 
 impl RequestCtx {
@@ -53,6 +92,10 @@ impl RequestCtx {
             route: None,
             variant: 0,
             response_headers: Vec::new(),
+            client_cert: None,
+            consumer: None,
+            scopes: None,
+            auth_scheme: None,
         }
     }
 

@@ -28,6 +28,7 @@ pub struct Record<'a> {
     pub tenant: Option<&'a str>,
     pub api: Option<&'a str>,
     pub route: Option<&'a str>,
+    pub consumer: Option<&'a str>,
     pub status: u16,
     pub duration: Duration,
     pub upstream_duration: Option<Duration>,
@@ -293,6 +294,7 @@ pub(crate) fn format_record(out: &mut String, r: &Record<'_>) {
     field_str(out, "tenant", r.tenant);
     field_str(out, "api", r.api);
     field_str(out, "route", r.route);
+    field_str(out, "consumer", r.consumer);
     field_num(out, "status", Some(u64::from(r.status)));
     field_ms(out, "duration_ms", Some(r.duration));
     field_ms(out, "upstream_ms", r.upstream_duration);
@@ -326,6 +328,7 @@ mod tests {
                 tenant: Some("retail"),
                 api: None,
                 route: Some("r"),
+                consumer: Some("partner-gold"),
                 status: 200,
                 duration: Duration::from_micros(1234),
                 upstream_duration: None,
@@ -375,6 +378,7 @@ mod tests {
             tenant: None,
             api: None,
             route: None,
+            consumer: None,
             status: 404,
             duration: Duration::ZERO,
             upstream_duration: None,

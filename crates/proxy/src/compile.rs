@@ -3,7 +3,7 @@
 //! request path only reads the snapshot it loaded when the request arrived.
 
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::router::{CompiledRoute, Router, RouterBuilder};
+use crate::router::{Builtin, CompiledRoute, Router, RouterBuilder};
 use crate::tls::{self, CertSet};
 use crate::upstream::Upstream;
 use http::Method;
@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tollgate_config::{Config, ListenerName, LoadedConfig, Problem};
 use tollgate_core::RouteMeta;
+use tollgate_policy::Identity;
 
 /// Request limits applied before routing.
 #[derive(Debug, Clone, Copy)]
@@ -29,7 +30,10 @@ pub struct Snapshot {
     pub trusted_proxies: Box<[ipnet::IpNet]>,
     /// Metric handles for requests that matched no route.
     pub unmatched: Arc<RouteMetrics>,
-    pub certs: Option<Arc<CertSet>>,
+    /// Consumers, credentials and verifiers of this config.
+    pub identity: Arc<Identity>,
+    /// The TLS listener's server config (certificates, client CA, ALPN) for this snapshot.
+    pub tls_config: Option<Arc<rustls::ServerConfig>>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
     pub loaded: Arc<LoadedConfig>,
 }
@@ -67,6 +71,16 @@ pub fn compile(
             line,
             message,
         });
+    };
+
+    let identity = match Identity::build(cfg, &loaded.base_dir, policy_env.clock.clone()) {
+        Ok(i) => Arc::new(i),
+        Err(list) => {
+            for (k, m) in list {
+                push(k, m);
+            }
+            Arc::new(Identity::empty())
+        }
     };
 
     // Upstreams: reuse the previous pool when the settings did not change, so a reload keeps
@@ -129,7 +143,8 @@ pub fn compile(
                 let compiled = Arc::new(CompiledRoute {
                     meta,
                     upstreams: ups.into(),
-                    policies: tollgate_policy::chain_for(policy_env, api, route).into(),
+                    policies: tollgate_policy::chain_for(policy_env, &identity, api, route).into(),
+                    builtin: None,
                     max_body_bytes: route.max_body_bytes.or(cfg.server.max_body_bytes),
                     metrics: metrics.route(tname, aname, &route_id),
                 });
@@ -150,13 +165,50 @@ pub fn compile(
             }
         }
     }
+    if identity.token_issuer.is_some() {
+        for (builtin, method, path, id) in [
+            (
+                Builtin::Token,
+                Method::POST,
+                "/oauth2/token",
+                "oauth2-token",
+            ),
+            (Builtin::Jwks, Method::GET, "/.well-known/jwks.json", "jwks"),
+        ] {
+            let route = Arc::new(CompiledRoute {
+                meta: Arc::new(RouteMeta {
+                    tenant: Arc::from("gateway"),
+                    api: Arc::from("oauth2"),
+                    route_id: Arc::from(id),
+                    template: Arc::from(path),
+                }),
+                upstreams: Box::new([]),
+                policies: Box::new([]),
+                max_body_bytes: Some(
+                    tollgate_policy::auth::token_endpoint::MAX_TOKEN_REQUEST_BYTES as u64,
+                ),
+                metrics: metrics.route("gateway", "oauth2", id),
+                builtin: Some(builtin),
+            });
+            for b in [&mut public, &mut tls_routes] {
+                if let Err(e) = b.add(
+                    path,
+                    std::slice::from_ref(&method),
+                    route.clone(),
+                    "identity.token_issuer",
+                ) {
+                    push(e.key_path, e.message);
+                }
+            }
+        }
+    }
     let public = public.build().map_err(|e| push(e.key_path, e.message)).ok();
     let tls_router = tls_routes
         .build()
         .map_err(|e| push(e.key_path, e.message))
         .ok();
 
-    let mut certs = None;
+    let mut tls_config = None;
     if let Some(t) = &cfg.listeners.tls {
         let mut loaded_certs = Vec::new();
         for (i, c) in t.certificates.iter().enumerate() {
@@ -165,8 +217,20 @@ pub fn compile(
                 Err(e) => push(format!("listeners.tls.certificates[{i}]"), e.to_string()),
             }
         }
-        match CertSet::new(loaded_certs) {
-            Ok(set) => certs = Some(Arc::new(set)),
+        let client_ca = match &cfg.identity.mtls {
+            Some(m) => match tls::client_roots(&loaded.resolve(&m.client_ca)) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    push("identity.mtls.client_ca".into(), e.to_string());
+                    None
+                }
+            },
+            None => None,
+        };
+        match CertSet::new(loaded_certs)
+            .and_then(|set| tls::server_config(Arc::new(set), client_ca))
+        {
+            Ok(c) => tls_config = Some(c),
             Err(e) => push("listeners.tls.certificates".into(), e.to_string()),
         }
     }
@@ -189,7 +253,8 @@ pub fn compile(
         },
         trusted_proxies: s.trusted_proxies.clone().into(),
         unmatched: metrics.route("", "", "unmatched"),
-        certs,
+        tls_config,
+        identity,
         upstreams,
         loaded,
     })

@@ -61,6 +61,22 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// Removes headers through which the gateway tells upstreams who the caller is
+/// (`X-Consumer-*`, `X-Auth-*`, the client-certificate header): only the gateway may set them,
+/// so a client's copies never pass.
+pub fn strip_identity(h: &mut HeaderMap, cert_header: &HeaderName) {
+    let mut found: Vec<HeaderName> = Vec::new();
+    for k in h.keys() {
+        let s = k.as_str();
+        if s.starts_with("x-consumer-") || s.starts_with("x-auth-") || k == cert_header {
+            found.push(k.clone());
+        }
+    }
+    for k in found {
+        h.remove(k);
+    }
+}
+
 fn trusted(ip: IpAddr, nets: &[IpNet]) -> bool {
     let ip = canonical(ip);
     nets.iter().any(|n| n.contains(&ip))

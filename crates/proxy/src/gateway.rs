@@ -4,7 +4,6 @@
 use crate::access_log::{AccessLog, Sink};
 use crate::compile::{Snapshot, compile};
 use crate::metrics::{Metrics, ResultLabels};
-use crate::tls::{CertSet, SniResolver};
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -39,7 +38,6 @@ pub(crate) struct Shared {
     pub ids: Arc<dyn IdSource>,
     pub policy_env: tollgate_policy::Env,
     pub env: EnvOverrides,
-    pub tls_resolver: Option<Arc<SniResolver>>,
     /// Serialises reloads; never held on the request path.
     pub reload_lock: Mutex<()>,
 }
@@ -78,6 +76,7 @@ impl Gateway {
         let snap = compile(loaded.clone(), None, &metrics, &policy_env, 1)
             .map_err(|problems| invalid(&loaded, problems))?;
         metrics.config_generation.set(1);
+        snap.identity.start();
         let sink = match opts.access_log_sink {
             Some(s) => s,
             None => sink_for(&loaded).map_err(|e| ConfigError::Read {
@@ -86,10 +85,6 @@ impl Gateway {
             })?,
         };
         let access_log = AccessLog::start(sink, metrics.access_log_dropped.clone());
-        let tls_resolver = snap
-            .certs
-            .clone()
-            .map(|c| Arc::new(SniResolver(ArcSwap::new(c))));
         Ok(Self {
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(snap),
@@ -98,7 +93,6 @@ impl Gateway {
                 ids: opts.ids,
                 policy_env,
                 env: opts.env,
-                tls_resolver,
                 reload_lock: Mutex::new(()),
             }),
         })
@@ -152,9 +146,7 @@ impl Gateway {
         )
         .map_err(|problems| invalid(&loaded, problems))?;
         warn_on_restart_only_changes(&old, &snap);
-        if let (Some(resolver), Some(certs)) = (&self.shared.tls_resolver, &snap.certs) {
-            resolver.0.store(certs.clone() as Arc<CertSet>);
-        }
+        snap.identity.start();
         self.shared.snapshot.store(Arc::new(snap));
         self.shared.metrics.config_generation.set(generation as i64);
         Ok(generation)

@@ -7,7 +7,7 @@ use crate::compile::Snapshot;
 use crate::forward;
 use crate::gateway::Shared;
 use crate::metrics::RouteMetrics;
-use crate::router::{CompiledRoute, Lookup};
+use crate::router::{Builtin, CompiledRoute, Lookup};
 use crate::upstream::Target;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
@@ -33,6 +33,8 @@ pub(crate) struct ConnMeta {
     /// The peer IP rendered for `X-Forwarded-For`.
     pub peer_value: HeaderValue,
     pub listener: Listener,
+    /// The verified client certificate (TLS listener with a client CA).
+    pub client_cert: Option<Arc<tollgate_core::ClientCert>>,
 }
 
 /// What the upstream stage learned, for the log.
@@ -56,6 +58,7 @@ pub(crate) async fn handle(
     };
     let client_ip = forward::client_ip(conn.peer.ip(), &parts.headers, &snap.trusted_proxies);
     let mut ctx = RequestCtx::new(request_id, client_ip, conn.listener, started);
+    ctx.client_cert = conn.client_cert.clone();
     let method = parts.method.clone();
     let uri = parts.uri.clone();
     let version = parts.version;
@@ -104,6 +107,7 @@ pub(crate) async fn handle(
             .as_ref()
             .map_or_else(|| snap.unmatched.clone(), |r| r.metrics.clone()),
         meta: route.map(|r| r.meta.clone()),
+        consumer: ctx.consumer.as_ref().map(|c| c.id.clone()),
         log: snap.config().access_log.enabled,
         request_id: ctx.request_id,
         client_ip: ctx.client_ip,
@@ -141,6 +145,7 @@ async fn run(
     ctx.route = Some(route.meta.clone());
     *route_out = Some(route.clone());
 
+    forward::strip_identity(&mut parts.headers, &snap.identity.cert_header);
     for p in route.policies.iter() {
         let decision = match p.on_request(ctx, &mut parts) {
             Step::Continue => continue,
@@ -162,6 +167,10 @@ async fn run(
             Kind::PayloadTooLarge,
             format!("the request body exceeds the limit of {limit} bytes"),
         ));
+    }
+
+    if let Some(b) = route.builtin {
+        return builtin(snap, b, parts, body).await;
     }
 
     let upstream = route.upstreams.get(ctx.variant).ok_or_else(|| {
@@ -219,6 +228,38 @@ async fn run(
         head,
         ResponseBody::Upstream(body, Some(lease)),
     ))
+}
+
+/// Endpoints the gateway answers itself (OAuth2 token issuance and its key set).
+async fn builtin(
+    snap: &Snapshot,
+    b: Builtin,
+    parts: http::request::Parts,
+    body: Incoming,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    use http_body_util::BodyExt;
+    let resp = match b {
+        Builtin::Jwks => tollgate_policy::auth::token_endpoint::jwks(&snap.identity),
+        Builtin::Token => {
+            let limit = tollgate_policy::auth::token_endpoint::MAX_TOKEN_REQUEST_BYTES;
+            let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+                Ok(c) => c.to_bytes(),
+                Err(_) => {
+                    return Err(GatewayError::new(
+                        Kind::PayloadTooLarge,
+                        format!("token requests are limited to {limit} bytes"),
+                    ));
+                }
+            };
+            tollgate_policy::auth::token_endpoint::token(
+                &snap.identity,
+                parts.headers.get(http::header::AUTHORIZATION),
+                parts.headers.get(http::header::CONTENT_TYPE),
+                &bytes,
+            )
+        }
+    };
+    Ok(resp.map(ResponseBody::full))
 }
 
 /// Refuses oversized request targets and header sections with a problem document before any
@@ -320,6 +361,7 @@ pub(crate) struct Completion {
     shared: Arc<Shared>,
     metrics: Arc<RouteMetrics>,
     meta: Option<Arc<RouteMeta>>,
+    consumer: Option<Arc<str>>,
     log: bool,
     request_id: HeaderValue,
     client_ip: std::net::IpAddr,
@@ -361,6 +403,7 @@ impl Completion {
             tenant: meta.map(|m| &*m.tenant),
             api: meta.map(|m| &*m.api),
             route: meta.map(|m| &*m.route_id),
+            consumer: self.consumer.as_deref(),
             status: self.status,
             duration: elapsed,
             upstream_duration: self.upstream_duration,

@@ -16,6 +16,17 @@ pub struct CompiledRoute {
     pub policies: Box<[Arc<dyn Policy>]>,
     pub max_body_bytes: Option<u64>,
     pub metrics: Arc<RouteMetrics>,
+    /// Answered by the gateway itself instead of an upstream.
+    pub builtin: Option<Builtin>,
+}
+
+/// Endpoints the gateway serves itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    /// `POST /oauth2/token`
+    Token,
+    /// `GET /.well-known/jwks.json`
+    Jwks,
 }
 
 impl std::fmt::Debug for CompiledRoute {

@@ -110,14 +110,13 @@ impl Gateway {
                 grace,
             )));
         }
-        if let (Some(l), Some(resolver)) = (bound.tls, self.shared.tls_resolver.clone()) {
-            let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(resolver));
+        if let Some(l) = bound.tls {
             let handshake_timeout = server.header_read_timeout.get();
             tasks.push(tokio::spawn(accept_loop(
                 self.clone(),
                 l,
                 Listener::Tls,
-                Some((acceptor, handshake_timeout)),
+                Some(handshake_timeout),
                 builder.clone(),
                 permits.clone(),
                 shutdown.clone(),
@@ -140,7 +139,7 @@ async fn accept_loop(
     gw: Gateway,
     listener: TcpListener,
     kind: Listener,
-    tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
+    tls_handshake_timeout: Option<Duration>,
     builder: Arc<Protocols>,
     permits: Arc<Semaphore>,
     mut shutdown: Shutdown,
@@ -177,25 +176,48 @@ async fn accept_loop(
             peer,
             peer_value: crate::forward::peer_value(peer.ip()),
             listener: kind,
+            client_cert: None,
         };
-        let shared = gw.shared.clone();
-        let service = service_fn(move |req| handle(shared.clone(), conn.clone(), req));
         let watcher = graceful.watcher();
         let builder = builder.clone();
-        let tls = tls.clone();
+        let shared = gw.shared.clone();
         let open = open.clone();
         open.inc();
         tokio::spawn(async move {
-            match &tls {
+            match tls_handshake_timeout {
                 None => match sniff(stream, builder.first_bytes_timeout).await {
-                    Ok(Some((io, is_h2))) => builder.serve(io, is_h2, service, watcher).await,
+                    Ok(Some((io, is_h2))) => {
+                        let service =
+                            service_fn(move |req| handle(shared.clone(), conn.clone(), req));
+                        builder.serve(io, is_h2, service, watcher).await;
+                    }
                     Ok(None) => {}
                     Err(e) => tracing::debug!(error = %e, %peer, "no request head in time"),
                 },
-                Some((acceptor, timeout)) => {
-                    match tokio::time::timeout(*timeout, acceptor.accept(stream)).await {
+                Some(timeout) => {
+                    // Each handshake uses the TLS settings of the config in force now, so a
+                    // reload changes certificates and client CAs for new connections only.
+                    let Some(tls) = shared.snapshot.load().tls_config.clone() else {
+                        tracing::error!("TLS listener without TLS settings");
+                        open.dec();
+                        return;
+                    };
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            let is_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            let (_, session) = tls_stream.get_ref();
+                            let is_h2 = session.alpn_protocol() == Some(b"h2");
+                            let client_cert = session
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(crate::tls::client_identity)
+                                .map(Arc::new);
+                            let conn = ConnMeta {
+                                client_cert,
+                                ..conn
+                            };
+                            let service =
+                                service_fn(move |req| handle(shared.clone(), conn.clone(), req));
                             builder.serve(tls_stream, is_h2, service, watcher).await;
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),

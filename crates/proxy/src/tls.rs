@@ -4,7 +4,6 @@
 //! handshake, so a reload that changes certificates applies to the next handshake without
 //! touching open connections.
 
-use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -30,6 +29,8 @@ pub enum TlsError {
     File { path: String, message: String },
     #[error("no certificates configured")]
     Empty,
+    #[error("TLS setup: {0}")]
+    Config(String),
 }
 
 fn file_err(path: &Path, message: impl Into<String>) -> TlsError {
@@ -122,30 +123,83 @@ impl CertSet {
     }
 }
 
-/// The rustls resolver: reads the current set at each handshake.
+/// The rustls resolver of one compiled snapshot.
 #[derive(Debug)]
-pub struct SniResolver(pub ArcSwap<CertSet>);
+pub struct SniResolver(pub Arc<CertSet>);
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.load().pick(hello.server_name()))
+        Some(self.0.pick(hello.server_name()))
     }
 }
 
-/// A server config that offers h2 and HTTP/1.1 by ALPN.
-pub fn server_config(resolver: Arc<SniResolver>) -> Arc<ServerConfig> {
-    let mut cfg = ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map(|b| b.with_no_client_auth().with_cert_resolver(resolver.clone()))
-    // The default provider always supports the default versions; fall back to the
-    // process default builder only to avoid a panic path.
-    .unwrap_or_else(|_| {
-        ServerConfig::builder()
-            .with_no_client_auth()
-            .with_cert_resolver(resolver)
-    });
+/// Loads the CA bundle that client certificates must chain to.
+pub fn client_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err(path, format!("cannot read certificates: {e}")))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(path, format!("invalid PEM: {e}")))?;
+    for c in certs {
+        roots
+            .add(c)
+            .map_err(|e| file_err(path, format!("not a usable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(file_err(path, "contains no certificate"));
+    }
+    Ok(roots)
+}
+
+/// A server config offering h2 and HTTP/1.1 by ALPN, certificates by SNI and, with `client_ca`,
+/// optional client certificates: clients without one still connect (routes that need one
+/// answer 401), clients with one that does not chain to the CA fail the handshake.
+pub fn server_config(
+    certs: Arc<CertSet>,
+    client_ca: Option<rustls::RootCertStore>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match client_ca {
+        Some(roots) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder.with_cert_resolver(Arc::new(SniResolver(certs)));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Arc::new(cfg)
+    Ok(Arc::new(cfg))
+}
+
+/// The identity in a (verified) client certificate.
+pub fn client_identity(der: &CertificateDer<'_>) -> Option<tollgate_core::ClientCert> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_string);
+    let mut dns_names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                dns_names.push(d.to_ascii_lowercase());
+            }
+        }
+    }
+    Some(tollgate_core::ClientCert {
+        common_name,
+        dns_names,
+        subject: cert.subject().to_string(),
+    })
 }

@@ -40,6 +40,14 @@ enum Command {
         #[arg(long, short, env = "TOLLGATE_CONFIG")]
         config: PathBuf,
     },
+    /// Print the keyed hash of an API key or client secret, for `consumers.*.api_keys[].hash`
+    /// and `client_secret_hash`, under the config's `identity.hash_secret_file`.
+    Hash {
+        #[arg(long, short, env = "TOLLGATE_CONFIG")]
+        config: PathBuf,
+        /// The values to hash (read from standard input, one per line, when none are given).
+        values: Vec<String>,
+    },
     /// Run the bank example with built-in sample backends and print requests to try.
     Demo {
         /// The example config; default: examples/bank/gateway.yaml of this source tree.
@@ -54,6 +62,7 @@ fn main() -> ExitCode {
     tollgate_proxy::install_crypto_provider();
     let result = match cli.command {
         Command::Validate { config } => validate(&config),
+        Command::Hash { config, values } => hash(&config, values),
         Command::Serve { config, no_watch } => run(cli.workers, serve(config, !no_watch, false)),
         Command::Demo { config } => {
             let config = config.unwrap_or_else(demo::default_config);
@@ -117,6 +126,31 @@ fn validate(path: &Path) -> Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn hash(config: &Path, values: Vec<String>) -> Result<ExitCode> {
+    let loaded = tollgate_config::load(config, &EnvOverrides::from_env())?;
+    let secret = loaded
+        .config
+        .identity
+        .hash_secret_file
+        .as_ref()
+        .map(|p| loaded.resolve(p))
+        .context("the config sets no identity.hash_secret_file")?;
+    let hasher =
+        tollgate_policy::auth::KeyHasher::from_file(&secret).map_err(anyhow::Error::msg)?;
+    let values = if values.is_empty() {
+        std::io::read_to_string(std::io::stdin())?
+            .lines()
+            .map(str::to_string)
+            .collect()
+    } else {
+        values
+    };
+    for v in values.iter().filter(|v| !v.is_empty()) {
+        println!("{}", hasher.encode(v.as_bytes()));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn serve(config: PathBuf, watch: bool, demo: bool) -> Result<ExitCode> {

@@ -1,0 +1,564 @@
+//! The `Auth` policy of one route: which schemes identify the caller (`any` or `all` of them),
+//! which scopes it needs, and what reaches the upstream once it is known.
+//!
+//! The synchronous path covers API keys, cached JWTs, mTLS and SigV4 without allocating a
+//! future; only a JWT with a not-yet-known `kid` and the external authorizer wait.
+
+use super::authorizer::{AuthzRequest, Decision as AuthzDecision};
+use super::identity::Identity;
+use super::jwt::Verdict;
+use super::sigv4;
+use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use http::{HeaderName, HeaderValue};
+use std::sync::Arc;
+use tollgate_config::{AuthScheme, RouteAuth};
+use tollgate_core::{Consumer, Decision, GatewayError, Kind, Phase, Policy, RequestCtx, Step};
+
+pub const X_CONSUMER_ID: HeaderName = HeaderName::from_static("x-consumer-id");
+pub const X_CONSUMER_TENANT: HeaderName = HeaderName::from_static("x-consumer-tenant");
+pub const X_CONSUMER_PLAN: HeaderName = HeaderName::from_static("x-consumer-plan");
+
+/// Who a scheme found, and with which scopes.
+struct Found {
+    consumer: Arc<Consumer>,
+    /// A token's own scopes; `None` means "the consumer's".
+    token_scopes: Option<Arc<[String]>>,
+    scheme: &'static str,
+    /// Extra upstream headers (authorizer context, certificate subject).
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Why a scheme did not identify the caller.
+enum Miss {
+    /// No credential of this kind in the request.
+    Absent,
+    /// A credential was there and is not good: 401 with this challenge and reason.
+    Invalid {
+        scheme: &'static str,
+        reason: &'static str,
+    },
+    /// Authenticated but not allowed (a certificate not on the list, an authorizer's deny).
+    Forbidden(&'static str),
+    /// The authorizer could not answer: fail closed.
+    Unavailable,
+}
+
+enum Attempt {
+    Found(Found),
+    Miss(Miss),
+    /// Needs I/O: finish on the async path.
+    Pending,
+}
+
+#[derive(Debug)]
+pub struct Auth {
+    identity: Arc<Identity>,
+    schemes: Vec<AuthScheme>,
+    all: bool,
+    scopes: Vec<String>,
+    certificate_subjects: Vec<String>,
+    authorizer: Option<String>,
+    /// Precomputed `WWW-Authenticate` challenges for a request with no credentials.
+    challenges: Vec<HeaderValue>,
+}
+
+fn scheme_name(s: AuthScheme) -> &'static str {
+    match s {
+        AuthScheme::ApiKey => "api_key",
+        AuthScheme::Jwt => "jwt",
+        AuthScheme::Mtls => "mtls",
+        AuthScheme::Sigv4 => "sigv4",
+        AuthScheme::Authorizer => "authorizer",
+    }
+}
+
+fn challenge(scheme: &'static str, reason: Option<&str>, scope: Option<&str>) -> HeaderValue {
+    let mut s = match scheme {
+        "jwt" | "authorizer" => String::from("Bearer realm=\"tollgate\""),
+        "sigv4" => String::from("AWS4-HMAC-SHA256"),
+        "mtls" => String::from("Mutual realm=\"tollgate\""),
+        _ => String::from("ApiKey realm=\"tollgate\""),
+    };
+    if let Some(r) = reason {
+        let code = if scheme == "jwt" {
+            "invalid_token"
+        } else {
+            "invalid_request"
+        };
+        s.push_str(&format!(", error=\"{code}\", error_description=\"{r}\""));
+    }
+    if let Some(sc) = scope {
+        s.push_str(&format!(", error=\"insufficient_scope\", scope=\"{sc}\""));
+    }
+    HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("Bearer"))
+}
+
+impl Auth {
+    pub fn new(identity: Arc<Identity>, cfg: &RouteAuth) -> Self {
+        let (schemes, all) = if cfg.all.is_empty() {
+            (cfg.any.clone(), false)
+        } else {
+            (cfg.all.clone(), true)
+        };
+        let challenges = schemes
+            .iter()
+            .map(|s| challenge(scheme_name(*s), None, None))
+            .collect();
+        Self {
+            identity,
+            schemes,
+            all,
+            scopes: cfg.scopes.clone(),
+            certificate_subjects: cfg.certificate_subjects.clone(),
+            authorizer: cfg.authorizer.clone(),
+            challenges,
+        }
+    }
+
+    fn bearer(req: &http::request::Parts) -> Option<&str> {
+        let v = req.headers.get(AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, token) = v.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim())
+            .filter(|t| !t.is_empty())
+    }
+
+    fn consumer_for_subject(&self, claims: &super::jwt::Claims) -> Option<Arc<Consumer>> {
+        let ids = &self.identity;
+        claims
+            .subject
+            .as_deref()
+            .and_then(|s| ids.by_subject.get(s))
+            .or_else(|| {
+                claims
+                    .client_id
+                    .as_deref()
+                    .and_then(|c| ids.by_subject.get(c))
+            })
+            .cloned()
+    }
+
+    fn consumer_of_token(&self, claims: &super::jwt::Claims) -> Attempt {
+        match self.consumer_for_subject(claims) {
+            Some(consumer) => Attempt::Found(Found {
+                consumer,
+                token_scopes: Some(claims.scopes.clone().into()),
+                scheme: "jwt",
+                headers: Vec::new(),
+            }),
+            // A valid token for nobody we know: the caller is not a consumer.
+            None => Attempt::Miss(Miss::Invalid {
+                scheme: "jwt",
+                reason: "unknown subject",
+            }),
+        }
+    }
+
+    /// One scheme, synchronously where possible.
+    fn attempt(&self, scheme: AuthScheme, ctx: &RequestCtx, req: &http::request::Parts) -> Attempt {
+        let ids = &self.identity;
+        match scheme {
+            AuthScheme::ApiKey => {
+                let Some(key) = req.headers.get(&ids.api_key_header) else {
+                    return Attempt::Miss(Miss::Absent);
+                };
+                match ids.by_api_key(key.as_bytes()) {
+                    Some(e) => Attempt::Found(Found {
+                        consumer: e.consumer.clone(),
+                        token_scopes: None,
+                        scheme: "api_key",
+                        headers: Vec::new(),
+                    }),
+                    None => Attempt::Miss(Miss::Invalid {
+                        scheme: "api_key",
+                        reason: "unknown API key",
+                    }),
+                }
+            }
+            AuthScheme::Jwt => {
+                let (Some(token), Some(v)) = (Self::bearer(req), ids.jwt.as_ref()) else {
+                    return Attempt::Miss(Miss::Absent);
+                };
+                match v.verify_cached(token) {
+                    Verdict::Valid(claims) => self.consumer_of_token(&claims),
+                    Verdict::Invalid(e) => Attempt::Miss(Miss::Invalid {
+                        scheme: "jwt",
+                        reason: e.reason(),
+                    }),
+                    Verdict::UnknownKey => Attempt::Pending,
+                }
+            }
+            AuthScheme::Mtls => {
+                let Some(cert) = ctx.client_cert.as_ref() else {
+                    return Attempt::Miss(Miss::Absent);
+                };
+                let allowed = self.certificate_subjects.is_empty()
+                    || cert
+                        .names()
+                        .any(|n| self.certificate_subjects.iter().any(|a| a == n));
+                if !allowed {
+                    return Attempt::Miss(Miss::Forbidden(
+                        "this client certificate is not allowed on this route",
+                    ));
+                }
+                let consumer = cert
+                    .names()
+                    .find_map(|n| ids.by_cert.get(n))
+                    .cloned()
+                    .or_else(|| {
+                        // Listed on the route but not mapped to a consumer: the certificate's
+                        // name is the caller's identity.
+                        cert.common_name.as_deref().map(|cn| {
+                            Arc::new(Consumer {
+                                id: Arc::from(cn),
+                                tenant: None,
+                                plan: None,
+                                scopes: Box::new([]),
+                            })
+                        })
+                    });
+                let Some(consumer) = consumer else {
+                    return Attempt::Miss(Miss::Forbidden(
+                        "the client certificate names no known consumer",
+                    ));
+                };
+                let subject = HeaderValue::from_str(&cert.subject).ok();
+                Attempt::Found(Found {
+                    consumer,
+                    token_scopes: None,
+                    scheme: "mtls",
+                    headers: subject
+                        .map(|s| vec![(ids.cert_header.clone(), s)])
+                        .unwrap_or_default(),
+                })
+            }
+            AuthScheme::Sigv4 => {
+                let Some(v) = ids.sigv4.as_ref() else {
+                    return Attempt::Miss(Miss::Absent);
+                };
+                if !sigv4::is_sigv4(req) {
+                    return Attempt::Miss(Miss::Absent);
+                }
+                match v.verify(req) {
+                    Ok(ok) => {
+                        // A body signed by digest would need checking while it streams; the
+                        // routes we protect with SigV4 are reads, so a body is refused.
+                        if matches!(ok.payload, sigv4::SignedPayload::Sha256(_)) && has_body(req) {
+                            return Attempt::Miss(Miss::Invalid {
+                                scheme: "sigv4",
+                                reason: "signed request bodies are not supported",
+                            });
+                        }
+                        match ids.consumer(&ok.consumer) {
+                            Some(c) => Attempt::Found(Found {
+                                consumer: c.clone(),
+                                token_scopes: None,
+                                scheme: "sigv4",
+                                headers: Vec::new(),
+                            }),
+                            None => Attempt::Miss(Miss::Invalid {
+                                scheme: "sigv4",
+                                reason: "unknown consumer",
+                            }),
+                        }
+                    }
+                    Err(e) => Attempt::Miss(Miss::Invalid {
+                        scheme: "sigv4",
+                        reason: e.reason(),
+                    }),
+                }
+            }
+            // Always a network call (or a cache hit we only learn about by asking).
+            AuthScheme::Authorizer => Attempt::Pending,
+        }
+    }
+
+    /// The same, finishing what needs I/O.
+    async fn attempt_async(
+        &self,
+        scheme: AuthScheme,
+        ctx: &RequestCtx,
+        req: &http::request::Parts,
+    ) -> Attempt {
+        match self.attempt(scheme, ctx, req) {
+            Attempt::Pending => {}
+            done => return done,
+        }
+        match scheme {
+            AuthScheme::Jwt => {
+                let (Some(token), Some(v)) = (Self::bearer(req), self.identity.jwt.as_ref()) else {
+                    return Attempt::Miss(Miss::Absent);
+                };
+                match v.verify(token).await {
+                    Ok(claims) => self.consumer_of_token(&claims),
+                    Err(e) => Attempt::Miss(Miss::Invalid {
+                        scheme: "jwt",
+                        reason: e.reason(),
+                    }),
+                }
+            }
+            AuthScheme::Authorizer => self.ask_authorizer(ctx, req).await,
+            _ => Attempt::Miss(Miss::Absent),
+        }
+    }
+
+    async fn ask_authorizer(&self, ctx: &RequestCtx, req: &http::request::Parts) -> Attempt {
+        let Some(z) = self
+            .authorizer
+            .as_deref()
+            .and_then(|n| self.identity.authorizers.get(n))
+        else {
+            return Attempt::Miss(Miss::Unavailable);
+        };
+        let cache_key = req.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let q = AuthzRequest {
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            headers: &req.headers,
+            client_ip: ctx.client_ip,
+            cache_key,
+        };
+        match z.decide(&q).await {
+            Ok(d) => match &*d {
+                AuthzDecision::Allow {
+                    consumer,
+                    context_headers,
+                } => {
+                    let c = self
+                        .identity
+                        .consumer(consumer)
+                        .cloned()
+                        .unwrap_or_else(|| {
+                            // The authorizer is the authority for who the caller is.
+                            Arc::new(Consumer {
+                                id: consumer.clone(),
+                                tenant: None,
+                                plan: None,
+                                scopes: Box::new([]),
+                            })
+                        });
+                    Attempt::Found(Found {
+                        consumer: c,
+                        token_scopes: None,
+                        scheme: "authorizer",
+                        headers: context_headers.clone(),
+                    })
+                }
+                AuthzDecision::Deny => {
+                    Attempt::Miss(Miss::Forbidden("the authorizer denied this request"))
+                }
+            },
+            Err(e) => {
+                tracing::warn!(request_id = ctx.request_id_str(), error = %e, "authorizer unavailable; failing closed");
+                Attempt::Miss(Miss::Unavailable)
+            }
+        }
+    }
+
+    /// Combines per-scheme outcomes into the route's decision.
+    fn decide(&self, attempts: Vec<Attempt>) -> Result<Found, GatewayError> {
+        let mut found: Vec<Found> = Vec::new();
+        let mut misses: Vec<Miss> = Vec::new();
+        for a in attempts {
+            match a {
+                Attempt::Found(f) => found.push(f),
+                Attempt::Miss(m) => misses.push(m),
+                Attempt::Pending => {}
+            }
+        }
+        if misses.iter().any(|m| matches!(m, Miss::Unavailable)) && (self.all || found.is_empty()) {
+            return Err(GatewayError::new(
+                Kind::ServiceUnavailable,
+                "the authorization service is unavailable; try again later",
+            )
+            .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1")));
+        }
+        if self.all {
+            if let Some(m) = misses.into_iter().next() {
+                return Err(self.refuse(m));
+            }
+            let mut it = found.into_iter();
+            let Some(mut first) = it.next() else {
+                return Err(self.refuse(Miss::Absent));
+            };
+            for f in it {
+                if f.consumer.id != first.consumer.id {
+                    return Err(GatewayError::new(
+                        Kind::Unauthorized,
+                        "the credentials name different consumers",
+                    ));
+                }
+                // A token's scopes are what was granted for this call.
+                if f.token_scopes.is_some() {
+                    first.token_scopes = f.token_scopes;
+                }
+                first.headers.extend(f.headers);
+                if first.scheme == "api_key" {
+                    first.scheme = f.scheme;
+                }
+            }
+            Ok(first)
+        } else {
+            if let Some(f) = found.into_iter().next() {
+                return Ok(f);
+            }
+            // Prefer the most telling refusal: forbidden, then invalid, then absent.
+            let m = misses
+                .into_iter()
+                .max_by_key(|m| match m {
+                    Miss::Forbidden(_) => 3,
+                    Miss::Invalid { .. } => 2,
+                    Miss::Unavailable => 1,
+                    Miss::Absent => 0,
+                })
+                .unwrap_or(Miss::Absent);
+            Err(self.refuse(m))
+        }
+    }
+
+    fn refuse(&self, m: Miss) -> GatewayError {
+        match m {
+            Miss::Absent => {
+                let mut e = GatewayError::new(Kind::Unauthorized, "this route needs credentials");
+                for c in &self.challenges {
+                    e = e.with_header(WWW_AUTHENTICATE, c.clone());
+                }
+                e
+            }
+            Miss::Invalid { scheme, reason } => GatewayError::new(
+                Kind::Unauthorized,
+                format!(
+                    "the {} credentials were not accepted: {reason}",
+                    scheme.replace('_', " ")
+                ),
+            )
+            .with_header(WWW_AUTHENTICATE, challenge(scheme, Some(reason), None)),
+            Miss::Forbidden(why) => GatewayError::new(Kind::Forbidden, why),
+            Miss::Unavailable => GatewayError::new(
+                Kind::ServiceUnavailable,
+                "the authorization service is unavailable",
+            ),
+        }
+    }
+
+    /// Scope check and the request changes that make the identity visible upstream.
+    fn admit(
+        &self,
+        found: Found,
+        ctx: &mut RequestCtx,
+        req: &mut http::request::Parts,
+    ) -> Result<(), GatewayError> {
+        let scopes: Arc<[String]> = found
+            .token_scopes
+            .clone()
+            .unwrap_or_else(|| found.consumer.scopes.iter().cloned().collect());
+        if let Some(missing) = self.scopes.iter().find(|s| !scopes.contains(s)) {
+            let scheme = if found.token_scopes.is_some() {
+                "jwt"
+            } else {
+                found.scheme
+            };
+            return Err(GatewayError::new(
+                Kind::Forbidden,
+                format!("this route needs the scope `{missing}`"),
+            )
+            .with_header(
+                WWW_AUTHENTICATE,
+                challenge(scheme, None, Some(&self.scopes.join(" "))),
+            )
+            .with_extension("error", "insufficient_scope".into()));
+        }
+        // The upstream learns who the caller is from X-Consumer-ID; the partner's key itself
+        // has no business there (or in upstream logs).
+        if self.schemes.contains(&AuthScheme::ApiKey) {
+            req.headers.remove(&self.identity.api_key_header);
+        }
+        if let Ok(v) = HeaderValue::from_str(&found.consumer.id) {
+            req.headers.insert(X_CONSUMER_ID, v);
+        }
+        if self.identity.forward_tenant_and_plan {
+            if let Some(v) = found
+                .consumer
+                .tenant
+                .as_deref()
+                .and_then(|t| HeaderValue::from_str(t).ok())
+            {
+                req.headers.insert(X_CONSUMER_TENANT, v);
+            }
+            if let Some(v) = found
+                .consumer
+                .plan
+                .as_deref()
+                .and_then(|t| HeaderValue::from_str(t).ok())
+            {
+                req.headers.insert(X_CONSUMER_PLAN, v);
+            }
+        }
+        for (k, v) in found.headers {
+            req.headers.insert(k, v);
+        }
+        ctx.scopes = Some(scopes);
+        ctx.auth_scheme = Some(found.scheme);
+        ctx.consumer = Some(found.consumer);
+        Ok(())
+    }
+
+    async fn run_async(&self, ctx: &mut RequestCtx, req: &mut http::request::Parts) -> Decision {
+        let mut attempts = Vec::with_capacity(self.schemes.len());
+        for s in &self.schemes {
+            let a = self.attempt_async(*s, ctx, req).await;
+            let stop = !self.all && matches!(a, Attempt::Found(_));
+            attempts.push(a);
+            if stop {
+                break;
+            }
+        }
+        match self.decide(attempts).and_then(|f| self.admit(f, ctx, req)) {
+            Ok(()) => Decision::Continue,
+            Err(e) => Decision::Reject(e),
+        }
+    }
+}
+
+fn has_body(req: &http::request::Parts) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
+impl Policy for Auth {
+    fn name(&self) -> &'static str {
+        "auth"
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Authenticate
+    }
+
+    fn on_request<'a>(
+        &'a self,
+        ctx: &'a mut RequestCtx,
+        req: &'a mut http::request::Parts,
+    ) -> Step<'a> {
+        let mut attempts = Vec::with_capacity(self.schemes.len());
+        for s in &self.schemes {
+            let a = self.attempt(*s, ctx, req);
+            if matches!(a, Attempt::Pending) {
+                return Step::Wait(Box::pin(self.run_async(ctx, req)));
+            }
+            let stop = !self.all && matches!(a, Attempt::Found(_));
+            attempts.push(a);
+            if stop {
+                break;
+            }
+        }
+        match self.decide(attempts).and_then(|f| self.admit(f, ctx, req)) {
+            Ok(()) => Step::Continue,
+            Err(e) => Step::Reject(e),
+        }
+    }
+}
