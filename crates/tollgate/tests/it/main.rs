@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod headers;
+mod identity;
 mod limits;
 mod observability;
 mod protocols;
