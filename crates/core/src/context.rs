@@ -22,6 +22,16 @@ pub struct RouteMeta {
     pub template: Arc<str>,
 }
 
+/// Scopes granted to a request, wherever they come from (a token's claims, a consumer's
+/// grants); shared, so recording them on a request costs a reference count.
+pub trait Scopes: Send + Sync + std::fmt::Debug {
+    fn list(&self) -> &[String];
+
+    fn contains(&self, scope: &str) -> bool {
+        self.list().iter().any(|s| s == scope)
+    }
+}
+
 /// A caller the gateway knows: from config, the management API or an authorizer.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Consumer {
@@ -30,6 +40,26 @@ pub struct Consumer {
     pub plan: Option<Arc<str>>,
     /// Scopes the consumer holds; tokens may carry fewer.
     pub scopes: Box<[String]>,
+    /// `id` as a header value, rendered once (ids are validated header-safe at load).
+    pub id_header: Option<HeaderValue>,
+}
+
+impl Consumer {
+    pub fn new(id: &str, tenant: Option<&str>, plan: Option<&str>, scopes: Vec<String>) -> Self {
+        Self {
+            id: Arc::from(id),
+            tenant: tenant.map(Arc::from),
+            plan: plan.map(Arc::from),
+            scopes: scopes.into(),
+            id_header: HeaderValue::from_str(id).ok(),
+        }
+    }
+}
+
+impl Scopes for Consumer {
+    fn list(&self) -> &[String] {
+        &self.scopes
+    }
 }
 
 /// The identity in a verified client certificate.
@@ -72,7 +102,7 @@ pub struct RequestCtx {
     /// Set by authentication.
     pub consumer: Option<Arc<Consumer>>,
     /// Scopes granted to this request: a token's scopes, or the consumer's for other schemes.
-    pub scopes: Option<Arc<[String]>>,
+    pub scopes: Option<Arc<dyn Scopes>>,
     /// Which scheme identified the caller (`api_key`, `jwt`, ...), for logs.
     pub auth_scheme: Option<&'static str>,
 }

@@ -11,6 +11,6 @@ mod policy;
 pub mod trace;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use context::{ClientCert, Consumer, Listener, RequestCtx, RouteMeta};
+pub use context::{ClientCert, Consumer, Listener, RequestCtx, RouteMeta, Scopes};
 pub use error::{Fault, GatewayError, Kind, PROBLEM_BASE, PROBLEM_JSON};
 pub use policy::{Decision, Phase, Policy, Step};

@@ -183,12 +183,12 @@ impl Identity {
             SigV4Verifier::new(&s.service, &s.region, clock.clone()).with_max_skew(s.max_skew.get())
         });
         for (name, c) in &cfg.consumers {
-            let consumer = Arc::new(Consumer {
-                id: Arc::from(name.as_str()),
-                tenant: c.tenant.as_deref().map(Arc::from),
-                plan: c.plan.as_deref().map(Arc::from),
-                scopes: c.scopes.clone().into(),
-            });
+            let consumer = Arc::new(Consumer::new(
+                name,
+                c.tenant.as_deref(),
+                c.plan.as_deref(),
+                c.scopes.clone(),
+            ));
             out.consumers.insert(name.clone(), consumer.clone());
             for k in &c.api_keys {
                 if let Some(d) = parse_digest(&k.hash) {

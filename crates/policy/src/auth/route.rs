@@ -12,7 +12,9 @@ use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderName, HeaderValue};
 use std::sync::Arc;
 use tollgate_config::{AuthScheme, RouteAuth};
-use tollgate_core::{Consumer, Decision, GatewayError, Kind, Phase, Policy, RequestCtx, Step};
+use tollgate_core::{
+    Consumer, Decision, GatewayError, Kind, Phase, Policy, RequestCtx, Scopes, Step,
+};
 
 pub const X_CONSUMER_ID: HeaderName = HeaderName::from_static("x-consumer-id");
 pub const X_CONSUMER_TENANT: HeaderName = HeaderName::from_static("x-consumer-tenant");
@@ -21,8 +23,8 @@ pub const X_CONSUMER_PLAN: HeaderName = HeaderName::from_static("x-consumer-plan
 /// Who a scheme found, and with which scopes.
 struct Found {
     consumer: Arc<Consumer>,
-    /// A token's own scopes; `None` means "the consumer's".
-    token_scopes: Option<Arc<[String]>>,
+    /// A token's claims, whose scopes apply; `None` means "the consumer's".
+    token_scopes: Option<Arc<super::jwt::Claims>>,
     scheme: &'static str,
     /// Extra upstream headers (authorizer context, certificate subject).
     headers: Vec<(HeaderName, HeaderValue)>,
@@ -139,11 +141,11 @@ impl Auth {
             .cloned()
     }
 
-    fn consumer_of_token(&self, claims: &super::jwt::Claims) -> Attempt {
+    fn consumer_of_token(&self, claims: &Arc<super::jwt::Claims>) -> Attempt {
         match self.consumer_for_subject(claims) {
             Some(consumer) => Attempt::Found(Found {
                 consumer,
-                token_scopes: Some(claims.scopes.clone().into()),
+                token_scopes: Some(claims.clone()),
                 scheme: "jwt",
                 headers: Vec::new(),
             }),
@@ -209,14 +211,9 @@ impl Auth {
                     .or_else(|| {
                         // Listed on the route but not mapped to a consumer: the certificate's
                         // name is the caller's identity.
-                        cert.common_name.as_deref().map(|cn| {
-                            Arc::new(Consumer {
-                                id: Arc::from(cn),
-                                tenant: None,
-                                plan: None,
-                                scopes: Box::new([]),
-                            })
-                        })
+                        cert.common_name
+                            .as_deref()
+                            .map(|cn| Arc::new(Consumer::new(cn, None, None, Vec::new())))
                     });
                 let Some(consumer) = consumer else {
                     return Attempt::Miss(Miss::Forbidden(
@@ -331,12 +328,7 @@ impl Auth {
                         .cloned()
                         .unwrap_or_else(|| {
                             // The authorizer is the authority for who the caller is.
-                            Arc::new(Consumer {
-                                id: consumer.clone(),
-                                tenant: None,
-                                plan: None,
-                                scopes: Box::new([]),
-                            })
+                            Arc::new(Consumer::new(consumer, None, None, Vec::new()))
                         });
                     Attempt::Found(Found {
                         consumer: c,
@@ -403,16 +395,7 @@ impl Auth {
             if let Some(f) = found.into_iter().next() {
                 return Ok(f);
             }
-            // Prefer the most telling refusal: forbidden, then invalid, then absent.
-            let m = misses
-                .into_iter()
-                .max_by_key(|m| match m {
-                    Miss::Forbidden(_) => 3,
-                    Miss::Invalid { .. } => 2,
-                    Miss::Unavailable => 1,
-                    Miss::Absent => 0,
-                })
-                .unwrap_or(Miss::Absent);
+            let m = misses.into_iter().max_by_key(rank).unwrap_or(Miss::Absent);
             Err(self.refuse(m))
         }
     }
@@ -437,8 +420,9 @@ impl Auth {
             Miss::Forbidden(why) => GatewayError::new(Kind::Forbidden, why),
             Miss::Unavailable => GatewayError::new(
                 Kind::ServiceUnavailable,
-                "the authorization service is unavailable",
-            ),
+                "the authorization service is unavailable; try again later",
+            )
+            .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1")),
         }
     }
 
@@ -449,10 +433,10 @@ impl Auth {
         ctx: &mut RequestCtx,
         req: &mut http::request::Parts,
     ) -> Result<(), GatewayError> {
-        let scopes: Arc<[String]> = found
-            .token_scopes
-            .clone()
-            .unwrap_or_else(|| found.consumer.scopes.iter().cloned().collect());
+        let scopes: Arc<dyn Scopes> = match &found.token_scopes {
+            Some(claims) => claims.clone(),
+            None => found.consumer.clone(),
+        };
         if let Some(missing) = self.scopes.iter().find(|s| !scopes.contains(s)) {
             let scheme = if found.token_scopes.is_some() {
                 "jwt"
@@ -474,8 +458,8 @@ impl Auth {
         if self.schemes.contains(&AuthScheme::ApiKey) {
             req.headers.remove(&self.identity.api_key_header);
         }
-        if let Ok(v) = HeaderValue::from_str(&found.consumer.id) {
-            req.headers.insert(X_CONSUMER_ID, v);
+        if let Some(v) = &found.consumer.id_header {
+            req.headers.insert(X_CONSUMER_ID, v.clone());
         }
         if self.identity.forward_tenant_and_plan {
             if let Some(v) = found
@@ -544,21 +528,54 @@ impl Policy for Auth {
         ctx: &'a mut RequestCtx,
         req: &'a mut http::request::Parts,
     ) -> Step<'a> {
-        let mut attempts = Vec::with_capacity(self.schemes.len());
-        for s in &self.schemes {
-            let a = self.attempt(*s, ctx, req);
-            if matches!(a, Attempt::Pending) {
-                return Step::Wait(Box::pin(self.run_async(ctx, req)));
+        let result = if self.all {
+            let mut attempts = Vec::with_capacity(self.schemes.len());
+            for s in &self.schemes {
+                let a = self.attempt(*s, ctx, req);
+                if matches!(a, Attempt::Pending) {
+                    return Step::Wait(Box::pin(self.run_async(ctx, req)));
+                }
+                attempts.push(a);
             }
-            let stop = !self.all && matches!(a, Attempt::Found(_));
-            attempts.push(a);
-            if stop {
-                break;
+            self.decide(attempts)
+        } else {
+            // `any`: the first scheme that identifies the caller wins; no bookkeeping needed
+            // beyond the most telling refusal so far.
+            let mut worst: Option<Miss> = None;
+            let mut found = None;
+            for s in &self.schemes {
+                match self.attempt(*s, ctx, req) {
+                    Attempt::Found(f) => {
+                        found = Some(f);
+                        break;
+                    }
+                    Attempt::Pending => return Step::Wait(Box::pin(self.run_async(ctx, req))),
+                    Attempt::Miss(m) => {
+                        if worst.as_ref().is_none_or(|w| rank(&m) > rank(w)) {
+                            worst = Some(m);
+                        }
+                    }
+                }
             }
-        }
-        match self.decide(attempts).and_then(|f| self.admit(f, ctx, req)) {
+            match found {
+                Some(f) => Ok(f),
+                None => Err(self.refuse(worst.unwrap_or(Miss::Absent))),
+            }
+        };
+        match result.and_then(|f| self.admit(f, ctx, req)) {
             Ok(()) => Step::Continue,
             Err(e) => Step::Reject(e),
         }
+    }
+}
+
+/// Which refusal tells the caller most: an unavailable authorizer (retry later) over a
+/// forbidden identity over a bad credential over none at all.
+fn rank(m: &Miss) -> u8 {
+    match m {
+        Miss::Unavailable => 3,
+        Miss::Forbidden(_) => 2,
+        Miss::Invalid { .. } => 1,
+        Miss::Absent => 0,
     }
 }

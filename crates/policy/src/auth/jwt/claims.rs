@@ -138,3 +138,9 @@ fn numeric_date(v: &Value) -> Result<SystemTime, JwtError> {
     }
     Ok(UNIX_EPOCH + Duration::from_secs_f64(secs))
 }
+
+impl tollgate_core::Scopes for Claims {
+    fn list(&self) -> &[String] {
+        &self.scopes
+    }
+}
