@@ -66,9 +66,11 @@ impl Body for RequestBody {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     if n > this.remaining {
-                        // Dropping the client stream stops reading; the upstream request fails
-                        // with this error, which the proxy turns into 413.
-                        this.inner = None;
+                        // The upstream request fails with this error, which the proxy turns into
+                        // 413; the rest of the client's body is read and discarded meanwhile.
+                        if let Some(rest) = this.inner.take() {
+                            linger(rest);
+                        }
                         return Poll::Ready(Some(Err(BodyTooLarge(this.limit).into())));
                     }
                     this.remaining -= n;
@@ -157,4 +159,36 @@ impl Drop for ResponseBody {
             l.release();
         }
     }
+}
+
+/// How much of a refused request body we read and discard so the client can still read our
+/// answer. Closing with unread data makes the kernel reset the connection, and a client still
+/// writing its body would see a broken pipe instead of the 4xx we sent (nginx's lingering close).
+pub const LINGER_MAX_BYTES: u64 = 1024 * 1024;
+const LINGER_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads and discards what remains of a request body in the background, within limits.
+pub fn linger(body: Incoming) {
+    if body.is_end_stream() {
+        return;
+    }
+    if body.size_hint().lower() > LINGER_MAX_BYTES {
+        // Declared too large to be worth reading: let the connection close.
+        return;
+    }
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut seen = 0u64;
+        let _ = tokio::time::timeout(LINGER_MAX_TIME, async {
+            while let Some(Ok(frame)) = http_body_util::BodyExt::frame(&mut body).await {
+                if let Some(d) = frame.data_ref() {
+                    seen += d.len() as u64;
+                    if seen > LINGER_MAX_BYTES {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+    });
 }

@@ -66,10 +66,15 @@ pub(crate) async fn handle(
 
     let mut info = UpstreamInfo::default();
     let mut route: Option<Arc<CompiledRoute>> = None;
+    let mut body = Some(body);
     let result = run(
-        &shared, &snap, &mut ctx, &conn, parts, body, &mut route, &mut info,
+        &shared, &snap, &mut ctx, &conn, parts, &mut body, &mut route, &mut info,
     )
     .await;
+    // Refused before the body was read: read it off the wire so the client sees our answer.
+    if let Some(b) = body.take() {
+        crate::body::linger(b);
+    }
     let (mut resp, error) = match result {
         Ok(r) => (r, None),
         Err(e) => {
@@ -136,7 +141,7 @@ async fn run(
     ctx: &mut RequestCtx,
     conn: &ConnMeta,
     mut parts: http::request::Parts,
-    body: Incoming,
+    body: &mut Option<Incoming>,
     route_out: &mut Option<Arc<CompiledRoute>>,
     info: &mut UpstreamInfo,
 ) -> Result<Response<ResponseBody>, GatewayError> {
@@ -170,6 +175,12 @@ async fn run(
     }
 
     if let Some(b) = route.builtin {
+        let Some(body) = body.take() else {
+            return Err(GatewayError::new(
+                Kind::Internal,
+                "request body already taken",
+            ));
+        };
         return builtin(snap, b, parts, body).await;
     }
 
@@ -205,6 +216,12 @@ async fn run(
     let tp = TraceParent::child_or_new(parts.headers.get(TRACEPARENT), &*shared.ids);
     parts.headers.insert(TRACEPARENT, tp.to_header());
 
+    let Some(body) = body.take() else {
+        return Err(GatewayError::new(
+            Kind::Internal,
+            "request body already taken",
+        ));
+    };
     let req = Request::from_parts(parts, RequestBody::new(body, route.max_body_bytes));
     let sent = Instant::now();
     info.target = Some(target.clone());
