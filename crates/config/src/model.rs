@@ -361,6 +361,10 @@ pub struct JwtIssuer {
     /// JWKS file, relative to the config.
     #[serde(default)]
     pub jwks_file: Option<PathBuf>,
+    /// Shared secret for HMAC-signed tokens (HS256/384/512; `algorithms` names exactly one).
+    /// The only way HMAC tokens are accepted: never with a public key.
+    #[serde(default)]
+    pub hmac_secret_file: Option<PathBuf>,
     /// Allowed algorithms, e.g. `[RS256, ES256]`.
     #[serde(default = "default_jwt_algorithms")]
     pub algorithms: Vec<String>,

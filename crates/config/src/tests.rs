@@ -159,3 +159,55 @@ fn durations_and_timestamps_parse() {
         errs[0].message
     );
 }
+
+#[test]
+fn hmac_jwt_algorithms_need_a_shared_secret_and_nothing_else() {
+    let with = |jwt: &str| format!("{GOOD}identity:\n  jwt:\n{jwt}");
+    let public_key_hs = with(
+        "    - issuer: https://idp\n      audiences: [a]\n      jwks_url: http://127.0.0.1:1/jwks\n      algorithms: [RS256, HS256]\n",
+    );
+    let errs = parse(&public_key_hs).expect_err("HS with a JWKS");
+    assert!(
+        errs.iter()
+            .any(|p| p.key_path == "identity.jwt[0].algorithms"),
+        "{errs:?}"
+    );
+    let two_sources = with(
+        "    - issuer: https://idp\n      audiences: [a]\n      jwks_url: http://127.0.0.1:1/jwks\n      jwks_file: jwks.json\n",
+    );
+    let errs = parse(&two_sources).expect_err("two sources");
+    assert!(
+        errs.iter().any(|p| p.key_path == "identity.jwt[0]"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn route_auth_needs_its_schemes_configured() {
+    let text = GOOD.replace(
+        "            methods: [GET]\n",
+        "            methods: [GET]\n            auth:\n              any: [jwt, mtls]\n",
+    );
+    let errs = parse(&text).expect_err("no identity config");
+    let msgs: Vec<_> = errs.iter().map(|p| p.message.as_str()).collect();
+    assert!(msgs.iter().any(|m| m.contains("identity.jwt")), "{msgs:?}");
+    assert!(msgs.iter().any(|m| m.contains("identity.mtls")), "{msgs:?}");
+    assert!(
+        msgs.iter().any(|m| m.contains("listeners: [tls]")),
+        "{msgs:?}"
+    );
+}
+
+#[test]
+fn api_key_hashes_must_be_hmac_digests_and_need_a_secret() {
+    let text = format!(
+        "{GOOD}consumers:\n  alice:\n    api_keys:\n      - id: k1\n        hash: tg_plaintext_key\n"
+    );
+    let errs = parse(&text).expect_err("plaintext key");
+    let keys: Vec<_> = errs.iter().map(|p| p.key_path.as_str()).collect();
+    assert!(
+        keys.contains(&"consumers.alice.api_keys[0].hash"),
+        "{keys:?}"
+    );
+    assert!(keys.contains(&"identity.hash_secret_file"), "{keys:?}");
+}

@@ -58,23 +58,52 @@ fn identity(cfg: &Config, base_dir: &Path, r: &mut Report) {
     }
     for (i, j) in id.jwt.iter().enumerate() {
         let key = format!("identity.jwt[{i}]");
-        match (&j.jwks_url, &j.jwks_file) {
-            (Some(_), Some(_)) | (None, None) => {
-                r.err(&key, "set exactly one of `jwks_url` and `jwks_file`")
-            }
-            (Some(u), None) if !u.starts_with("http://") => {
+        let sources = [
+            j.jwks_url.is_some(),
+            j.jwks_file.is_some(),
+            j.hmac_secret_file.is_some(),
+        ];
+        if sources.iter().filter(|x| **x).count() != 1 {
+            r.err(
+                &key,
+                "set exactly one of `jwks_url`, `jwks_file` and `hmac_secret_file`",
+            );
+        }
+        if let Some(u) = &j.jwks_url
+            && !u.starts_with("http://")
+        {
+            r.err(
+                format!("{key}.jwks_url"),
+                format!("`{u}`: only http:// JWKS URLs are supported"),
+            );
+        }
+        for (field, p) in [
+            ("jwks_file", &j.jwks_file),
+            ("hmac_secret_file", &j.hmac_secret_file),
+        ] {
+            if let Some(p) = p
+                && !file_exists(base_dir, p)
+            {
                 r.err(
-                    format!("{key}.jwks_url"),
-                    format!("`{u}`: only http:// JWKS URLs are supported"),
-                );
-            }
-            (None, Some(p)) if !file_exists(base_dir, p) => {
-                r.err(
-                    format!("{key}.jwks_file"),
+                    format!("{key}.{field}"),
                     format!("file {} does not exist", p.display()),
                 );
             }
-            _ => {}
+        }
+        let hmac: Vec<&String> = j
+            .algorithms
+            .iter()
+            .filter(|a| a.starts_with("HS"))
+            .collect();
+        if j.hmac_secret_file.is_some() {
+            if hmac.len() != 1 || j.algorithms.len() != 1 {
+                r.err(
+                    format!("{key}.algorithms"),
+                    "with `hmac_secret_file`, name exactly one of HS256, HS384, HS512",
+                );
+            }
+        } else if !hmac.is_empty() {
+            r.err(format!("{key}.algorithms"), "HS256/384/512 need `hmac_secret_file`: HMAC tokens are never checked with public keys");
         }
         if j.audiences.is_empty() {
             r.err(format!("{key}.audiences"), "name at least one audience");
@@ -127,7 +156,8 @@ fn identity(cfg: &Config, base_dir: &Path, r: &mut Report) {
 }
 
 const JWT_ALGORITHMS: &[&str] = &[
-    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "HS256",
+    "HS384", "HS512",
 ];
 
 /// `http://host[:port]/path` for control-plane calls (authorizers).

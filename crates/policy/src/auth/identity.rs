@@ -260,10 +260,36 @@ impl Identity {
             }
         }
         for (i, j) in id.jwt.iter().enumerate() {
-            let source = match (&j.jwks_url, &j.jwks_file) {
-                (Some(u), _) => JwksSource::Url(u.clone()),
-                (None, Some(f)) => JwksSource::File(resolve(base_dir, f)),
-                (None, None) => {
+            let source = match (&j.jwks_url, &j.jwks_file, &j.hmac_secret_file) {
+                (Some(u), _, _) => JwksSource::Url(u.clone()),
+                (None, Some(f), _) => JwksSource::File(resolve(base_dir, f)),
+                (None, None, Some(f)) => {
+                    let alg = algorithms(&j.algorithms).into_iter().next();
+                    match (std::fs::read(resolve(base_dir, f)), alg) {
+                        (Ok(secret), Some(alg)) => {
+                            JwksSource::SharedSecrets(vec![jwt::SharedSecret::new(
+                                None,
+                                alg,
+                                secret.trim_ascii().to_vec(),
+                            )])
+                        }
+                        (Err(e), _) => {
+                            problems.push((
+                                format!("identity.jwt[{i}].hmac_secret_file"),
+                                format!("cannot read: {e}"),
+                            ));
+                            continue;
+                        }
+                        (_, None) => {
+                            problems.push((
+                                format!("identity.jwt[{i}].algorithms"),
+                                "name the HMAC algorithm".into(),
+                            ));
+                            continue;
+                        }
+                    }
+                }
+                (None, None, None) => {
                     problems.push((format!("identity.jwt[{i}]"), "no JWKS source".into()));
                     continue;
                 }
