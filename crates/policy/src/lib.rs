@@ -3,6 +3,8 @@
 //! compiled, phase-ordered chain, so adding a policy means adding a module and a line there.
 
 pub mod auth;
+pub mod edge;
+pub mod limits;
 pub mod versioning;
 
 use std::sync::Arc;
