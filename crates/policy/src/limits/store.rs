@@ -1,0 +1,146 @@
+//! The sharded, bounded map behind the rate limiters and quotas.
+//!
+//! Shard locks are re-entrant so that a multi-tier check (see [`super::tiers`]) can hold every
+//! involved shard at once even when two tiers hash to the same shard of the same store: the
+//! global lock order prevents deadlocks between threads, re-entrancy prevents a thread from
+//! deadlocking on itself. The `RefCell` inside is never borrowed across a call into another
+//! tier, so the re-entrant path cannot trip it.
+
+use parking_lot::{ReentrantMutex, ReentrantMutexGuard};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Upper bound on shards; enough to keep two to a few dozen cores from contending.
+const MAX_SHARDS: usize = 32;
+
+/// A stored value that becomes equivalent to "no entry" at some instant (ns since the epoch).
+pub(crate) trait Expiring: Copy {
+    fn expires_at(&self) -> u64;
+}
+
+pub(crate) struct Shard<K, V> {
+    map: HashMap<K, V>,
+    /// No entry expires before this instant, so a sweep before it would free nothing. Keeps a
+    /// full shard of live keys from being rescanned on every new key.
+    next_sweep: u64,
+}
+
+type Locked<K, V> = ReentrantMutex<RefCell<Shard<K, V>>>;
+pub(crate) type Guard<'a, K, V> = ReentrantMutexGuard<'a, RefCell<Shard<K, V>>>;
+
+/// Distinguishes stores in the global lock order.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) struct Store<K, V> {
+    id: u64,
+    hasher: RandomState,
+    shards: Box<[Locked<K, V>]>,
+    shard_cap: usize,
+    overflows: AtomicU64,
+}
+
+impl<K: Hash + Eq + Clone, V: Expiring> Store<K, V> {
+    /// A store of at most `max_keys` keys (rounded down to a multiple of the shard count).
+    pub(crate) fn new(max_keys: usize) -> Self {
+        let max_keys = max_keys.max(1);
+        let shards = MAX_SHARDS.min(max_keys);
+        let shard_cap = max_keys / shards;
+        Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            hasher: RandomState::new(),
+            shards: (0..shards)
+                .map(|_| {
+                    ReentrantMutex::new(RefCell::new(Shard {
+                        map: HashMap::new(),
+                        next_sweep: 0,
+                    }))
+                })
+                .collect(),
+            shard_cap,
+            overflows: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.shard_cap * self.shards.len()
+    }
+
+    pub(crate) fn shard_of(&self, key: &K) -> usize {
+        // Shard count is small; the modulo of a 64-bit SipHash is uniform enough.
+        (self.hasher.hash_one(key) % self.shards.len() as u64) as usize
+    }
+
+    pub(crate) fn lock(&self, shard: usize) -> Guard<'_, K, V> {
+        self.shards[shard % self.shards.len()].lock()
+    }
+
+    /// The live value of `key`, or `None` when absent or expired (the two are equivalent).
+    pub(crate) fn get(guard: &Guard<'_, K, V>, key: &K, now: u64) -> Option<V> {
+        guard
+            .borrow()
+            .map
+            .get(key)
+            .copied()
+            .filter(|v| v.expires_at() > now)
+    }
+
+    /// Stores `value` for `key`. A new key in a full shard first evicts expired entries; if
+    /// none are expired the key is not stored and the write is counted as an overflow.
+    pub(crate) fn put(&self, guard: &Guard<'_, K, V>, key: &K, value: V, now: u64) {
+        let mut shard = guard.borrow_mut();
+        // An entry that expires earlier than the recorded horizon moves it, or a full shard
+        // would skip a sweep that could free space.
+        shard.next_sweep = shard.next_sweep.min(value.expires_at());
+        if let Some(slot) = shard.map.get_mut(key) {
+            *slot = value;
+            return;
+        }
+        if shard.map.len() >= self.shard_cap && now >= shard.next_sweep {
+            sweep(&mut shard, now);
+        }
+        if shard.map.len() < self.shard_cap {
+            shard.map.insert(key.clone(), value);
+        } else {
+            self.overflows.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops every expired entry; for a periodic timer, since eviction is otherwise lazy.
+    pub(crate) fn evict_expired(&self, now: u64) {
+        for shard in self.shards.iter() {
+            let guard = shard.lock();
+            sweep(&mut guard.borrow_mut(), now);
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().borrow().map.len())
+            .sum()
+    }
+
+    pub(crate) fn overflows(&self) -> u64 {
+        self.overflows.load(Ordering::Relaxed)
+    }
+}
+
+fn sweep<K: Hash + Eq, V: Expiring>(shard: &mut Shard<K, V>, now: u64) {
+    let mut next = u64::MAX;
+    shard.map.retain(|_, v| {
+        let at = v.expires_at();
+        let keep = at > now;
+        if keep {
+            next = next.min(at);
+        }
+        keep
+    });
+    shard.map.shrink_to(shard.map.len().saturating_mul(2));
+    shard.next_sweep = next;
+}
