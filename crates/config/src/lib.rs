@@ -9,6 +9,7 @@
 mod duration;
 mod locate;
 pub use locate::line_of;
+pub use validate::parse_utc_offset;
 mod model;
 mod validate;
 

@@ -27,6 +27,15 @@ pub struct Config {
     /// Who may call: consumers and their credentials (stored hashed, never in plaintext).
     #[serde(default)]
     pub consumers: BTreeMap<String, Consumer>,
+    /// Usage plans: per-consumer rate, burst and quota.
+    #[serde(default)]
+    pub plans: BTreeMap<String, Plan>,
+    /// Gateway-wide (account) limits and how quotas align to the calendar.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Rules evaluated before authentication: CIDR lists and per-IP rate rules.
+    #[serde(default)]
+    pub edge: Edge,
 }
 
 /// A socket address, parsed at load time.
@@ -212,6 +221,9 @@ pub struct Api {
     /// Authentication for every route of the API unless a route says otherwise.
     #[serde(default)]
     pub auth: Option<RouteAuth>,
+    /// Limits shared by all routes of the API (the API/stage tier).
+    #[serde(default)]
+    pub limits: Option<RouteLimits>,
     pub routes: Vec<Route>,
 }
 
@@ -249,6 +261,9 @@ pub struct Route {
     /// Who may call this route; none means anyone.
     #[serde(default)]
     pub auth: Option<RouteAuth>,
+    /// Rate limits, quotas, spike arrest and concurrency for this route.
+    #[serde(default)]
+    pub limits: Option<RouteLimits>,
 }
 
 /// RFC 9745 `Deprecation`, RFC 8594 `Sunset` and a successor link.
@@ -478,6 +493,9 @@ pub struct Consumer {
     pub certificate_subjects: Vec<String>,
     #[serde(default)]
     pub sigv4_keys: Vec<SigV4Key>,
+    /// Temporary rate override, e.g. to throttle one partner during an incident.
+    #[serde(rename = "override", default)]
+    pub rate_override: Option<Override>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -530,4 +548,145 @@ pub enum AuthScheme {
     Mtls,
     Sigv4,
     Authorizer,
+}
+
+/// A token bucket: `rate` requests per second sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub rate: f64,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    Hour,
+    Day,
+    Week,
+    Month,
+}
+
+/// At most `limit` requests per calendar `period`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    pub limit: u64,
+    pub period: Period,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    pub rate: f64,
+    pub burst: u32,
+    #[serde(default)]
+    pub quota: Option<Quota>,
+    /// Per-route overrides of rate and burst inside the plan, by route id.
+    #[serde(default)]
+    pub routes: BTreeMap<String, RateLimit>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Gateway-wide (account) token bucket over all requests.
+    #[serde(default)]
+    pub gateway: Option<RateLimit>,
+    /// Offset from UTC at which quota days, weeks and months begin, e.g. `+02:00`.
+    #[serde(default)]
+    pub quota_utc_offset: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Edge {
+    /// When set, only these networks may call.
+    #[serde(default)]
+    pub allow: Vec<ipnet::IpNet>,
+    /// These networks get 403 on every route.
+    #[serde(default)]
+    pub deny: Vec<ipnet::IpNet>,
+    /// More than `max_requests` in `window` from one client IP blocks it for `block_for`.
+    #[serde(default)]
+    pub ip_rules: Vec<IpRule>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IpRule {
+    pub max_requests: u32,
+    pub window: Duration,
+    pub block_for: Duration,
+}
+
+/// Who shares a route-level limit.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitScope {
+    /// One bucket for all callers of the route.
+    #[default]
+    All,
+    /// One bucket per consumer.
+    Consumer,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteLimit {
+    pub rate: f64,
+    pub burst: u32,
+    #[serde(default)]
+    pub per: LimitScope,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteQuota {
+    pub limit: u64,
+    pub period: Period,
+    #[serde(default)]
+    pub per: LimitScope,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SpikeArrest {
+    /// Requests per second, evenly spaced: N/s admits one request every 1/N s, no burst.
+    pub rate: f64,
+    #[serde(default)]
+    pub per: LimitScope,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Concurrency {
+    /// Requests in flight at once.
+    pub max: u32,
+    #[serde(default)]
+    pub per: LimitScope,
+}
+
+/// Traffic control on a route (or every route of an API).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RouteLimits {
+    #[serde(default)]
+    pub rate: Option<RouteLimit>,
+    /// A business limit, e.g. 100 payment initiations per consumer per hour.
+    #[serde(default)]
+    pub quota: Option<RouteQuota>,
+    #[serde(default)]
+    pub spike_arrest: Option<SpikeArrest>,
+    #[serde(default)]
+    pub concurrency: Option<Concurrency>,
+}
+
+/// A temporary per-consumer override of its plan's rate and burst (incident response).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Override {
+    pub rate: f64,
+    pub burst: u32,
+    pub expires_at: Timestamp,
 }

@@ -211,3 +211,26 @@ fn api_key_hashes_must_be_hmac_digests_and_need_a_secret() {
     );
     assert!(keys.contains(&"identity.hash_secret_file"), "{keys:?}");
 }
+
+#[test]
+fn plans_limits_and_edge_rules_are_checked() {
+    let text = format!(
+        "{GOOD}plans:\n  gold:\n    rate: 0\n    burst: 0\n    routes:\n      nope: {{rate: 1, burst: 1}}\nconsumers:\n  alice:\n    plan: platinum\nlimits:\n  quota_utc_offset: '+25:00'\nedge:\n  deny: [203.0.113.0/24]\n  ip_rules:\n    - {{max_requests: 0, window: 10s, block_for: 60s}}\n"
+    );
+    let errs = parse(&text).expect_err("bad limits");
+    let keys: Vec<_> = errs.iter().map(|p| p.key_path.as_str()).collect();
+    for k in [
+        "plans.gold.rate",
+        "plans.gold.burst",
+        "plans.gold.routes.nope",
+        "consumers.alice.plan",
+        "limits.quota_utc_offset",
+        "edge.ip_rules[0].max_requests",
+    ] {
+        assert!(keys.contains(&k), "{k} missing from {keys:?}");
+    }
+    assert_eq!(parse_utc_offset("+02:00"), Some(7200));
+    assert_eq!(parse_utc_offset("-05:30"), Some(-19800));
+    assert_eq!(parse_utc_offset("Z"), Some(0));
+    assert_eq!(parse_utc_offset("02:00"), None);
+}

@@ -29,7 +29,141 @@ pub fn validate(cfg: &Config, base_dir: &Path) -> Vec<Problem> {
     tenants(cfg, &mut r);
     identity(cfg, base_dir, &mut r);
     consumers(cfg, &mut r);
+    traffic(cfg, &mut r);
     r.0
+}
+
+fn check_rate(rate: f64, burst: u32, key: &str, r: &mut Report) {
+    if !(rate.is_finite() && rate > 0.0 && rate <= 1e9) {
+        r.err(
+            format!("{key}.rate"),
+            "must be a positive number of requests per second",
+        );
+    }
+    if burst == 0 {
+        r.err(format!("{key}.burst"), "must be at least 1");
+    }
+}
+
+fn check_route_limits(l: &crate::RouteLimits, key: &str, r: &mut Report) {
+    if let Some(x) = &l.rate {
+        check_rate(x.rate, x.burst, &format!("{key}.rate"), r);
+    }
+    if let Some(q) = &l.quota
+        && q.limit == 0
+    {
+        r.err(format!("{key}.quota.limit"), "must be at least 1");
+    }
+    if let Some(s) = &l.spike_arrest {
+        check_rate(s.rate, 1, &format!("{key}.spike_arrest"), r);
+    }
+    if let Some(c) = &l.concurrency
+        && c.max == 0
+    {
+        r.err(format!("{key}.concurrency.max"), "must be at least 1");
+    }
+}
+
+fn traffic(cfg: &Config, r: &mut Report) {
+    let route_ids: BTreeSet<String> = cfg
+        .tenants
+        .iter()
+        .flat_map(|(t, tn)| {
+            tn.apis.iter().flat_map(move |(a, api)| {
+                api.routes
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, rt)| rt.id.clone().unwrap_or_else(|| format!("{t}/{a}/{i}")))
+            })
+        })
+        .collect();
+    for (name, p) in &cfg.plans {
+        let key = format!("plans.{name}");
+        if !is_ident(name) {
+            r.err(&key, "names may contain only letters, digits, `-` and `_`");
+        }
+        check_rate(p.rate, p.burst, &key, r);
+        if let Some(q) = &p.quota
+            && q.limit == 0
+        {
+            r.err(format!("{key}.quota.limit"), "must be at least 1");
+        }
+        for (rid, l) in &p.routes {
+            if !route_ids.contains(rid) {
+                r.err(
+                    format!("{key}.routes.{rid}"),
+                    format!("unknown route id `{rid}`"),
+                );
+            }
+            check_rate(l.rate, l.burst, &format!("{key}.routes.{rid}"), r);
+        }
+    }
+    for (name, c) in &cfg.consumers {
+        if let Some(p) = &c.plan
+            && !cfg.plans.is_empty()
+            && !cfg.plans.contains_key(p)
+        {
+            r.err(
+                format!("consumers.{name}.plan"),
+                format!("unknown plan `{p}`"),
+            );
+        }
+        if let Some(o) = &c.rate_override {
+            check_rate(o.rate, o.burst, &format!("consumers.{name}.override"), r);
+        }
+    }
+    if let Some(g) = &cfg.limits.gateway {
+        check_rate(g.rate, g.burst, "limits.gateway", r);
+    }
+    if let Some(o) = &cfg.limits.quota_utc_offset
+        && parse_utc_offset(o).is_none()
+    {
+        r.err(
+            "limits.quota_utc_offset",
+            format!("`{o}` is not an offset like +02:00 or -05:30"),
+        );
+    }
+    for (i, rule) in cfg.edge.ip_rules.iter().enumerate() {
+        let key = format!("edge.ip_rules[{i}]");
+        if rule.max_requests == 0 {
+            r.err(format!("{key}.max_requests"), "must be at least 1");
+        }
+        if rule.window.get().is_zero() {
+            r.err(format!("{key}.window"), "must be greater than 0");
+        }
+    }
+    for (tname, t) in &cfg.tenants {
+        for (aname, api) in &t.apis {
+            let akey = format!("tenants.{tname}.apis.{aname}");
+            if let Some(l) = &api.limits {
+                check_route_limits(l, &format!("{akey}.limits"), r);
+            }
+            for (i, route) in api.routes.iter().enumerate() {
+                if let Some(l) = &route.limits {
+                    check_route_limits(l, &format!("{akey}.routes[{i}].limits"), r);
+                }
+            }
+        }
+    }
+}
+
+/// `+HH:MM` / `-HH:MM` / `Z` → seconds east of UTC.
+pub fn parse_utc_offset(s: &str) -> Option<i32> {
+    let s = s.trim();
+    if s == "Z" || s == "+00:00" || s == "-00:00" {
+        return Some(0);
+    }
+    let (sign, rest) = match s.as_bytes().first()? {
+        b'+' => (1, &s[1..]),
+        b'-' => (-1, &s[1..]),
+        _ => return None,
+    };
+    let (h, m) = rest.split_once(':')?;
+    let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
+    if !(0..=14).contains(&h) || !(0..60).contains(&m) {
+        return None;
+    }
+    Some(sign * (h * 3600 + m * 60))
 }
 
 fn file_exists(base_dir: &Path, p: &Path) -> bool {

@@ -105,6 +105,10 @@ pub struct RequestCtx {
     pub scopes: Option<Arc<dyn Scopes>>,
     /// Which scheme identified the caller (`api_key`, `jwt`, ...), for logs.
     pub auth_scheme: Option<&'static str>,
+    /// Which limit refused the request, for metrics and usage (`plan`, `quota`, `ip`, ...).
+    pub throttled: Option<&'static str>,
+    /// Things released when the response ends or the client leaves (concurrency permits).
+    pub held: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl RequestCtx {
@@ -126,6 +130,8 @@ impl RequestCtx {
             consumer: None,
             scopes: None,
             auth_scheme: None,
+            throttled: None,
+            held: Vec::new(),
         }
     }
 

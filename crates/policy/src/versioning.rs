@@ -259,9 +259,7 @@ routes:
     fn setup(now_secs: u64) -> (Arc<ManualClock>, Versioning, Versioning) {
         let api: Api = yaml_serde::from_str(API).expect("api");
         let clock = Arc::new(ManualClock::new(UNIX_EPOCH + Duration::from_secs(now_secs)));
-        let env = Env {
-            clock: clock.clone(),
-        };
+        let env = Env::new(clock.clone());
         let neg = Versioning::from_config(&env, &api, &api.routes[0]).expect("policy");
         let gone = Versioning::from_config(&env, &api, &api.routes[1]).expect("policy");
         (clock, neg, gone)

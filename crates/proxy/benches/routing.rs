@@ -48,9 +48,7 @@ fn loaded(routes: usize) -> LoadedConfig {
 }
 
 fn snapshot(routes: usize) -> Snapshot {
-    let env = tollgate_policy::Env {
-        clock: Arc::new(tollgate_core::SystemClock),
-    };
+    let env = tollgate_policy::Env::new(Arc::new(tollgate_core::SystemClock));
     compile(Arc::new(loaded(routes)), None, &Metrics::new(), &env, 1).expect("compiles")
 }
 
@@ -105,9 +103,7 @@ fn config_compile(c: &mut Criterion) {
         })
     });
     let l = Arc::new(loaded(10_000));
-    let env = tollgate_policy::Env {
-        clock: Arc::new(tollgate_core::SystemClock),
-    };
+    let env = tollgate_policy::Env::new(Arc::new(tollgate_core::SystemClock));
     let metrics = Metrics::new();
     g.bench_function("compile_10k_routes", |b| {
         b.iter(|| compile(l.clone(), None, &metrics, &env, 1).is_ok())

@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub unmatched: Arc<RouteMetrics>,
     /// Consumers, credentials and verifiers of this config.
     pub identity: Arc<Identity>,
+    /// CIDR lists and per-IP rules, checked before routing.
+    pub edge: Option<Arc<tollgate_policy::edge::EdgeRules>>,
     /// The TLS listener's server config (certificates, client CA, ALPN) for this snapshot.
     pub tls_config: Option<Arc<rustls::ServerConfig>>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
@@ -80,6 +82,50 @@ pub fn compile(
                 push(k, m);
             }
             Arc::new(Identity::empty())
+        }
+    };
+
+    let plans = match tollgate_policy::traffic::PlanBook::build(cfg) {
+        Ok(b) => Arc::new(b),
+        Err(list) => {
+            for (k, m) in list {
+                push(k, m);
+            }
+            Arc::new(tollgate_policy::traffic::PlanBook::default())
+        }
+    };
+    let shared = tollgate_policy::Shared {
+        identity: identity.clone(),
+        plans,
+    };
+    let edge = {
+        let e = &cfg.edge;
+        let ec = tollgate_policy::edge::EdgeConfig {
+            allow: (!e.allow.is_empty()).then(|| e.allow.clone()),
+            deny: e.deny.clone(),
+            rate_rules: e
+                .ip_rules
+                .iter()
+                .map(|r| tollgate_policy::edge::IpRateRule {
+                    max_requests: r.max_requests,
+                    window: r.window.get(),
+                    block_for: r.block_for.get(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        match tollgate_policy::edge::EdgeRules::new(&ec) {
+            Ok(mut rules) => {
+                // Blocks and counts survive a reload that keeps the same rules.
+                if let Some(prev) = previous.and_then(|p| p.edge.as_ref()) {
+                    rules.carry_state_from(prev);
+                }
+                (!rules.is_empty()).then(|| Arc::new(rules))
+            }
+            Err(e) => {
+                push("edge".into(), e.to_string());
+                None
+            }
         }
     };
 
@@ -143,7 +189,17 @@ pub fn compile(
                 let compiled = Arc::new(CompiledRoute {
                     meta,
                     upstreams: ups.into(),
-                    policies: tollgate_policy::chain_for(policy_env, &identity, api, route).into(),
+                    policies: tollgate_policy::chain_for(
+                        policy_env,
+                        &shared,
+                        tollgate_policy::RouteIds {
+                            api_scope: &format!("{tname}/{aname}"),
+                            route_id: &route_id,
+                        },
+                        api,
+                        route,
+                    )
+                    .into(),
                     builtin: None,
                     max_body_bytes: route.max_body_bytes.or(cfg.server.max_body_bytes),
                     metrics: metrics.route(tname, aname, &route_id),
@@ -255,6 +311,7 @@ pub fn compile(
         unmatched: metrics.route("", "", "unmatched"),
         tls_config,
         identity,
+        edge,
         upstreams,
         loaded,
     })
@@ -264,9 +321,7 @@ pub fn compile(
 /// reload, including certificates. Returns a one-line summary.
 pub fn check(loaded: LoadedConfig) -> Result<String, tollgate_config::ConfigError> {
     let metrics = Metrics::new();
-    let env = tollgate_policy::Env {
-        clock: Arc::new(tollgate_core::SystemClock),
-    };
+    let env = tollgate_policy::Env::new(Arc::new(tollgate_core::SystemClock));
     let path = loaded.source_path.clone();
     let snap = compile(Arc::new(loaded), None, &metrics, &env, 0)
         .map_err(|problems| tollgate_config::ConfigError::Invalid { path, problems })?;

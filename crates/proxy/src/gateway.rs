@@ -69,9 +69,7 @@ impl Gateway {
     /// Compiles the first config. Fails with the same problems `tollgate validate` reports.
     pub fn new(loaded: LoadedConfig, opts: Options) -> Result<Self, ConfigError> {
         let metrics = Arc::new(Metrics::new());
-        let policy_env = tollgate_policy::Env {
-            clock: opts.clock.clone(),
-        };
+        let policy_env = tollgate_policy::Env::new(opts.clock.clone());
         let loaded = Arc::new(loaded);
         let snap = compile(loaded.clone(), None, &metrics, &policy_env, 1)
             .map_err(|problems| invalid(&loaded, problems))?;

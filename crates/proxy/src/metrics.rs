@@ -82,6 +82,12 @@ pub struct Metrics {
     pub config_generation: Gauge,
     pub connections_open: Family<ListenerLabels, Gauge>,
     pub access_log_dropped: Counter,
+    throttled: Family<TierLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabels {
+    pub tier: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -144,9 +150,16 @@ impl Metrics {
             "Access log lines dropped because the log sink could not keep up",
             access_log_dropped.clone(),
         );
+        let throttled = Family::<TierLabels, Counter>::default();
+        registry.register(
+            "throttled",
+            "Requests refused by a limit, by tier (gateway, api, route, plan, quota, route-quota, spike-arrest, concurrency, ip)",
+            throttled.clone(),
+        );
         Self {
             registry,
             requests,
+            throttled,
             durations,
             upstream_errors,
             reloads,
@@ -171,6 +184,11 @@ impl Metrics {
             )
         });
         Arc::new(RouteMetrics { handles })
+    }
+
+    /// Counts a request refused by a limit; `tier` comes from a fixed set of names.
+    pub fn throttled(&self, tier: &'static str) {
+        self.throttled.get_or_create(&TierLabels { tier }).inc();
     }
 
     pub fn encode(&self) -> String {

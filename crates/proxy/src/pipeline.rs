@@ -113,6 +113,8 @@ pub(crate) async fn handle(
             .map_or_else(|| snap.unmatched.clone(), |r| r.metrics.clone()),
         meta: route.map(|r| r.meta.clone()),
         consumer: ctx.consumer.as_ref().map(|c| c.id.clone()),
+        throttled: ctx.throttled,
+        held: std::mem::take(&mut ctx.held),
         log: snap.config().access_log.enabled,
         request_id: ctx.request_id,
         client_ip: ctx.client_ip,
@@ -146,6 +148,22 @@ async fn run(
     info: &mut UpstreamInfo,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     check_limits(snap, &parts)?;
+    // Edge rules come before routing and authentication: refusing an address must cost little
+    // and apply to every path, known or not.
+    if let Some(edge) = &snap.edge {
+        use tollgate_policy::edge::{EdgeRules, Verdict};
+        match edge.check(ctx.client_ip, shared.policy_env.clock.now()) {
+            Verdict::Pass => {}
+            Verdict::RateLimited {
+                rule,
+                retry_after_secs,
+            } => {
+                ctx.throttled = Some("ip");
+                return Err(edge.rate_limited(ctx.client_ip, rule, retry_after_secs));
+            }
+            v => return Err(EdgeRules::forbidden(ctx.client_ip, v)),
+        }
+    }
     let route = route(snap, ctx.listener, &parts.method, parts.uri.path())?.clone();
     ctx.route = Some(route.meta.clone());
     *route_out = Some(route.clone());
@@ -379,6 +397,9 @@ pub(crate) struct Completion {
     metrics: Arc<RouteMetrics>,
     meta: Option<Arc<RouteMeta>>,
     consumer: Option<Arc<str>>,
+    throttled: Option<&'static str>,
+    /// Released (dropped) when the request is recorded: concurrency permits.
+    held: Vec<Box<dyn std::any::Any + Send + Sync>>,
     log: bool,
     request_id: HeaderValue,
     client_ip: std::net::IpAddr,
@@ -399,6 +420,11 @@ impl Completion {
     fn finish(self, aborted: bool) {
         let elapsed = self.started.elapsed();
         self.metrics.record(self.status, elapsed);
+        if let Some(tier) = self.throttled {
+            self.shared.metrics.throttled(tier);
+        }
+        // The response is over: give back concurrency slots.
+        drop(self.held);
         if !self.log {
             return;
         }

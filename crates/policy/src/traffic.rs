@@ -1,0 +1,485 @@
+//! The `Traffic` policy of one route: every rate tier (gateway, API, route, the consumer's
+//! plan or its temporary override), spike arrest and quotas (the plan's and the route's
+//! business limit) checked together, all or nothing, then the concurrency slot.
+//!
+//! Limiter state lives in [`Stores`], which outlives config reloads: a reload changes limits,
+//! never hands everyone a fresh burst.
+
+use crate::limits::headers::{PolicyItem, ServiceLimit, ratelimit, ratelimit_policy, retry_after};
+use crate::limits::{
+    ConcurrencyLimiter, KeyedLimiter, KeyedQuota, Limit, QuotaLimit, TemporaryOverride, Tier,
+    check_all,
+};
+use http::HeaderName;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use tollgate_config::{Config, LimitScope, Period, RouteLimits};
+use tollgate_core::{Clock, GatewayError, Kind, Phase, Policy, RequestCtx, Step};
+
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Who a bucket or counter belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subject {
+    Everyone,
+    Consumer(Arc<str>),
+    /// Callers without a consumer are told apart by address.
+    Ip(IpAddr),
+}
+
+/// A bucket or counter: which limit (a stable scope name) and whose.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub scope: Arc<str>,
+    pub subject: Subject,
+}
+
+/// Limiter state shared by every snapshot of a running gateway.
+pub struct Stores {
+    pub rates: KeyedLimiter<Key>,
+    pub quotas: KeyedQuota<Key>,
+    pub concurrency: ConcurrencyLimiter<Key>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores")
+            .field("rate_keys", &self.rates.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stores {
+    /// `max_keys` bounds each store; idle buckets and finished quota windows are evicted.
+    pub fn new(max_keys: usize) -> Self {
+        Self {
+            rates: KeyedLimiter::new(max_keys),
+            quotas: KeyedQuota::new(max_keys),
+            concurrency: ConcurrencyLimiter::new(),
+        }
+    }
+}
+
+/// A usage plan, compiled.
+#[derive(Debug, Clone)]
+pub struct PlanLimits {
+    pub name: Arc<str>,
+    /// The plan's quota as a RateLimit policy name (names must be unique within a field).
+    pub quota_name: Arc<str>,
+    pub rate: Limit,
+    pub quota: Option<QuotaLimit>,
+    /// Per-route rate overrides inside the plan, by route id.
+    pub routes: HashMap<String, Limit>,
+}
+
+/// Plans and per-consumer overrides of one config, shared by its routes.
+#[derive(Debug, Default)]
+pub struct PlanBook {
+    pub plans: HashMap<String, PlanLimits>,
+    pub overrides: HashMap<String, TemporaryOverride>,
+    pub gateway: Option<Limit>,
+    pub utc_offset: i32,
+}
+
+fn period(p: Period) -> crate::limits::Period {
+    match p {
+        Period::Hour => crate::limits::Period::Hour,
+        Period::Day => crate::limits::Period::Day,
+        Period::Week => crate::limits::Period::Week,
+        Period::Month => crate::limits::Period::Month,
+    }
+}
+
+impl PlanBook {
+    /// Compiles plans, overrides and the gateway limit; problems are (key path, message).
+    pub fn build(cfg: &Config) -> Result<Self, Vec<(String, String)>> {
+        let mut problems = Vec::new();
+        let utc_offset = cfg
+            .limits
+            .quota_utc_offset
+            .as_deref()
+            .and_then(tollgate_config::parse_utc_offset)
+            .unwrap_or(0);
+        let mut book = PlanBook {
+            utc_offset,
+            ..Default::default()
+        };
+        let mut limit = |rate: f64, burst: u32, key: String| match Limit::new(rate, burst) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                problems.push((key, format!("{e:?}")));
+                None
+            }
+        };
+        if let Some(g) = &cfg.limits.gateway {
+            book.gateway = limit(g.rate, g.burst, "limits.gateway".into());
+        }
+        for (name, p) in &cfg.plans {
+            let Some(rate) = limit(p.rate, p.burst, format!("plans.{name}")) else {
+                continue;
+            };
+            let mut routes = HashMap::new();
+            for (rid, l) in &p.routes {
+                if let Some(x) = limit(l.rate, l.burst, format!("plans.{name}.routes.{rid}")) {
+                    routes.insert(rid.clone(), x);
+                }
+            }
+            book.plans.insert(
+                name.clone(),
+                PlanLimits {
+                    name: Arc::from(format!("plan-{name}")),
+                    quota_name: Arc::from(format!("quota-{name}")),
+                    rate,
+                    quota: p.quota.map(|q| {
+                        QuotaLimit::new(q.limit, period(q.period)).with_offset(utc_offset)
+                    }),
+                    routes,
+                },
+            );
+        }
+        for (id, c) in &cfg.consumers {
+            if let Some(o) = &c.rate_override
+                && let Some(l) = limit(o.rate, o.burst, format!("consumers.{id}.override"))
+            {
+                book.overrides.insert(
+                    id.clone(),
+                    TemporaryOverride {
+                        limit: l,
+                        expires_at: o.expires_at.0,
+                    },
+                );
+            }
+        }
+        if problems.is_empty() {
+            Ok(book)
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Scoped<L> {
+    name: Arc<str>,
+    limit: L,
+    per: LimitScope,
+}
+
+/// Which limit refused a request: its problem type and the `limit` member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TierKind {
+    Gateway,
+    Api,
+    Route,
+    Plan,
+    Spike,
+    PlanQuota,
+    RouteQuota,
+}
+
+impl TierKind {
+    fn label(self) -> &'static str {
+        match self {
+            TierKind::Gateway => "gateway",
+            TierKind::Api => "api",
+            TierKind::Route => "route",
+            TierKind::Plan => "plan",
+            TierKind::Spike => "spike-arrest",
+            TierKind::PlanQuota => "quota",
+            TierKind::RouteQuota => "route-quota",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Traffic {
+    stores: Arc<Stores>,
+    book: Arc<PlanBook>,
+    clock: Arc<dyn Clock>,
+    route_id: String,
+    api: Option<Scoped<Limit>>,
+    route: Option<Scoped<Limit>>,
+    spike: Option<Scoped<Limit>>,
+    quota: Option<Scoped<QuotaLimit>>,
+    concurrency: Option<Scoped<u32>>,
+    gateway_scope: Arc<str>,
+    plan_scope: Arc<str>,
+    override_scope: Arc<str>,
+}
+
+impl Traffic {
+    /// `None` when nothing limits this route (no plans, no gateway limit, no route limits).
+    pub fn new(
+        stores: Arc<Stores>,
+        book: Arc<PlanBook>,
+        clock: Arc<dyn Clock>,
+        scope_prefix: &str,
+        route_id: &str,
+        api_limits: Option<&RouteLimits>,
+        route_limits: Option<&RouteLimits>,
+    ) -> Option<Self> {
+        let rate = |name: String, l: &tollgate_config::RouteLimit| {
+            Limit::new(l.rate, l.burst).ok().map(|limit| Scoped {
+                name: Arc::from(name),
+                limit,
+                per: l.per,
+            })
+        };
+        let api = api_limits
+            .and_then(|l| l.rate.as_ref())
+            .and_then(|l| rate(format!("api:{scope_prefix}"), l));
+        let route = route_limits
+            .and_then(|l| l.rate.as_ref())
+            .and_then(|l| rate(format!("route:{route_id}"), l));
+        let spike = route_limits
+            .and_then(|l| l.spike_arrest.as_ref())
+            .and_then(|s| {
+                Limit::spike_arrest(s.rate).ok().map(|limit| Scoped {
+                    name: Arc::from(format!("spike:{route_id}")),
+                    limit,
+                    per: s.per,
+                })
+            });
+        let quota = route_limits.and_then(|l| l.quota.as_ref()).map(|q| Scoped {
+            name: Arc::from(format!("quota:{route_id}")),
+            limit: QuotaLimit::new(q.limit, period(q.period)).with_offset(book.utc_offset),
+            per: q.per,
+        });
+        let concurrency = route_limits
+            .and_then(|l| l.concurrency.as_ref())
+            .map(|c| Scoped {
+                name: Arc::from(format!("concurrency:{route_id}")),
+                limit: c.max,
+                per: c.per,
+            });
+        let nothing = api.is_none()
+            && route.is_none()
+            && spike.is_none()
+            && quota.is_none()
+            && concurrency.is_none()
+            && book.gateway.is_none()
+            && book.plans.is_empty()
+            && book.overrides.is_empty();
+        if nothing {
+            return None;
+        }
+        Some(Self {
+            stores,
+            book,
+            clock,
+            route_id: route_id.to_string(),
+            api,
+            route,
+            spike,
+            quota,
+            concurrency,
+            gateway_scope: Arc::from("gateway"),
+            plan_scope: Arc::from("plan"),
+            override_scope: Arc::from("override"),
+        })
+    }
+
+    fn subject(ctx: &RequestCtx, per: LimitScope) -> Subject {
+        match per {
+            LimitScope::All => Subject::Everyone,
+            LimitScope::Consumer => match &ctx.consumer {
+                Some(c) => Subject::Consumer(c.id.clone()),
+                None => Subject::Ip(ctx.client_ip),
+            },
+        }
+    }
+
+    fn refuse(&self, kind: TierKind, name: &str, retry: std::time::Duration) -> GatewayError {
+        let (k, detail) = match kind {
+            TierKind::PlanQuota | TierKind::RouteQuota => {
+                (Kind::QuotaExceeded, "the quota for this period is used up")
+            }
+            TierKind::Spike => (
+                Kind::SpikeArrested,
+                "requests are arriving faster than this route's smoothing allows",
+            ),
+            _ => (Kind::TooManyRequests, "the rate limit is exhausted"),
+        };
+        GatewayError::new(k, format!("{detail} ({})", kind.label()))
+            .with_header(http::header::RETRY_AFTER, retry_after(retry))
+            .with_extension("limit", kind.label().into())
+            .with_extension("policy", name.into())
+    }
+}
+
+impl Policy for Traffic {
+    fn name(&self) -> &'static str {
+        "traffic"
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Limit
+    }
+
+    fn on_request<'a>(
+        &'a self,
+        ctx: &'a mut RequestCtx,
+        _req: &'a mut http::request::Parts,
+    ) -> Step<'a> {
+        let now = self.clock.now();
+        let stores = &*self.stores;
+        // Keys and limits for every tier that applies, built before borrowing them as tiers.
+        let mut rate_keys: Vec<(TierKind, Key, Limit, Arc<str>)> = Vec::with_capacity(5);
+        let mut quota_keys: Vec<(TierKind, Key, QuotaLimit, Arc<str>)> = Vec::with_capacity(2);
+        if let Some(g) = &self.book.gateway {
+            rate_keys.push((
+                TierKind::Gateway,
+                Key {
+                    scope: self.gateway_scope.clone(),
+                    subject: Subject::Everyone,
+                },
+                *g,
+                self.gateway_scope.clone(),
+            ));
+        }
+        for (kind, s) in [
+            (TierKind::Api, &self.api),
+            (TierKind::Route, &self.route),
+            (TierKind::Spike, &self.spike),
+        ] {
+            if let Some(s) = s {
+                rate_keys.push((
+                    kind,
+                    Key {
+                        scope: s.name.clone(),
+                        subject: Self::subject(ctx, s.per),
+                    },
+                    s.limit,
+                    s.name.clone(),
+                ));
+            }
+        }
+        if let Some(c) = &ctx.consumer {
+            let plan = c.plan.as_deref().and_then(|p| self.book.plans.get(p));
+            let base = plan.map(|p| *p.routes.get(&self.route_id).unwrap_or(&p.rate));
+            // A live override gets its own bucket: a bucket's state is only meaningful under
+            // the limit that filled it, and an override must bite (or relieve) at once.
+            let over = self
+                .book
+                .overrides
+                .get(&*c.id)
+                .filter(|o| now < o.expires_at);
+            let effective = match (over, base) {
+                (Some(o), _) => Some((o.limit, &self.override_scope)),
+                (None, Some(b)) => Some((b, &self.plan_scope)),
+                (None, None) => None,
+            };
+            if let Some((l, scope)) = effective {
+                rate_keys.push((
+                    TierKind::Plan,
+                    Key {
+                        scope: scope.clone(),
+                        subject: Subject::Consumer(c.id.clone()),
+                    },
+                    l,
+                    match (over, plan) {
+                        (Some(_), _) => self.override_scope.clone(),
+                        (None, Some(p)) => p.name.clone(),
+                        (None, None) => self.plan_scope.clone(),
+                    },
+                ));
+            }
+            if let Some(p) = plan
+                && let Some(q) = p.quota
+            {
+                quota_keys.push((
+                    TierKind::PlanQuota,
+                    Key {
+                        scope: p.quota_name.clone(),
+                        subject: Subject::Consumer(c.id.clone()),
+                    },
+                    q,
+                    p.quota_name.clone(),
+                ));
+            }
+        }
+        if let Some(q) = &self.quota {
+            quota_keys.push((
+                TierKind::RouteQuota,
+                Key {
+                    scope: q.name.clone(),
+                    subject: Self::subject(ctx, q.per),
+                },
+                q.limit,
+                q.name.clone(),
+            ));
+        }
+
+        let mut tiers: Vec<Box<dyn Tier + '_>> =
+            Vec::with_capacity(rate_keys.len() + quota_keys.len());
+        for (_, k, l, _) in &rate_keys {
+            tiers.push(Box::new(stores.rates.tier(k, l)));
+        }
+        for (_, k, q, _) in &quota_keys {
+            tiers.push(Box::new(stores.quotas.tier(k, q)));
+        }
+        let refs: Vec<&dyn Tier> = tiers.iter().map(|t| &**t as &dyn Tier).collect();
+        let verdict = match check_all(&refs, now) {
+            Ok(v) => v,
+            Err(_) => return Step::Continue,
+        };
+        let kinds: Vec<(TierKind, &Arc<str>)> = rate_keys
+            .iter()
+            .map(|(k, _, _, n)| (*k, n))
+            .chain(quota_keys.iter().map(|(k, _, _, n)| (*k, n)))
+            .collect();
+
+        // RateLimit headers: every applicable policy, and the service limit of the tightest.
+        let mut items: Vec<PolicyItem<'_>> = Vec::with_capacity(kinds.len());
+        for (_, _, l, n) in &rate_keys {
+            items.push(PolicyItem::rate(n, l));
+        }
+        for (_, _, q, n) in &quota_keys {
+            items.push(PolicyItem::quota(n, q));
+        }
+        if !items.is_empty() {
+            ctx.response_headers
+                .push((RATELIMIT_POLICY, ratelimit_policy(&items)));
+            let tight = verdict.rejected().or_else(|| verdict.most_restrictive());
+            if let (Some(i), Some(o)) = (tight, tight.and_then(|i| verdict.outcomes().get(i))) {
+                ctx.response_headers.push((
+                    RATELIMIT,
+                    ratelimit(&[ServiceLimit::from_outcome(kinds[i].1, o)]),
+                ));
+            }
+        }
+        if let Some(i) = verdict.rejected() {
+            let (kind, name) = kinds[i];
+            ctx.throttled = Some(kind.label());
+            let retry = verdict.retry_after().unwrap_or_default();
+            return Step::Reject(self.refuse(kind, name, retry));
+        }
+        if let Some(c) = &self.concurrency {
+            let key = Key {
+                scope: c.name.clone(),
+                subject: Self::subject(ctx, c.per),
+            };
+            match stores.concurrency.try_acquire(key, c.limit) {
+                // Held until the response body ends or the client goes away.
+                Some(permit) => ctx.held.push(Box::new(permit)),
+                None => {
+                    ctx.throttled = Some("concurrency");
+                    return Step::Reject(
+                        GatewayError::new(
+                            Kind::ConcurrencyLimited,
+                            format!("more than {} requests in flight", c.limit),
+                        )
+                        .with_header(
+                            http::header::RETRY_AFTER,
+                            retry_after(std::time::Duration::from_secs(1)),
+                        )
+                        .with_extension("limit", "concurrency".into()),
+                    );
+                }
+            }
+        }
+        Step::Continue
+    }
+}

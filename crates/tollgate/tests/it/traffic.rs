@@ -1,0 +1,327 @@
+//! Traffic control through the real binary: plan buckets per consumer, quotas and business
+//! limits, route limits shared by everyone, spike arrest, concurrency slots released when the
+//! response ends, edge rules before routing, 429 problems with `Retry-After` and the IETF
+//! RateLimit headers, and buckets that survive a reload. Limits are chosen so that refill
+//! during a test is negligible (rates of a few per second against bursts of requests sent at
+//! once), which keeps the counts exact without controlling the gateway's clock.
+
+use crate::common::*;
+use anyhow::Result;
+use hmac::{Hmac, KeyInit as _, Mac as _};
+use sha2::Sha256;
+use std::time::Duration;
+use tollgate_testkit::{Gateway, TempDir, Upstream, assert_problem, metric_value};
+
+const SECRET: &str = "traffic-it-secret-0123456789";
+
+fn hash(value: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("hmac key");
+    mac.update(value.as_bytes());
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("hmac-sha256:{hex}")
+}
+
+/// Two consumers on a tight plan (2/s, burst 3, 6 per day) and one on a roomy plan, routes
+/// with a shared limit, spike arrest, a business quota and a concurrency cap.
+fn config(dir: &TempDir, up: &Upstream, extra: &str) -> String {
+    let secret = dir.path().join("hash-secret");
+    std::fs::write(&secret, SECRET).expect("write secret");
+    format!(
+        r#"
+listeners:
+  public: {{ addr: "127.0.0.1:0" }}
+  admin: {{ addr: "127.0.0.1:0" }}
+server:
+  trusted_proxies: [127.0.0.0/8]
+identity:
+  hash_secret_file: "{secret}"
+plans:
+  tight: {{ rate: 0.01, burst: 3, quota: {{ limit: 6, period: day }} }}
+  roomy: {{ rate: 1000, burst: 1000 }}
+  counted: {{ rate: 1000, burst: 1000, quota: {{ limit: 3, period: day }} }}
+consumers:
+  alice: {{ plan: tight, api_keys: [{{ id: a, hash: "{alice}" }}] }}
+  bob:   {{ plan: tight, api_keys: [{{ id: b, hash: "{bob}" }}] }}
+  carol: {{ plan: roomy, api_keys: [{{ id: c, hash: "{carol}" }}] }}
+  dave:  {{ plan: counted, api_keys: [{{ id: d, hash: "{dave}" }}] }}
+upstreams:
+  up: {{ targets: [{{ url: "{url}" }}] }}
+tenants:
+  t:
+    apis:
+      a:
+        upstream: up
+        auth: {{ any: [api_key] }}
+        routes:
+          - {{ id: plain, path: "/p/{{id}}", methods: [GET] }}
+          - id: shared
+            path: "/shared/{{id}}"
+            methods: [GET]
+            limits: {{ rate: {{ rate: 0.01, burst: 4, per: all }} }}
+          - id: business
+            path: "/pay/{{id}}"
+            methods: [GET]
+            limits: {{ quota: {{ limit: 2, period: hour, per: consumer }} }}
+          - id: smooth
+            path: "/smooth/{{id}}"
+            methods: [GET]
+            limits: {{ spike_arrest: {{ rate: 0.05, per: consumer }} }}
+          - id: slow
+            path: "/slow/{{id}}"
+            methods: [GET]
+            limits: {{ concurrency: {{ max: 1, per: all }} }}
+{extra}
+"#,
+        secret = secret.display(),
+        alice = hash("key-alice"),
+        bob = hash("key-bob"),
+        carol = hash("key-carol"),
+        dave = hash("key-dave"),
+        url = up.url(),
+    )
+}
+
+async fn get(gw: &Gateway, path: &str, key: &str) -> Result<reqwest::Response> {
+    Ok(gw
+        .client()
+        .get(gw.url(path))
+        .header("x-api-key", key)
+        .send()
+        .await?)
+}
+
+async fn status(gw: &Gateway, path: &str, key: &str) -> Result<u16> {
+    Ok(get(gw, path, key).await?.status().as_u16())
+}
+
+#[tokio::test]
+async fn a_plan_bucket_admits_its_burst_per_consumer_and_says_so() -> Result<()> {
+    let up = Upstream::echo("up").await;
+    let dir = TempDir::new("traffic")?;
+    let gw = Gateway::start(BIN, &config(&dir, &up, "")).await?;
+
+    let first = get(&gw, "/p/1", "key-alice").await?;
+    assert_eq!(first.status(), 200);
+    let policy = first
+        .headers()
+        .get("ratelimit-policy")
+        .expect("RateLimit-Policy")
+        .to_str()?
+        .to_string();
+    assert!(policy.contains("\"plan-tight\";q=3"), "{policy}");
+    assert!(policy.contains("\"quota-tight\";q=6;w=86400"), "{policy}");
+    let limit = first
+        .headers()
+        .get("ratelimit")
+        .expect("RateLimit")
+        .to_str()?
+        .to_string();
+    assert!(limit.contains(";r=2"), "{limit}");
+
+    assert_eq!(status(&gw, "/p/1", "key-alice").await?, 200);
+    assert_eq!(status(&gw, "/p/1", "key-alice").await?, 200);
+    let r = get(&gw, "/p/1", "key-alice").await?;
+    let code = r.status();
+    let headers = r.headers().clone();
+    let body = r.bytes().await?;
+    assert_problem(code, &headers, &body, 429);
+    let retry: u64 = headers["retry-after"].to_str()?.parse()?;
+    assert!(retry >= 1, "Retry-After {retry}");
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    assert_eq!(v["limit"], "plan");
+    assert_eq!(v["type"], "https://tollgate.dev/problems/rate-limited");
+    assert!(headers["ratelimit"].to_str()?.contains(";r=0"));
+
+    // Bob shares the plan, not Alice's bucket; Carol's plan is another bucket altogether.
+    for _ in 0..3 {
+        assert_eq!(status(&gw, "/p/1", "key-bob").await?, 200);
+    }
+    for _ in 0..20 {
+        assert_eq!(status(&gw, "/p/1", "key-carol").await?, 200);
+    }
+    // The refused request never reached the upstream.
+    assert_eq!(up.hits(), 3 + 3 + 20);
+    let m = gw.metrics().await?;
+    assert_eq!(
+        metric_value(&m, "tollgate_throttled_total", &[("tier", "plan")]),
+        Some(1.0)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_quota_counts_admitted_requests_only_and_a_business_limit_is_per_consumer() -> Result<()>
+{
+    let up = Upstream::echo("up").await;
+    let dir = TempDir::new("traffic")?;
+    let gw = Gateway::start(BIN, &config(&dir, &up, "")).await?;
+
+    // Business limit: 2 per consumer per hour on /pay.
+    assert_eq!(status(&gw, "/pay/1", "key-carol").await?, 200);
+    assert_eq!(status(&gw, "/pay/2", "key-carol").await?, 200);
+    let r = get(&gw, "/pay/3", "key-carol").await?;
+    assert_eq!(r.status(), 429);
+    let v: serde_json::Value = r.json().await?;
+    assert_eq!(v["type"], "https://tollgate.dev/problems/quota-exceeded");
+    assert_eq!(v["limit"], "route-quota");
+    // Per consumer: Alice still has hers (and her plan's burst).
+    assert_eq!(status(&gw, "/pay/1", "key-alice").await?, 200);
+
+    // A refusal by the business limit used nothing of Carol's plan: more requests pass.
+    assert_eq!(status(&gw, "/p/1", "key-carol").await?, 200);
+
+    // Dave's plan allows 3 per day, whatever the route.
+    assert_eq!(status(&gw, "/p/1", "key-dave").await?, 200);
+    assert_eq!(status(&gw, "/pay/1", "key-dave").await?, 200);
+    assert_eq!(status(&gw, "/p/2", "key-dave").await?, 200);
+    let r = get(&gw, "/p/3", "key-dave").await?;
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"].to_str()?.parse()?;
+    assert!((1..=86_400).contains(&retry), "Retry-After {retry}");
+    let v: serde_json::Value = r.json().await?;
+    assert_eq!(v["limit"], "quota");
+    let m = gw.metrics().await?;
+    assert_eq!(
+        metric_value(&m, "tollgate_throttled_total", &[("tier", "route-quota")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(&m, "tollgate_throttled_total", &[("tier", "quota")]),
+        Some(1.0)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_route_limit_is_shared_by_everyone_and_spike_arrest_spaces_requests() -> Result<()> {
+    let up = Upstream::echo("up").await;
+    let dir = TempDir::new("traffic")?;
+    let gw = Gateway::start(BIN, &config(&dir, &up, "")).await?;
+    // 4 in the shared bucket, whoever sends them.
+    for key in ["key-carol", "key-carol", "key-carol", "key-carol"] {
+        assert_eq!(status(&gw, "/shared/1", key).await?, 200);
+    }
+    let r = get(&gw, "/shared/1", "key-carol").await?;
+    assert_eq!(r.status(), 429);
+    let v: serde_json::Value = r.json().await?;
+    assert_eq!(v["limit"], "route");
+
+    // Spike arrest at 0.05/s: one request, then none for 20 s.
+    assert_eq!(status(&gw, "/smooth/1", "key-carol").await?, 200);
+    let r = get(&gw, "/smooth/1", "key-carol").await?;
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"].to_str()?.parse()?;
+    assert!((19..=20).contains(&retry), "Retry-After {retry}");
+    let v: serde_json::Value = r.json().await?;
+    assert_eq!(v["type"], "https://tollgate.dev/problems/spike-arrested");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_concurrency_slot_is_held_until_the_response_ends() -> Result<()> {
+    let up = Upstream::slow("slow", Duration::from_millis(800)).await;
+    let dir = TempDir::new("traffic")?;
+    let gw = Gateway::start(BIN, &config(&dir, &up, "")).await?;
+    let c = gw.client();
+    let first = {
+        let req = c.get(gw.url("/slow/1")).header("x-api-key", "key-carol");
+        tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = get(&gw, "/slow/2", "key-carol").await?;
+    assert_eq!(r.status(), 429);
+    let v: serde_json::Value = r.json().await?;
+    assert_eq!(
+        v["type"],
+        "https://tollgate.dev/problems/concurrency-limited"
+    );
+    assert_eq!(first.await??, 200);
+    // Released with the first response: the next one gets the slot.
+    assert_eq!(status(&gw, "/slow/3", "key-carol").await?, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn edge_rules_refuse_before_routing_and_block_a_noisy_address() -> Result<()> {
+    let up = Upstream::echo("up").await;
+    let dir = TempDir::new("traffic")?;
+    let extra = "edge:\n  deny: [203.0.113.0/24]\n  ip_rules:\n    - { max_requests: 5, window: 10s, block_for: 60s }\n";
+    let gw = Gateway::start(BIN, &config(&dir, &up, extra)).await?;
+    let c = gw.client();
+    // Denied network (behind our trusted proxy): 403 on a real path and on an unknown one.
+    for path in ["/p/1", "/nowhere"] {
+        let r = c
+            .get(gw.url(path))
+            .header("x-api-key", "key-carol")
+            .header("x-forwarded-for", "203.0.113.9")
+            .send()
+            .await?;
+        let code = r.status();
+        let headers = r.headers().clone();
+        let body = r.bytes().await?;
+        assert_problem(code, &headers, &body, 403);
+    }
+    // The per-IP rule: 5 in 10 s pass, the 6th blocks this address (and only it) on every route.
+    for _ in 0..5 {
+        let r = c
+            .get(gw.url("/p/1"))
+            .header("x-api-key", "key-carol")
+            .header("x-forwarded-for", "198.51.100.7")
+            .send()
+            .await?;
+        assert_eq!(r.status(), 200);
+    }
+    let r = c
+        .get(gw.url("/shared/1"))
+        .header("x-forwarded-for", "198.51.100.7")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"].to_str()?.parse()?;
+    assert!((59..=60).contains(&retry), "Retry-After {retry}");
+    let v: serde_json::Value = r.json().await?;
+    assert_eq!(v["limit"], "ip");
+    let r = c
+        .get(gw.url("/nowhere"))
+        .header("x-forwarded-for", "198.51.100.7")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 429);
+    let r = c
+        .get(gw.url("/p/1"))
+        .header("x-api-key", "key-carol")
+        .header("x-forwarded-for", "198.51.100.8")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn buckets_survive_a_reload_and_new_limits_apply_at_once() -> Result<()> {
+    let up = Upstream::echo("up").await;
+    let dir = TempDir::new("traffic")?;
+    let gw = Gateway::start(BIN, &config(&dir, &up, "")).await?;
+    for _ in 0..3 {
+        assert_eq!(status(&gw, "/p/1", "key-alice").await?, 200);
+    }
+    assert_eq!(status(&gw, "/p/1", "key-alice").await?, 429);
+    // Same config again: a reload must not hand out a fresh burst.
+    gw.rewrite_config(&config(&dir, &up, ""))?;
+    assert_eq!(gw.admin_reload().await?.status(), 200);
+    assert_eq!(status(&gw, "/p/1", "key-alice").await?, 429);
+    // A temporary override for Alice applies on the next request.
+    let text = config(&dir, &up, "").replace(
+        "alice: { plan: tight,",
+        "alice: { plan: tight, override: { rate: 1000, burst: 1000, expires_at: \"2099-01-01T00:00:00Z\" },",
+    );
+    gw.rewrite_config(&text)?;
+    assert_eq!(gw.admin_reload().await?.status(), 200);
+    assert_eq!(status(&gw, "/p/1", "key-alice").await?, 200);
+    Ok(())
+}
