@@ -5,7 +5,7 @@
 //! Limiter state lives in [`Stores`], which outlives config reloads: a reload changes limits,
 //! never hands everyone a fresh burst.
 
-use crate::limits::headers::{PolicyItem, ServiceLimit, ratelimit, ratelimit_policy, retry_after};
+use crate::limits::headers::{PolicyItem, ratelimit_one, ratelimit_policy, retry_after};
 use crate::limits::{
     ConcurrencyLimiter, KeyedLimiter, KeyedQuota, Limit, QuotaLimit, TemporaryOverride, Tier,
     check_all,
@@ -207,6 +207,10 @@ pub struct Traffic {
     gateway_scope: Arc<str>,
     plan_scope: Arc<str>,
     override_scope: Arc<str>,
+    /// `RateLimit-Policy` by the caller's plan, rendered at compile time.
+    policy_headers: HashMap<String, http::HeaderValue>,
+    /// `RateLimit-Policy` for callers without a plan.
+    policy_header_no_plan: http::HeaderValue,
 }
 
 impl Traffic {
@@ -265,7 +269,7 @@ impl Traffic {
         if nothing {
             return None;
         }
-        Some(Self {
+        let mut me = Self {
             stores,
             book,
             clock,
@@ -278,7 +282,44 @@ impl Traffic {
             gateway_scope: Arc::from("gateway"),
             plan_scope: Arc::from("plan"),
             override_scope: Arc::from("override"),
-        })
+            policy_headers: HashMap::new(),
+            policy_header_no_plan: http::HeaderValue::from_static(""),
+        };
+        me.policy_header_no_plan = me.policy_header(None, None);
+        let headers = me
+            .book
+            .plans
+            .iter()
+            .map(|(name, p)| (name.clone(), me.policy_header(Some(p), None)))
+            .collect();
+        me.policy_headers = headers;
+        Some(me)
+    }
+
+    /// The route's `RateLimit-Policy` for a caller on `plan` (or under `over`).
+    fn policy_header(&self, plan: Option<&PlanLimits>, over: Option<&Limit>) -> http::HeaderValue {
+        let mut items: Vec<PolicyItem<'_>> = Vec::new();
+        if let Some(g) = &self.book.gateway {
+            items.push(PolicyItem::rate(&self.gateway_scope, g));
+        }
+        for s in [&self.api, &self.route, &self.spike].into_iter().flatten() {
+            items.push(PolicyItem::rate(&s.name, &s.limit));
+        }
+        match (over, plan) {
+            (Some(o), _) => items.push(PolicyItem::rate(&self.override_scope, o)),
+            (None, Some(p)) => items.push(PolicyItem::rate(
+                &p.name,
+                p.routes.get(&self.route_id).unwrap_or(&p.rate),
+            )),
+            (None, None) => {}
+        }
+        if let Some(q) = plan.and_then(|p| p.quota.as_ref().map(|q| (&p.quota_name, q))) {
+            items.push(PolicyItem::quota(q.0, q.1));
+        }
+        if let Some(q) = &self.quota {
+            items.push(PolicyItem::quota(&q.name, &q.limit));
+        }
+        ratelimit_policy(&items)
     }
 
     fn subject(ctx: &RequestCtx, per: LimitScope) -> Subject {
@@ -326,8 +367,9 @@ impl Policy for Traffic {
         let now = self.clock.now();
         let stores = &*self.stores;
         // Keys and limits for every tier that applies, built before borrowing them as tiers.
-        let mut rate_keys: Vec<(TierKind, Key, Limit, Arc<str>)> = Vec::with_capacity(5);
-        let mut quota_keys: Vec<(TierKind, Key, QuotaLimit, Arc<str>)> = Vec::with_capacity(2);
+        // At most 5 rate tiers and 2 quotas: fixed-size, so the check allocates nothing.
+        let mut rate_keys: Few<(TierKind, Key, Limit, Arc<str>), 5> = Few::new();
+        let mut quota_keys: Few<(TierKind, Key, QuotaLimit, Arc<str>), 2> = Few::new();
         if let Some(g) = &self.book.gateway {
             rate_keys.push((
                 TierKind::Gateway,
@@ -412,46 +454,66 @@ impl Policy for Traffic {
             ));
         }
 
-        let mut tiers: Vec<Box<dyn Tier + '_>> =
-            Vec::with_capacity(rate_keys.len() + quota_keys.len());
-        for (_, k, l, _) in &rate_keys {
-            tiers.push(Box::new(stores.rates.tier(k, l)));
+        let rate_tiers: Few<_, 5> = rate_keys
+            .iter()
+            .map(|(_, k, l, _)| stores.rates.tier(k, l))
+            .collect();
+        let quota_tiers: Few<_, 2> = quota_keys
+            .iter()
+            .map(|(_, k, q, _)| stores.quotas.tier(k, q))
+            .collect();
+        let mut refs: [&dyn Tier; 7] = [&NoTier; 7];
+        let mut n = 0;
+        for t in rate_tiers.iter() {
+            refs[n] = t;
+            n += 1;
         }
-        for (_, k, q, _) in &quota_keys {
-            tiers.push(Box::new(stores.quotas.tier(k, q)));
+        for t in quota_tiers.iter() {
+            refs[n] = t;
+            n += 1;
         }
-        let refs: Vec<&dyn Tier> = tiers.iter().map(|t| &**t as &dyn Tier).collect();
-        let verdict = match check_all(&refs, now) {
+        let verdict = match check_all(&refs[..n], now) {
             Ok(v) => v,
             Err(_) => return Step::Continue,
         };
-        let kinds: Vec<(TierKind, &Arc<str>)> = rate_keys
+        let kinds: Few<(TierKind, &Arc<str>), 7> = rate_keys
             .iter()
             .map(|(k, _, _, n)| (*k, n))
             .chain(quota_keys.iter().map(|(k, _, _, n)| (*k, n)))
             .collect();
 
-        // RateLimit headers: every applicable policy, and the service limit of the tightest.
-        let mut items: Vec<PolicyItem<'_>> = Vec::with_capacity(kinds.len());
-        for (_, _, l, n) in &rate_keys {
-            items.push(PolicyItem::rate(n, l));
-        }
-        for (_, _, q, n) in &quota_keys {
-            items.push(PolicyItem::quota(n, q));
-        }
-        if !items.is_empty() {
-            ctx.response_headers
-                .push((RATELIMIT_POLICY, ratelimit_policy(&items)));
+        // RateLimit headers: the route's policies (rendered at compile time unless an override
+        // is live), and the service limit of the tightest tier.
+        if kinds.len() > 0 {
+            let plan_name = ctx.consumer.as_ref().and_then(|c| c.plan.as_deref());
+            let live_override = ctx
+                .consumer
+                .as_ref()
+                .and_then(|c| self.book.overrides.get(&*c.id))
+                .filter(|o| now < o.expires_at);
+            let policy = match live_override {
+                Some(o) => self.policy_header(
+                    plan_name.and_then(|p| self.book.plans.get(p)),
+                    Some(&o.limit),
+                ),
+                None => plan_name
+                    .and_then(|p| self.policy_headers.get(p))
+                    .unwrap_or(&self.policy_header_no_plan)
+                    .clone(),
+            };
+            ctx.response_headers.push((RATELIMIT_POLICY, policy));
             let tight = verdict.rejected().or_else(|| verdict.most_restrictive());
             if let (Some(i), Some(o)) = (tight, tight.and_then(|i| verdict.outcomes().get(i))) {
                 ctx.response_headers.push((
                     RATELIMIT,
-                    ratelimit(&[ServiceLimit::from_outcome(kinds[i].1, o)]),
+                    ratelimit_one(kinds.get(i).map_or("", |k| k.1), o),
                 ));
             }
         }
         if let Some(i) = verdict.rejected() {
-            let (kind, name) = kinds[i];
+            let Some(&(kind, name)) = kinds.get(i) else {
+                return Step::Continue;
+            };
             ctx.throttled = Some(kind.label());
             let retry = verdict.retry_after().unwrap_or_default();
             return Step::Reject(self.refuse(kind, name, retry));
@@ -481,5 +543,66 @@ impl Policy for Traffic {
             }
         }
         Step::Continue
+    }
+}
+
+/// A few items on the stack: the per-request tier lists are tiny and bounded.
+struct Few<T, const N: usize> {
+    items: [Option<T>; N],
+    len: usize,
+}
+
+impl<T, const N: usize> Few<T, N> {
+    fn new() -> Self {
+        Self {
+            items: std::array::from_fn(|_| None),
+            len: 0,
+        }
+    }
+
+    /// Adds an item; beyond `N` (never, by construction) the item is dropped.
+    fn push(&mut self, t: T) {
+        if let Some(slot) = self.items.get_mut(self.len) {
+            *slot = Some(t);
+            self.len += 1;
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.items[..self.len].iter().flatten()
+    }
+
+    fn get(&self, i: usize) -> Option<&T> {
+        self.items.get(i).and_then(Option::as_ref)
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl<T, const N: usize> FromIterator<T> for Few<T, N> {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
+        let mut f = Few::new();
+        for t in iter {
+            f.push(t);
+        }
+        f
+    }
+}
+
+/// Fills unused slots of the fixed tier array; never handed to `check_all`.
+struct NoTier;
+
+impl Tier for NoTier {
+    fn lock_order(&self) -> (u64, usize) {
+        (u64::MAX, usize::MAX)
+    }
+
+    fn enter(&self, _now: u64, inner: &mut dyn FnMut(crate::limits::Outcome) -> bool) -> bool {
+        inner(crate::limits::Outcome::Admit {
+            remaining: u64::MAX,
+            reset_after: std::time::Duration::ZERO,
+        })
     }
 }

@@ -152,5 +152,47 @@ fn headers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, routing, config_compile, headers);
+fn limiters(c: &mut Criterion) {
+    use tollgate_policy::limits::{
+        KeyedLimiter, KeyedQuota, Limit, Period, QuotaLimit, Tier, check_all,
+    };
+    use tollgate_policy::traffic::{Key, Subject};
+    let rates: KeyedLimiter<Key> = KeyedLimiter::new(1_000_000);
+    let quotas: KeyedQuota<Key> = KeyedQuota::new(1_000_000);
+    let plan = Limit::new(1_000_000.0, 1_000_000).expect("limit");
+    let quota = QuotaLimit::new(u64::MAX / 2, Period::Month);
+    let scope: std::sync::Arc<str> = std::sync::Arc::from("plan");
+    let keys: Vec<Key> = (0..10_000)
+        .map(|i| Key {
+            scope: scope.clone(),
+            subject: Subject::Consumer(std::sync::Arc::from(format!("consumer-{i}"))),
+        })
+        .collect();
+    let now = std::time::SystemTime::now();
+    let mut i = 0usize;
+    c.bench_function("limiter_check_one_tier", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            rates.check(black_box(&keys[i]), &plan, now).is_admit()
+        })
+    });
+    let gw_key = Key {
+        scope: std::sync::Arc::from("gateway"),
+        subject: Subject::Everyone,
+    };
+    c.bench_function("limiter_check_all_gateway_plan_quota", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            let t1 = rates.tier(&gw_key, &plan);
+            let t2 = rates.tier(&keys[i], &plan);
+            let t3 = quotas.tier(&keys[i], &quota);
+            let tiers: [&dyn Tier; 3] = [&t1, &t2, &t3];
+            check_all(&tiers, now)
+                .map(|v| v.is_admit())
+                .unwrap_or(false)
+        })
+    });
+}
+
+criterion_group!(benches, routing, config_compile, headers, limiters);
 criterion_main!(benches);

@@ -5,7 +5,7 @@
 //!
 //! Everything binds port 0, so tests run in parallel.
 //!
-//! ```ignore
+//! ```text
 //! let up = Upstream::echo("accounts-v2").await;
 //! let yaml = ConfigBuilder::new().upstream("a", &up.url()).get("r", "/v2/accounts/{id}", "a").render();
 //! let gw = Gateway::start(env!("CARGO_BIN_EXE_tollgate"), &yaml).await?;

@@ -180,8 +180,49 @@ fn header_value(s: String) -> HeaderValue {
     HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// `RateLimit` for a single service limit, rendered without `core::fmt`: it is built on every
+/// limited request. `name` must already be a valid structured-field string body (policy names
+/// are generated from ids, never from request data).
+pub fn ratelimit_one(name: &str, outcome: &Outcome) -> HeaderValue {
+    let (remaining, reset) = match *outcome {
+        Outcome::Admit {
+            remaining,
+            reset_after,
+        } => (remaining, reset_after),
+        Outcome::Reject { reset_after, .. } => (0, reset_after),
+    };
+    if name
+        .bytes()
+        .any(|b| b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b))
+    {
+        return ratelimit(&[ServiceLimit::from_outcome(name, outcome)]);
+    }
+    let mut buf = Vec::with_capacity(name.len() + 32);
+    buf.push(b'"');
+    buf.extend_from_slice(name.as_bytes());
+    buf.extend_from_slice(b"\";r=");
+    buf.extend_from_slice(itoa::Buffer::new().format(remaining).as_bytes());
+    buf.extend_from_slice(b";t=");
+    buf.extend_from_slice(itoa::Buffer::new().format(ceil_secs(reset)).as_bytes());
+    HeaderValue::from_bytes(&buf)
+        .unwrap_or_else(|_| ratelimit(&[ServiceLimit::from_outcome(name, outcome)]))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn single_service_limit_matches_the_general_form() {
+        use super::*;
+        let o = Outcome::Admit {
+            remaining: 42,
+            reset_after: std::time::Duration::from_millis(16_200),
+        };
+        assert_eq!(
+            ratelimit_one("plan-gold", &o),
+            ratelimit(&[ServiceLimit::from_outcome("plan-gold", &o)])
+        );
+    }
+
     use super::*;
 
     fn limit(rate: f64, burst: u32) -> Limit {

@@ -6,10 +6,11 @@
 //! deadlocking on itself. The `RefCell` inside is never borrowed across a call into another
 //! tier, so the re-entrant path cannot trip it.
 
+use foldhash::quality::RandomState;
 use parking_lot::{ReentrantMutex, ReentrantMutexGuard};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Upper bound on shards; enough to keep two to a few dozen cores from contending.
@@ -21,7 +22,9 @@ pub(crate) trait Expiring: Copy {
 }
 
 pub(crate) struct Shard<K, V> {
-    map: HashMap<K, V>,
+    // foldhash, randomly seeded per store: keys include client addresses, so the hash must not
+    // be predictable, and SipHash cost more than the limiter itself on the hot path.
+    map: HashMap<K, V, RandomState>,
     /// No entry expires before this instant, so a sweep before it would free nothing. Keeps a
     /// full shard of live keys from being rescanned on every new key.
     next_sweep: u64,
@@ -49,11 +52,11 @@ impl<K: Hash + Eq + Clone, V: Expiring> Store<K, V> {
         let shard_cap = max_keys / shards;
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             shards: (0..shards)
                 .map(|_| {
                     ReentrantMutex::new(RefCell::new(Shard {
-                        map: HashMap::new(),
+                        map: HashMap::with_hasher(RandomState::default()),
                         next_sweep: 0,
                     }))
                 })
@@ -72,7 +75,7 @@ impl<K: Hash + Eq + Clone, V: Expiring> Store<K, V> {
     }
 
     pub(crate) fn shard_of(&self, key: &K) -> usize {
-        // Shard count is small; the modulo of a 64-bit SipHash is uniform enough.
+        // Shard count is small; the modulo of a 64-bit hash is uniform enough.
         (self.hasher.hash_one(key) % self.shards.len() as u64) as usize
     }
 
