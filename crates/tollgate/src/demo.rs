@@ -25,7 +25,8 @@ pub const BACKENDS: &[(&str, u16)] = &[
 const ECHO_BODY_LIMIT: usize = 1024 * 1024;
 
 pub fn default_config() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/bank/gateway.yaml")
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/bank/gateway.yaml");
+    std::fs::canonicalize(&p).unwrap_or(p)
 }
 
 /// Starts the sample backends, the demo identity provider and authorizer, and prints what to try.
@@ -61,14 +62,14 @@ pub fn start(gateway: &Gateway) -> Result<()> {
         "\n\
 tollgate demo: the bank partner gateway is up with sample backends on 9101-9105.\n\
 Try:\n\
-  curl -i http://{public}/v2/accounts/42\n\
-  curl -i 'http://{public}/accounts/42?version=1'          # version by query: v1, deprecated\n\
-  curl -i -H 'Accept: application/vnd.bank.v1+json' http://{public}/accounts/42\n\
+  curl -i -H 'x-api-key: tg_gold_0123456789abcdef' http://{public}/v2/accounts/42\n\
+  curl -i http://{public}/v2/accounts/42                   # no credentials: 401 with challenges\n\
+  curl -i -H 'x-api-key: tg_gold_0123456789abcdef' 'http://{public}/accounts/42?version=1'   # v1: deprecated\n\
+  curl -i -H 'x-api-key: tg_gold_0123456789abcdef' -H 'Accept: application/vnd.bank.v1+json' http://{public}/accounts/42\n\
   curl -i http://{public}/v0/accounts/42                   # retired: 410 Gone\n\
   curl -i -X DELETE http://{public}/v2/accounts/42         # 405 with Allow\n\
   curl -i --http2-prior-knowledge http://{public}/v1/fx/rates\n\
-  curl -i --cacert {ca} --resolve api.bank.test:{tls}:127.0.0.1 https://api.bank.test:{tls}/v2/accounts/42\n\
-  curl -i -H 'x-api-key: tg_gold_0123456789abcdef' http://{public}/v2/accounts/42\n\
+  curl -i --cacert {ca} --resolve api.bank.test:{tls}:127.0.0.1 -H 'x-api-key: tg_trial_0123456789abcdef' https://api.bank.test:{tls}/v2/accounts/42\n\
   curl -s -u partner-gold:cs_gold_0123456789abcdef -d grant_type=client_credentials http://{public}/oauth2/token\n\
   TOKEN=$(curl -s 'http://127.0.0.1:9190/token?sub=partner-gold&scope=payments:write') # the demo IdP\n\
   curl -i -X POST -H 'x-api-key: tg_gold_0123456789abcdef' -H \"Authorization: Bearer $TOKEN\" -H 'Idempotency-Key: 1' -d '{{}}' http://{public}/v1/payments\n\
