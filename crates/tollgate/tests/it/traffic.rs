@@ -325,3 +325,55 @@ async fn buckets_survive_a_reload_and_new_limits_apply_at_once() -> Result<()> {
     assert_eq!(status(&gw, "/p/1", "key-alice").await?, 200);
     Ok(())
 }
+
+/// HMAC-signed tokens are accepted only from an issuer configured with a shared secret.
+#[tokio::test]
+async fn an_hs256_issuer_with_a_shared_secret_is_accepted_and_nothing_else_hs_is() -> Result<()> {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let up = Upstream::echo("up").await;
+    let dir = TempDir::new("traffic")?;
+    let jwt_secret = dir.path().join("jwt-secret");
+    std::fs::write(&jwt_secret, "an-hs256-shared-secret-of-32-bytes!!")?;
+    let extra = format!(
+        "      h:\n        upstream: up\n        auth: {{ any: [jwt] }}\n        routes:\n          - {{ id: hs, path: \"/hs/{{id}}\", methods: [GET] }}\n"
+    );
+    let yaml = config(&dir, &up, &extra).replace(
+        "identity:\n",
+        &format!(
+            "identity:\n  jwt:\n    - {{ issuer: https://hs.test, audiences: [bank-api], hmac_secret_file: \"{}\", algorithms: [HS256] }}\n",
+            jwt_secret.display()
+        ),
+    );
+    let gw = Gateway::start(BIN, &yaml).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let claims = serde_json::json!({"iss": "https://hs.test", "aud": "bank-api", "sub": "carol", "exp": now + 300, "iat": now});
+    let good = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(b"an-hs256-shared-secret-of-32-bytes!!"),
+    )?;
+    let r = gw
+        .client()
+        .get(gw.url("/hs/1"))
+        .bearer_auth(&good)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await?;
+    assert_eq!(v["headers"]["x-consumer-id"], "carol");
+    let forged = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(b"some-other-secret-of-32-bytes!!!!!"),
+    )?;
+    let r = gw
+        .client()
+        .get(gw.url("/hs/1"))
+        .bearer_auth(&forged)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 401);
+    Ok(())
+}
