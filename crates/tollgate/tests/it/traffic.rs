@@ -334,10 +334,8 @@ async fn an_hs256_issuer_with_a_shared_secret_is_accepted_and_nothing_else_hs_is
     let dir = TempDir::new("traffic")?;
     let jwt_secret = dir.path().join("jwt-secret");
     std::fs::write(&jwt_secret, "an-hs256-shared-secret-of-32-bytes!!")?;
-    let extra = format!(
-        "      h:\n        upstream: up\n        auth: {{ any: [jwt] }}\n        routes:\n          - {{ id: hs, path: \"/hs/{{id}}\", methods: [GET] }}\n"
-    );
-    let yaml = config(&dir, &up, &extra).replace(
+    let extra = "      h:\n        upstream: up\n        auth: { any: [jwt] }\n        routes:\n          - { id: hs, path: \"/hs/{id}\", methods: [GET] }\n";
+    let yaml = config(&dir, &up, extra).replace(
         "identity:\n",
         &format!(
             "identity:\n  jwt:\n    - {{ issuer: https://hs.test, audiences: [bank-api], hmac_secret_file: \"{}\", algorithms: [HS256] }}\n",
