@@ -39,14 +39,6 @@ impl RequestBody {
             limit,
         }
     }
-
-    pub fn empty() -> Self {
-        Self {
-            inner: None,
-            remaining: 0,
-            limit: 0,
-        }
-    }
 }
 
 impl Body for RequestBody {
@@ -104,10 +96,6 @@ pub enum ResponseBody {
 impl ResponseBody {
     pub fn full(b: Bytes) -> Self {
         ResponseBody::Full(Some(b))
-    }
-
-    pub fn empty() -> Self {
-        ResponseBody::Full(None)
     }
 }
 

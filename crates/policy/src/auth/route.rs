@@ -348,56 +348,42 @@ impl Auth {
         }
     }
 
-    /// Combines per-scheme outcomes into the route's decision.
-    fn decide(&self, attempts: Vec<Attempt>) -> Result<Found, GatewayError> {
+    /// `all`: every scheme must identify the same consumer; any miss refuses, an unavailable
+    /// authorizer first (retry later).
+    fn decide_all(&self, attempts: Vec<Attempt>) -> Result<Found, GatewayError> {
         let mut found: Vec<Found> = Vec::new();
-        let mut misses: Vec<Miss> = Vec::new();
+        let mut worst = Worst::default();
         for a in attempts {
             match a {
                 Attempt::Found(f) => found.push(f),
-                Attempt::Miss(m) => misses.push(m),
+                Attempt::Miss(m) => worst.offer(m),
                 Attempt::Pending => {}
             }
         }
-        if misses.iter().any(|m| matches!(m, Miss::Unavailable)) && (self.all || found.is_empty()) {
-            return Err(GatewayError::new(
-                Kind::ServiceUnavailable,
-                "the authorization service is unavailable; try again later",
-            )
-            .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1")));
+        if let Some(m) = worst.0 {
+            return Err(self.refuse(m));
         }
-        if self.all {
-            if let Some(m) = misses.into_iter().next() {
-                return Err(self.refuse(m));
+        let mut it = found.into_iter();
+        let Some(mut first) = it.next() else {
+            return Err(self.refuse(Miss::Absent));
+        };
+        for f in it {
+            if f.consumer.id != first.consumer.id {
+                return Err(GatewayError::new(
+                    Kind::Unauthorized,
+                    "the credentials name different consumers",
+                ));
             }
-            let mut it = found.into_iter();
-            let Some(mut first) = it.next() else {
-                return Err(self.refuse(Miss::Absent));
-            };
-            for f in it {
-                if f.consumer.id != first.consumer.id {
-                    return Err(GatewayError::new(
-                        Kind::Unauthorized,
-                        "the credentials name different consumers",
-                    ));
-                }
-                // A token's scopes are what was granted for this call.
-                if f.token_scopes.is_some() {
-                    first.token_scopes = f.token_scopes;
-                }
-                first.headers.extend(f.headers);
-                if first.scheme == "api_key" {
-                    first.scheme = f.scheme;
-                }
+            // A token's scopes are what was granted for this call.
+            if f.token_scopes.is_some() {
+                first.token_scopes = f.token_scopes;
             }
-            Ok(first)
-        } else {
-            if let Some(f) = found.into_iter().next() {
-                return Ok(f);
+            first.headers.extend(f.headers);
+            if first.scheme == "api_key" {
+                first.scheme = f.scheme;
             }
-            let m = misses.into_iter().max_by_key(rank).unwrap_or(Miss::Absent);
-            Err(self.refuse(m))
         }
+        Ok(first)
     }
 
     fn refuse(&self, m: Miss) -> GatewayError {
@@ -489,16 +475,28 @@ impl Auth {
     }
 
     async fn run_async(&self, ctx: &mut RequestCtx, req: &mut http::request::Parts) -> Decision {
-        let mut attempts = Vec::with_capacity(self.schemes.len());
-        for s in &self.schemes {
-            let a = self.attempt_async(*s, ctx, req).await;
-            let stop = !self.all && matches!(a, Attempt::Found(_));
-            attempts.push(a);
-            if stop {
-                break;
+        let result = if self.all {
+            let mut attempts = Vec::with_capacity(self.schemes.len());
+            for s in &self.schemes {
+                attempts.push(self.attempt_async(*s, ctx, req).await);
             }
-        }
-        match self.decide(attempts).and_then(|f| self.admit(f, ctx, req)) {
+            self.decide_all(attempts)
+        } else {
+            let mut worst = Worst::default();
+            let mut found = None;
+            for s in &self.schemes {
+                match self.attempt_async(*s, ctx, req).await {
+                    Attempt::Found(f) => {
+                        found = Some(f);
+                        break;
+                    }
+                    Attempt::Miss(m) => worst.offer(m),
+                    Attempt::Pending => {}
+                }
+            }
+            found.ok_or_else(|| self.refuse(worst.0.unwrap_or(Miss::Absent)))
+        };
+        match result.and_then(|f| self.admit(f, ctx, req)) {
             Ok(()) => Decision::Continue,
             Err(e) => Decision::Reject(e),
         }
@@ -537,11 +535,11 @@ impl Policy for Auth {
                 }
                 attempts.push(a);
             }
-            self.decide(attempts)
+            self.decide_all(attempts)
         } else {
             // `any`: the first scheme that identifies the caller wins; no bookkeeping needed
             // beyond the most telling refusal so far.
-            let mut worst: Option<Miss> = None;
+            let mut worst = Worst::default();
             let mut found = None;
             for s in &self.schemes {
                 match self.attempt(*s, ctx, req) {
@@ -550,21 +548,26 @@ impl Policy for Auth {
                         break;
                     }
                     Attempt::Pending => return Step::Wait(Box::pin(self.run_async(ctx, req))),
-                    Attempt::Miss(m) => {
-                        if worst.as_ref().is_none_or(|w| rank(&m) > rank(w)) {
-                            worst = Some(m);
-                        }
-                    }
+                    Attempt::Miss(m) => worst.offer(m),
                 }
             }
-            match found {
-                Some(f) => Ok(f),
-                None => Err(self.refuse(worst.unwrap_or(Miss::Absent))),
-            }
+            found.ok_or_else(|| self.refuse(worst.0.unwrap_or(Miss::Absent)))
         };
         match result.and_then(|f| self.admit(f, ctx, req)) {
             Ok(()) => Step::Continue,
             Err(e) => Step::Reject(e),
+        }
+    }
+}
+
+/// The most telling refusal seen so far.
+#[derive(Default)]
+struct Worst(Option<Miss>);
+
+impl Worst {
+    fn offer(&mut self, m: Miss) {
+        if self.0.as_ref().is_none_or(|w| rank(&m) > rank(w)) {
+            self.0 = Some(m);
         }
     }
 }

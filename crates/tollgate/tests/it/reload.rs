@@ -338,3 +338,28 @@ async fn reloading_under_load_fails_no_request() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_reload_keeps_the_warm_pool_of_an_unchanged_upstream() -> Result<()> {
+    let up = Upstream::echo("up").await;
+    let gw = start(&base(&up)).await?;
+    for _ in 0..3 {
+        assert_eq!(status(&gw, "/first").await?, 200);
+    }
+    assert_eq!(
+        up.connections(),
+        1,
+        "sequential requests share one upstream connection"
+    );
+    gw.rewrite_config(&extended(&up).render())?;
+    assert_eq!(gw.admin_reload().await?.status(), 200);
+    for path in ["/first", "/second", "/first"] {
+        assert_eq!(status(&gw, path).await?, 200);
+    }
+    assert_eq!(
+        up.connections(),
+        1,
+        "the upstream's settings did not change, so its pool (and connection) carried over"
+    );
+    Ok(())
+}
