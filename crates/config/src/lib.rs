@@ -11,6 +11,7 @@ mod locate;
 pub use locate::line_of;
 pub use validate::parse_utc_offset;
 mod model;
+pub mod openapi;
 mod validate;
 
 pub use duration::{Duration, Timestamp};
