@@ -596,6 +596,69 @@ pub struct Limits {
     /// Offset from UTC at which quota days, weeks and months begin, e.g. `+02:00`.
     #[serde(default)]
     pub quota_utc_offset: Option<String>,
+    /// How limits shared through Redis behave; used only when `TOLLGATE_REDIS_URL` is set.
+    #[serde(default)]
+    pub redis: RedisLimits,
+}
+
+/// The Redis backend of traffic control. The URL comes from `TOLLGATE_REDIS_URL`, never from
+/// the file, so the password stays out of config and logs.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisLimits {
+    /// Longest a request waits for Redis before its failure mode applies.
+    pub timeout: Duration,
+    /// What a limited route does while Redis is unreachable; routes may override it.
+    pub failure_mode: FailureMode,
+    /// Gateway nodes sharing the Redis limits: `local` mode divides rates, bursts and quotas
+    /// by this so the cluster as a whole stays near its limits.
+    pub expected_nodes: u32,
+    pub breaker: RedisBreaker,
+    /// Prefix of every Redis key, so several gateways (or environments) can share a Redis.
+    pub key_prefix: String,
+}
+
+impl Default for RedisLimits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_millis(50),
+            failure_mode: FailureMode::Local,
+            expected_nodes: 1,
+            breaker: RedisBreaker::default(),
+            key_prefix: "tollgate:".into(),
+        }
+    }
+}
+
+/// Stops calling a failing Redis: open after `failures` consecutive failures, then one probe
+/// request per `cool_down` until one succeeds.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisBreaker {
+    pub failures: u32,
+    pub cool_down: Duration,
+}
+
+impl Default for RedisBreaker {
+    fn default() -> Self {
+        Self {
+            failures: 5,
+            cool_down: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What a limited request does when the shared limits cannot be consulted.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    /// Decide with the in-process limiter, limits divided by `expected_nodes`.
+    #[default]
+    Local,
+    /// Admit without limiting (fail open).
+    Allow,
+    /// Refuse with 503 (fail closed).
+    Deny,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -680,6 +743,9 @@ pub struct RouteLimits {
     pub spike_arrest: Option<SpikeArrest>,
     #[serde(default)]
     pub concurrency: Option<Concurrency>,
+    /// Overrides `limits.redis.failure_mode` for this route (or API).
+    #[serde(default)]
+    pub failure_mode: Option<FailureMode>,
 }
 
 /// A temporary per-consumer override of its plan's rate and burst (incident response).

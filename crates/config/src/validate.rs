@@ -123,6 +123,7 @@ fn traffic(cfg: &Config, r: &mut Report) {
             format!("`{o}` is not an offset like +02:00 or -05:30"),
         );
     }
+    redis_limits(&cfg.limits.redis, r);
     for (i, rule) in cfg.edge.ip_rules.iter().enumerate() {
         let key = format!("edge.ip_rules[{i}]");
         if rule.max_requests == 0 {
@@ -144,6 +145,29 @@ fn traffic(cfg: &Config, r: &mut Report) {
                 }
             }
         }
+    }
+}
+
+fn redis_limits(l: &crate::RedisLimits, r: &mut Report) {
+    let t = l.timeout.get();
+    if t.is_zero() || t > std::time::Duration::from_secs(10) {
+        // Every limited request may wait this long on a dead Redis: keep it short.
+        r.err("limits.redis.timeout", "must be between 1ms and 10s");
+    }
+    if l.expected_nodes == 0 {
+        r.err("limits.redis.expected_nodes", "must be at least 1");
+    }
+    if l.breaker.failures == 0 {
+        r.err("limits.redis.breaker.failures", "must be at least 1");
+    }
+    if l.breaker.cool_down.get().is_zero() {
+        r.err("limits.redis.breaker.cool_down", "must be greater than 0");
+    }
+    if l.key_prefix.len() > 64 || l.key_prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        r.err(
+            "limits.redis.key_prefix",
+            "at most 64 characters, no spaces or control characters",
+        );
     }
 }
 

@@ -4,18 +4,31 @@
 //!
 //! Limiter state lives in [`Stores`], which outlives config reloads: a reload changes limits,
 //! never hands everyone a fresh burst.
+//!
+//! With `TOLLGATE_REDIS_URL` set ([`connect_redis_from_env`]) the rate and quota tiers are
+//! decided by one Lua script in Redis instead ([`crate::limits::redis`]), so several gateway
+//! processes share them; the policy then answers `Step::Wait`. When Redis fails, times out or
+//! its breaker is open, the route's failure mode decides: `local` (the in-process stores, every
+//! limit divided by `limits.redis.expected_nodes`), `allow` or `deny` (503). Without Redis the
+//! synchronous path is unchanged: no future, no allocation beyond today's.
 
+use crate::limits::breaker::BreakerSettings;
 use crate::limits::headers::{PolicyItem, ratelimit_one, ratelimit_policy, retry_after};
+use crate::limits::redis::{InvalidRedisUrl, RedisLimiter, RedisSettings};
 use crate::limits::{
     ConcurrencyLimiter, KeyedLimiter, KeyedQuota, Limit, QuotaLimit, TemporaryOverride, Tier,
-    check_all,
+    Verdict, check_all,
 };
 use http::HeaderName;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
-use tollgate_config::{Config, LimitScope, Period, RouteLimits};
-use tollgate_core::{Clock, GatewayError, Kind, Phase, Policy, RequestCtx, Step};
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+use tollgate_config::{Config, FailureMode, LimitScope, Period, RouteLimits};
+use tollgate_core::{Clock, Decision, GatewayError, Kind, Phase, Policy, RequestCtx, Step};
+
+/// The environment variable naming the Redis that holds shared limits.
+pub const REDIS_URL_VAR: &str = "TOLLGATE_REDIS_URL";
 
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -41,6 +54,9 @@ pub struct Stores {
     pub rates: KeyedLimiter<Key>,
     pub quotas: KeyedQuota<Key>,
     pub concurrency: ConcurrencyLimiter<Key>,
+    /// Set once at start when limits are shared through Redis; the in-process stores above are
+    /// then the `local` fallback.
+    pub redis: OnceLock<Arc<RedisLimiter>>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -58,8 +74,39 @@ impl Stores {
             rates: KeyedLimiter::new(max_keys),
             quotas: KeyedQuota::new(max_keys),
             concurrency: ConcurrencyLimiter::new(),
+            redis: OnceLock::new(),
         }
     }
+}
+
+/// Shares rate limits and quotas through Redis when [`REDIS_URL_VAR`] is set: call once, at
+/// start, before compiling routes. An unusable URL is a problem that stops the start, named
+/// after the variable (the message never contains the URL, hence never its password).
+pub fn connect_redis_from_env(stores: &Stores) -> Result<(), tollgate_config::Problem> {
+    let url = match std::env::var(REDIS_URL_VAR) {
+        Ok(url) if !url.trim().is_empty() => url,
+        _ => return Ok(()),
+    };
+    match connect_redis(stores, url.trim()) {
+        Ok(shown) => {
+            tracing::info!(redis = %shown, "rate limits and quotas shared through Redis");
+            Ok(())
+        }
+        Err(e) => Err(tollgate_config::Problem {
+            key_path: REDIS_URL_VAR.into(),
+            line: None,
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Shares rate limits and quotas through the Redis at `url` (connected on first use).
+pub fn connect_redis(stores: &Stores, url: &str) -> Result<String, InvalidRedisUrl> {
+    let limiter = Arc::new(RedisLimiter::open(url)?);
+    let shown = limiter.redacted_url().to_string();
+    // Already set means a second call at start: the first connection stays.
+    let _ = stores.redis.set(limiter);
+    Ok(shown)
 }
 
 /// A usage plan, compiled.
@@ -81,6 +128,12 @@ pub struct PlanBook {
     pub overrides: HashMap<String, TemporaryOverride>,
     pub gateway: Option<Limit>,
     pub utc_offset: i32,
+    /// How the shared limits are consulted (only with Redis).
+    pub redis: RedisSettings,
+    /// What limited routes do when Redis fails, unless a route says otherwise.
+    pub failure_mode: FailureMode,
+    /// `local` failure mode divides every limit by this.
+    pub expected_nodes: u32,
 }
 
 fn period(p: Period) -> crate::limits::Period {
@@ -102,8 +155,19 @@ impl PlanBook {
             .as_deref()
             .and_then(tollgate_config::parse_utc_offset)
             .unwrap_or(0);
+        let r = &cfg.limits.redis;
         let mut book = PlanBook {
             utc_offset,
+            redis: RedisSettings {
+                timeout: r.timeout.get(),
+                breaker: BreakerSettings {
+                    failures: r.breaker.failures.max(1),
+                    cool_down: r.breaker.cool_down.get(),
+                },
+                key_prefix: Arc::from(r.key_prefix.as_str()),
+            },
+            failure_mode: r.failure_mode,
+            expected_nodes: r.expected_nodes.max(1),
             ..Default::default()
         };
         let mut limit = |rate: f64, burst: u32, key: String| match Limit::new(rate, burst) {
@@ -196,6 +260,9 @@ impl TierKind {
 #[derive(Debug)]
 pub struct Traffic {
     stores: Arc<Stores>,
+    /// Set when limits are shared through Redis.
+    redis: Option<Arc<RedisLimiter>>,
+    failure_mode: FailureMode,
     book: Arc<PlanBook>,
     clock: Arc<dyn Clock>,
     route_id: String,
@@ -269,7 +336,13 @@ impl Traffic {
         if nothing {
             return None;
         }
+        let failure_mode = route_limits
+            .and_then(|l| l.failure_mode)
+            .or_else(|| api_limits.and_then(|l| l.failure_mode))
+            .unwrap_or(book.failure_mode);
         let mut me = Self {
+            redis: stores.redis.get().cloned(),
+            failure_mode,
             stores,
             book,
             clock,
@@ -350,23 +423,65 @@ impl Traffic {
     }
 }
 
-impl Policy for Traffic {
-    fn name(&self) -> &'static str {
-        "traffic"
+/// The tiers that apply to one request: keys and limits owned, so that they can move into the
+/// future of a Redis check. Rate tiers first, then quotas (the verdict's order).
+struct Applicable {
+    rates: Few<(TierKind, Key, Limit, Arc<str>), 5>,
+    quotas: Few<(TierKind, Key, QuotaLimit, Arc<str>), 2>,
+}
+
+impl Applicable {
+    fn is_empty(&self) -> bool {
+        self.rates.len() == 0 && self.quotas.len() == 0
     }
 
-    fn phase(&self) -> Phase {
-        Phase::Limit
+    /// Every limit divided among `nodes` gateways (the `local` failure mode): rates, bursts
+    /// and quotas, each node keeping at least one request.
+    fn divided(mut self, nodes: u32) -> Self {
+        if nodes <= 1 {
+            return self;
+        }
+        for (_, _, l, _) in self.rates.iter_mut() {
+            let burst = (l.burst() / nodes).max(1);
+            if let Ok(d) = Limit::new(l.rate() / f64::from(nodes), burst) {
+                *l = d;
+            }
+        }
+        for (_, _, q, _) in self.quotas.iter_mut() {
+            q.max = q.max.div_ceil(u64::from(nodes)).max(1);
+        }
+        self
     }
 
-    fn on_request<'a>(
-        &'a self,
-        ctx: &'a mut RequestCtx,
-        _req: &'a mut http::request::Parts,
-    ) -> Step<'a> {
-        let now = self.clock.now();
-        let stores = &*self.stores;
-        // Keys and limits for every tier that applies, built before borrowing them as tiers.
+    /// (kind, policy name) per tier, in verdict order.
+    fn kinds(&self) -> Few<(TierKind, &Arc<str>), 7> {
+        self.rates
+            .iter()
+            .map(|(k, _, _, n)| (*k, n))
+            .chain(self.quotas.iter().map(|(k, _, _, n)| (*k, n)))
+            .collect()
+    }
+}
+
+fn redis_key(prefix: &str, kind: char, key: &Key) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(prefix.len() + key.scope.len() + 40);
+    s.push_str(prefix);
+    s.push(kind);
+    s.push('|');
+    s.push_str(&key.scope);
+    s.push('|');
+    let _ = match &key.subject {
+        Subject::Everyone => write!(s, "*"),
+        Subject::Consumer(c) => write!(s, "c:{c}"),
+        Subject::Ip(ip) => write!(s, "ip:{ip}"),
+    };
+    s
+}
+
+impl Traffic {
+    /// Keys and limits for every tier that applies to this request.
+    fn applicable(&self, ctx: &RequestCtx, now: SystemTime) -> Applicable {
         // At most 5 rate tiers and 2 quotas: fixed-size, so the check allocates nothing.
         let mut rate_keys: Few<(TierKind, Key, Limit, Arc<str>), 5> = Few::new();
         let mut quota_keys: Few<(TierKind, Key, QuotaLimit, Arc<str>), 2> = Few::new();
@@ -453,12 +568,22 @@ impl Policy for Traffic {
                 q.name.clone(),
             ));
         }
+        Applicable {
+            rates: rate_keys,
+            quotas: quota_keys,
+        }
+    }
 
-        let rate_tiers: Few<_, 5> = rate_keys
+    /// The all-or-nothing check against the in-process stores.
+    fn check_local(&self, a: &Applicable, now: SystemTime) -> Option<Verdict> {
+        let stores = &*self.stores;
+        let rate_tiers: Few<_, 5> = a
+            .rates
             .iter()
             .map(|(_, k, l, _)| stores.rates.tier(k, l))
             .collect();
-        let quota_tiers: Few<_, 2> = quota_keys
+        let quota_tiers: Few<_, 2> = a
+            .quotas
             .iter()
             .map(|(_, k, q, _)| stores.quotas.tier(k, q))
             .collect();
@@ -472,19 +597,73 @@ impl Policy for Traffic {
             refs[n] = t;
             n += 1;
         }
-        let verdict = match check_all(&refs[..n], now) {
-            Ok(v) => v,
-            Err(_) => return Step::Continue,
-        };
-        let kinds: Few<(TierKind, &Arc<str>), 7> = rate_keys
-            .iter()
-            .map(|(k, _, _, n)| (*k, n))
-            .chain(quota_keys.iter().map(|(k, _, _, n)| (*k, n)))
-            .collect();
+        check_all(&refs[..n], now).ok()
+    }
 
+    /// The check against Redis, or the failure mode's answer when Redis cannot give one.
+    /// `Err` is the `deny` mode's 503. `Ok(None)` admits without a verdict (`allow`).
+    async fn check_shared(
+        &self,
+        redis: &RedisLimiter,
+        a: Applicable,
+        now: SystemTime,
+    ) -> (Applicable, Result<Option<Verdict>, GatewayError>) {
+        let prefix = &*self.book.redis.key_prefix;
+        let rates: Vec<(String, Limit)> = a
+            .rates
+            .iter()
+            .map(|(_, k, l, _)| (redis_key(prefix, 'r', k), *l))
+            .collect();
+        let quotas: Vec<(String, QuotaLimit)> = a
+            .quotas
+            .iter()
+            .map(|(_, k, q, _)| (redis_key(prefix, 'q', k), *q))
+            .collect();
+        let error = match redis
+            .check_all(&self.book.redis, &rates, &quotas, now)
+            .await
+        {
+            Ok(v) => return (a, Ok(Some(v))),
+            Err(e) => e,
+        };
+        tracing::debug!(error = %error, mode = ?self.failure_mode, "shared limits unavailable");
+        match self.failure_mode {
+            FailureMode::Local => {
+                let a = a.divided(self.book.expected_nodes);
+                let v = self.check_local(&a, now);
+                (a, Ok(v))
+            }
+            FailureMode::Allow => (a, Ok(None)),
+            FailureMode::Deny => {
+                let e = GatewayError::new(
+                    Kind::ServiceUnavailable,
+                    "rate limits cannot be checked right now",
+                )
+                .with_header(
+                    http::header::RETRY_AFTER,
+                    retry_after(std::time::Duration::from_secs(1)),
+                )
+                .with_extension("limit", "shared-limits".into());
+                (a, Err(e))
+            }
+        }
+    }
+
+    /// Headers, the refusal if a tier rejected, then the concurrency slot. `verdict` is `None`
+    /// when the rate and quota tiers were not consulted (the `allow` failure mode).
+    fn finish(
+        &self,
+        ctx: &mut RequestCtx,
+        now: SystemTime,
+        a: &Applicable,
+        verdict: Option<&Verdict>,
+    ) -> Result<(), GatewayError> {
+        let kinds = a.kinds();
         // RateLimit headers: the route's policies (rendered at compile time unless an override
         // is live), and the service limit of the tightest tier.
-        if kinds.len() > 0 {
+        if let Some(verdict) = verdict
+            && kinds.len() > 0
+        {
             let plan_name = ctx.consumer.as_ref().and_then(|c| c.plan.as_deref());
             let live_override = ctx
                 .consumer
@@ -509,40 +688,75 @@ impl Policy for Traffic {
                     ratelimit_one(kinds.get(i).map_or("", |k| k.1), o),
                 ));
             }
-        }
-        if let Some(i) = verdict.rejected() {
-            let Some(&(kind, name)) = kinds.get(i) else {
-                return Step::Continue;
-            };
-            ctx.throttled = Some(kind.label());
-            let retry = verdict.retry_after().unwrap_or_default();
-            return Step::Reject(self.refuse(kind, name, retry));
+            if let Some(i) = verdict.rejected()
+                && let Some(&(kind, name)) = kinds.get(i)
+            {
+                ctx.throttled = Some(kind.label());
+                let retry = verdict.retry_after().unwrap_or_default();
+                return Err(self.refuse(kind, name, retry));
+            }
         }
         if let Some(c) = &self.concurrency {
             let key = Key {
                 scope: c.name.clone(),
                 subject: Self::subject(ctx, c.per),
             };
-            match stores.concurrency.try_acquire(key, c.limit) {
+            match self.stores.concurrency.try_acquire(key, c.limit) {
                 // Held until the response body ends or the client goes away.
                 Some(permit) => ctx.held.push(Box::new(permit)),
                 None => {
                     ctx.throttled = Some("concurrency");
-                    return Step::Reject(
-                        GatewayError::new(
-                            Kind::ConcurrencyLimited,
-                            format!("more than {} requests in flight", c.limit),
-                        )
-                        .with_header(
-                            http::header::RETRY_AFTER,
-                            retry_after(std::time::Duration::from_secs(1)),
-                        )
-                        .with_extension("limit", "concurrency".into()),
-                    );
+                    return Err(GatewayError::new(
+                        Kind::ConcurrencyLimited,
+                        format!("more than {} requests in flight", c.limit),
+                    )
+                    .with_header(
+                        http::header::RETRY_AFTER,
+                        retry_after(std::time::Duration::from_secs(1)),
+                    )
+                    .with_extension("limit", "concurrency".into()));
                 }
             }
         }
-        Step::Continue
+        Ok(())
+    }
+}
+
+impl Policy for Traffic {
+    fn name(&self) -> &'static str {
+        "traffic"
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Limit
+    }
+
+    fn on_request<'a>(
+        &'a self,
+        ctx: &'a mut RequestCtx,
+        _req: &'a mut http::request::Parts,
+    ) -> Step<'a> {
+        let now = self.clock.now();
+        let a = self.applicable(ctx, now);
+        if let Some(redis) = &self.redis
+            && !a.is_empty()
+        {
+            return Step::Wait(Box::pin(async move {
+                // Nothing borrowed from a lock lives across this await: the check owns its
+                // keys, the context is only touched after it.
+                let (a, checked) = self.check_shared(redis, a, now).await;
+                let result = checked.and_then(|v| self.finish(ctx, now, &a, v.as_ref()));
+                match result {
+                    Ok(()) => Decision::Continue,
+                    Err(e) => Decision::Reject(e),
+                }
+            }));
+        }
+        let verdict = self.check_local(&a, now);
+        match self.finish(ctx, now, &a, verdict.as_ref()) {
+            Ok(()) => Step::Continue,
+            Err(e) => Step::Reject(e),
+        }
     }
 }
 
@@ -570,6 +784,10 @@ impl<T, const N: usize> Few<T, N> {
 
     fn iter(&self) -> impl Iterator<Item = &T> {
         self.items[..self.len].iter().flatten()
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.items[..self.len].iter_mut().flatten()
     }
 
     fn get(&self, i: usize) -> Option<&T> {

@@ -70,6 +70,8 @@ impl Gateway {
     pub fn new(loaded: LoadedConfig, opts: Options) -> Result<Self, ConfigError> {
         let metrics = Arc::new(Metrics::new());
         let policy_env = tollgate_policy::Env::new(opts.clock.clone());
+        tollgate_policy::traffic::connect_redis_from_env(&policy_env.stores)
+            .map_err(|p| invalid(&loaded, vec![p]))?;
         let loaded = Arc::new(loaded);
         let snap = compile(loaded.clone(), None, &metrics, &policy_env, 1)
             .map_err(|problems| invalid(&loaded, problems))?;

@@ -17,12 +17,14 @@ mod gateway;
 mod metrics;
 mod problem;
 pub mod raw;
+mod redis;
 mod upstream;
 
 pub use config::{API, ConfigBuilder, RouteSpec, TENANT, UpstreamSpec};
 pub use gateway::{ADMIN_TOKEN, Gateway, GatewayBuilder, Signal, TempDir, client_builder, rss_of};
 pub use metrics::metric_value;
 pub use problem::{assert_problem, expect_problem, schema_path};
+pub use redis::RedisServer;
 pub use upstream::{Behaviour, Blackhole, Seen, Upstream, UpstreamBuilder, dead_addr};
 
 use std::path::PathBuf;

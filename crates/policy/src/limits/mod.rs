@@ -20,6 +20,9 @@
 //!   outcome for the headers.
 //! - [`ConcurrencyLimiter<K>`] — in-flight slots per key; a [`Permit`] frees its slot on drop.
 //! - [`headers`] — `RateLimit-Policy`, `RateLimit` and `Retry-After` values.
+//! - [`redis`] — the same all-or-nothing check shared by several gateway processes: one Lua
+//!   script per request in Redis, bounded by a timeout and a [`breaker`]; used when
+//!   `TOLLGATE_REDIS_URL` is set.
 //!
 //! Typical use on the request path (integration pending):
 //!
@@ -54,10 +57,12 @@
 //! Time is nanoseconds since the Unix epoch internally ([`unix_nanos`]); instants before the
 //! epoch count as the epoch.
 
+pub mod breaker;
 mod concurrency;
 mod gcra;
 pub mod headers;
 mod quota;
+pub mod redis;
 mod store;
 mod tiers;
 

@@ -54,6 +54,11 @@ impl QuotaLimit {
         (at(start), at(end))
     }
 
+    /// `[start, end)` of the window containing `now`, both in ns since the epoch.
+    pub(crate) fn window_bounds_ns(&self, now: u64) -> (u64, u64) {
+        self.window_ns(now)
+    }
+
     /// `[start, end)` of the window containing `now`, in ns since the epoch.
     fn window_ns(&self, now: u64) -> (u64, u64) {
         let offset = i64::from(self.utc_offset);

@@ -38,6 +38,27 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// The verdict for tiers decided elsewhere (the Redis script), named the way
+    /// [`check_all`] names them: admitted iff every tier admits, the rejecting tier that clears
+    /// last. At most [`MAX_TIERS`] outcomes are kept.
+    pub fn from_outcomes(outcomes: &[Outcome]) -> Self {
+        let mut v = Verdict {
+            outcomes: [Outcome::EMPTY; MAX_TIERS],
+            len: outcomes.len().min(MAX_TIERS),
+            rejected: None,
+        };
+        v.outcomes[..v.len].copy_from_slice(&outcomes[..v.len]);
+        v.rejected = v.rejecting_tier();
+        v
+    }
+
+    fn rejecting_tier(&self) -> Option<usize> {
+        (0..self.len)
+            .filter_map(|i| self.outcomes[i].retry_after().map(|r| (r, i)))
+            .max()
+            .map(|(_, i)| i)
+    }
+
     pub fn is_admit(&self) -> bool {
         self.rejected.is_none()
     }
@@ -90,10 +111,7 @@ pub fn check_all(tiers: &[&dyn Tier], now: SystemTime) -> Result<Verdict, TooMan
         rejected: None,
     };
     descend(tiers, order, unix_nanos(now), &mut verdict.outcomes);
-    verdict.rejected = (0..tiers.len())
-        .filter_map(|i| verdict.outcomes[i].retry_after().map(|r| (r, i)))
-        .max()
-        .map(|(_, i)| i);
+    verdict.rejected = verdict.rejecting_tier();
     Ok(verdict)
 }
 
