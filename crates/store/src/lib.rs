@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, AssertSqlSafe, Row, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe, Connection, Row, Transaction};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -140,46 +140,52 @@ impl Store {
 
     async fn open_inner(url: &str) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
-        let (backend, pool) = if url.starts_with("postgres://") || url.starts_with("postgresql://")
-        {
-            let pool = AnyPoolOptions::new()
-                .max_connections(5)
-                .acquire_timeout(Duration::from_secs(10))
-                .connect_lazy(url)?;
-            (Backend::Postgres, pool)
-        } else if let Some(rest) = url.strip_prefix("sqlite:") {
-            let memory = rest == ":memory:" || rest.contains("mode=memory");
-            if memory {
-                // Every connection to `:memory:` is a database of its own: keep exactly one
-                // connection, forever.
+        let (backend, url, memory, pool) =
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
                 let pool = AnyPoolOptions::new()
-                    .max_connections(1)
-                    .min_connections(1)
-                    .idle_timeout(None)
-                    .max_lifetime(None)
-                    .connect_lazy(url)?;
-                (Backend::Sqlite, pool)
-            } else {
-                // `mode=rwc`: create the file if missing. sqlx's SQLite defaults already give
-                // a 5 s busy timeout and foreign keys on.
-                let url = if rest.contains("mode=") {
-                    url.to_owned()
-                } else if rest.contains('?') {
-                    format!("{url}&mode=rwc")
+                    .max_connections(5)
+                    .acquire_timeout(Duration::from_secs(10));
+                (Backend::Postgres, url.to_owned(), false, pool)
+            } else if let Some(rest) = url.strip_prefix("sqlite:") {
+                if rest == ":memory:" || rest.contains("mode=memory") {
+                    // Every connection to `:memory:` is a database of its own: keep exactly one
+                    // connection, forever.
+                    let pool = AnyPoolOptions::new()
+                        .max_connections(1)
+                        .min_connections(1)
+                        .idle_timeout(None)
+                        .max_lifetime(None);
+                    (Backend::Sqlite, url.to_owned(), true, pool)
                 } else {
-                    format!("{url}?mode=rwc")
-                };
-                // SQLite has one writer at a time; a few readers are all it can use.
-                let pool = AnyPoolOptions::new()
-                    .max_connections(4)
-                    .acquire_timeout(Duration::from_secs(10))
-                    .connect_lazy(&url)?;
-                (Backend::Sqlite, pool)
-            }
+                    // `mode=rwc`: create the file if missing. sqlx's SQLite defaults already give
+                    // a 5 s busy timeout and foreign keys on.
+                    let url = if rest.contains("mode=") {
+                        url.to_owned()
+                    } else if rest.contains('?') {
+                        format!("{url}&mode=rwc")
+                    } else {
+                        format!("{url}?mode=rwc")
+                    };
+                    // SQLite has one writer at a time; a few readers are all it can use.
+                    let pool = AnyPoolOptions::new()
+                        .max_connections(4)
+                        .acquire_timeout(Duration::from_secs(10));
+                    (Backend::Sqlite, url, false, pool)
+                }
+            } else {
+                return Err(StoreError::Invalid(
+                    "database URL must start with sqlite: or postgres://".into(),
+                ));
+            };
+        // The first connection is made outside the pool: a pool that cannot connect only
+        // says "timed out" after acquire_timeout, this says why (refused, authentication,
+        // unknown database, unwritable file) at once. For `:memory:` it is the pool's own.
+        let pool = if memory {
+            pool.connect(&url).await?
         } else {
-            return Err(StoreError::Invalid(
-                "database URL must start with sqlite: or postgres://".into(),
-            ));
+            let conn = AnyConnection::connect(&url).await?;
+            conn.close().await?;
+            pool.connect_lazy(&url)?
         };
         if backend == Backend::Sqlite {
             // WAL lets readers (gateway polls, load_all) run beside the writer. The mode is

@@ -15,6 +15,7 @@
 mod config;
 mod gateway;
 mod metrics;
+pub mod postgres;
 mod problem;
 pub mod raw;
 mod redis;
