@@ -182,12 +182,17 @@ pub fn parse_document(body: &[u8], yaml: bool) -> Result<Value, Vec<DocProblem>>
     }
 }
 
-/// Both parsers end messages with " at line L column C"; the location is reported up front.
+/// Both parsers put " at line L column C" in their messages (YAML's mid-sentence); the
+/// location is reported up front instead.
 fn strip_location(msg: &str) -> String {
-    match msg.rfind(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg.to_string(),
-    }
+    let Some(i) = msg.find(" at line ") else {
+        return msg.to_string();
+    };
+    let rest = &msg[i + " at line ".len()..];
+    let rest = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+    let rest = rest.strip_prefix(" column ").unwrap_or(rest);
+    let rest = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+    format!("{}{rest}", &msg[..i])
 }
 
 /// YAML is a superset of JSON's data model: non-string keys (`200:` under `responses` is an
@@ -354,7 +359,43 @@ fn schema_check(version: Version, doc: &Value, p: &mut Problems) {
         }
     };
     for err in validator.iter_errors(doc) {
-        p.push(err.instance_path().to_string(), shorten(&err.to_string()));
+        explain(&err, p);
+    }
+}
+
+/// Turns a schema error into problems. `oneOf`/`anyOf` failures are where the schemas offer
+/// "a Reference Object or the real thing"; jsonschema then only says "not valid under any of
+/// the schemas", which names no key. When every alternative but one failed for lack of `$ref`,
+/// the object was clearly meant as the other one, so report that alternative's own errors.
+fn explain(err: &jsonschema::ValidationError<'_>, p: &mut Problems) {
+    use jsonschema::error::ValidationErrorKind as K;
+    let (context, keyword) = match err.kind() {
+        K::OneOfNotValid { context } => (context, "oneOf"),
+        K::AnyOf { context } => (context, "anyOf"),
+        _ => {
+            p.push(err.instance_path().to_string(), shorten(&err.to_string()));
+            return;
+        }
+    };
+    let here = err.instance_path().to_string();
+    let wants_ref = |branch: &Vec<jsonschema::ValidationError<'static>>| {
+        branch.iter().any(|e| {
+            e.instance_path().to_string() == here
+                && matches!(e.kind(), K::Required { property } if property == "$ref")
+        })
+    };
+    let candidates: Vec<_> = context.iter().filter(|b| !wants_ref(b)).collect();
+    match candidates.as_slice() {
+        [only] if !only.is_empty() => {
+            for e in only.iter() {
+                explain(e, p);
+            }
+        }
+        // The failing value is at `here`; quoting it (as jsonschema does) only adds noise.
+        _ => p.push(
+            here,
+            format!("does not match any of the forms `{keyword}` allows here"),
+        ),
     }
 }
 
@@ -803,7 +844,12 @@ fn operation(
                     let sptr = child(&xptr, "scopes");
                     scopes(v, &sptr, p).map(|s| (s, sptr))
                 }
-                None => top.scopes.clone(),
+                // An invalid top-level list was reported there; treat it as empty here.
+                None => Some(
+                    top.scopes
+                        .clone()
+                        .unwrap_or_else(|| (Vec::new(), child(&xptr, "scopes"))),
+                ),
             };
             (top.auth.clone().unwrap_or_default(), s)
         }
