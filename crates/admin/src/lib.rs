@@ -1,154 +1,54 @@
-//! Tollgate's admin listener: unauthenticated health and Prometheus metrics, and bearer-token
-//! protected admin routes (config reload now; the management API grows here).
+//! Tollgate's admin listener and management plane: unauthenticated health and Prometheus
+//! metrics; the platform/tenant-admin API of `spec/ADMIN.md` (tenants, registered OpenAPI
+//! documents, plans, consumers, keys, usage) backed by the store; propagation of changes
+//! between nodes; the usage flush; and the API's own OpenAPI 3.1 document.
 //!
 //! Errors are RFC 9457 problem documents like everywhere else in the gateway.
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+mod auth;
+mod doc;
+pub mod error;
+pub mod manage;
+mod routes;
+mod state;
+
+pub use auth::token_digest;
+pub use manage::Management;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::get;
+use state::AdminState;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use tollgate_core::{GatewayError, Kind};
 use tollgate_proxy::Gateway;
 
-#[derive(Clone)]
-struct AdminState {
-    gateway: Gateway,
-    /// `None` when the token variable is unset: protected routes then refuse everyone.
-    token: Option<Arc<str>>,
-}
+/// Largest admin request body: registered OpenAPI documents can be big, nothing else is.
+pub const MAX_BODY_BYTES: usize = 4 << 20;
 
-/// A problem response for the admin API.
-struct Problem(GatewayError);
-
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let resp = self.0.to_response("-");
-        let (parts, body) = resp.into_parts();
-        Response::from_parts(parts, axum::body::Body::from(body))
-    }
-}
-
-/// The admin router. `token` is the platform admin's bearer token.
-pub fn router(gateway: Gateway, token: Option<String>) -> Router {
+/// The admin router. `token` is the platform admin's bearer token; `manage` is the
+/// management plane (absent when the gateway runs without a store).
+pub fn router(gateway: Gateway, token: Option<String>, manage: Option<Arc<Management>>) -> Router {
     let state = AdminState {
         gateway,
         token: token.filter(|t| !t.is_empty()).map(Arc::from),
+        manage,
+        guard: Arc::default(),
     };
-    let protected = Router::new()
-        .route("/admin/reload", post(reload))
-        .route("/admin/config", get(config_info))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let protected = routes::protected().route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_token,
+    ));
     Router::new()
-        .route(
-            "/health/live",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
-        .route("/health/ready", get(ready))
-        .route("/metrics", get(metrics))
+        .route("/health/live", get(routes::system::live))
+        .route("/health/ready", get(routes::system::ready))
+        .route("/metrics", get(routes::system::metrics))
         .merge(protected)
-        .fallback(not_found)
+        .fallback(routes::system::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(auth::request_id))
         .with_state(state)
-}
-
-async fn not_found() -> Problem {
-    Problem(GatewayError::new(
-        Kind::NotFound,
-        "no admin route at this path",
-    ))
-}
-
-async fn ready(State(s): State<AdminState>) -> impl IntoResponse {
-    let snap = s.gateway.snapshot();
-    Json(serde_json::json!({"status": "ready", "config_generation": snap.generation}))
-}
-
-async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        )],
-        s.gateway.metrics().encode(),
-    )
-}
-
-async fn reload(State(s): State<AdminState>) -> Result<Json<serde_json::Value>, Problem> {
-    let gw = s.gateway.clone();
-    let result = tokio::task::spawn_blocking(move || gw.reload())
-        .await
-        .map_err(|e| {
-            Problem(
-                GatewayError::new(Kind::Internal, "reload task failed").with_cause(e.to_string()),
-            )
-        })?;
-    match result {
-        Ok(generation) => Ok(Json(
-            serde_json::json!({"status": "reloaded", "config_generation": generation}),
-        )),
-        Err(e) => {
-            let problems: Vec<String> = match &e {
-                tollgate_proxy::ReloadError::Config(tollgate_config::ConfigError::Invalid {
-                    problems,
-                    ..
-                }) => problems.iter().map(ToString::to_string).collect(),
-                other => vec![other.to_string()],
-            };
-            Err(Problem(
-                GatewayError::new(
-                    Kind::BadRequest,
-                    format!("config refused; the running config stays: {e}"),
-                )
-                .with_extension("errors", problems.into()),
-            ))
-        }
-    }
-}
-
-async fn config_info(State(s): State<AdminState>) -> impl IntoResponse {
-    let snap = s.gateway.snapshot();
-    Json(serde_json::json!({
-        "config_generation": snap.generation,
-        "path": snap.loaded.source_path.display().to_string(),
-        "routes": {"public": snap.public.len(), "tls": snap.tls.len()},
-    }))
-}
-
-async fn require_token(State(s): State<AdminState>, req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let ok = match (&s.token, presented) {
-        (Some(want), Some(got)) => constant_time_eq(want.as_bytes(), got.as_bytes()),
-        _ => false,
-    };
-    if ok {
-        return next.run(req).await;
-    }
-    let mut resp = Problem(GatewayError::new(
-        Kind::Unauthorized,
-        "this admin route needs `Authorization: Bearer <token>`",
-    ))
-    .into_response();
-    resp.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"tollgate-admin\""),
-    );
-    *resp.status_mut() = StatusCode::UNAUTHORIZED;
-    resp
-}
-
-/// Compares without an early exit, so response timing does not reveal a token prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Serves the admin router on `listener` until `shutdown` fires.
@@ -156,21 +56,13 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     gateway: Gateway,
     token: Option<String>,
+    manage: Option<Arc<Management>>,
     mut shutdown: tollgate_proxy::Shutdown,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(gateway, token))
-        .with_graceful_shutdown(async move { shutdown.wait().await })
-        .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
-    }
+    axum::serve(
+        listener,
+        router(gateway, token, manage).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.wait().await })
+    .await
 }

@@ -12,7 +12,10 @@ pub use locate::line_of;
 pub use validate::parse_utc_offset;
 mod model;
 pub mod openapi;
+mod overlay;
 mod validate;
+
+pub use overlay::{Overlay, OverlayApi};
 
 pub use duration::{Duration, Timestamp};
 pub use model::*;

@@ -9,6 +9,7 @@ mod context;
 mod error;
 mod policy;
 pub mod trace;
+pub mod usage;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use context::{ClientCert, Consumer, Listener, RequestCtx, RouteMeta, Scopes};

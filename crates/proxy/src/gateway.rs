@@ -7,7 +7,7 @@ use crate::metrics::{Metrics, ResultLabels};
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use tollgate_config::{ConfigError, EnvOverrides, LoadedConfig, Problem};
+use tollgate_config::{ConfigError, EnvOverrides, LoadedConfig, Overlay, Problem};
 use tollgate_core::trace::{IdSource, RandomIds};
 use tollgate_core::{Clock, SystemClock};
 
@@ -38,8 +38,16 @@ pub(crate) struct Shared {
     pub ids: Arc<dyn IdSource>,
     pub policy_env: tollgate_policy::Env,
     pub env: EnvOverrides,
-    /// Serialises reloads; never held on the request path.
-    pub reload_lock: Mutex<()>,
+    /// Serialises reloads; never held on the request path. Guards the file config and the
+    /// overlay the current snapshot was compiled from.
+    pub reload_lock: Mutex<Sources>,
+    pub usage: Arc<crate::usage::Usage>,
+}
+
+/// What the current snapshot was compiled from: the file as read, and the runtime overlay.
+pub(crate) struct Sources {
+    file: Arc<LoadedConfig>,
+    overlay: Arc<Overlay>,
 }
 
 /// A running or ready-to-run gateway. Cheap to clone.
@@ -72,7 +80,8 @@ impl Gateway {
         let policy_env = tollgate_policy::Env::new(opts.clock.clone());
         tollgate_policy::traffic::connect_redis_from_env(&policy_env.stores)
             .map_err(|p| invalid(&loaded, vec![p]))?;
-        let loaded = Arc::new(loaded);
+        let file = Arc::new(loaded);
+        let loaded = file.clone();
         let snap = compile(loaded.clone(), None, &metrics, &policy_env, 1)
             .map_err(|problems| invalid(&loaded, problems))?;
         metrics.config_generation.set(1);
@@ -93,7 +102,11 @@ impl Gateway {
                 ids: opts.ids,
                 policy_env,
                 env: opts.env,
-                reload_lock: Mutex::new(()),
+                reload_lock: Mutex::new(Sources {
+                    file,
+                    overlay: Arc::default(),
+                }),
+                usage: Arc::new(crate::usage::Usage::new(opts.clock.clone())),
             }),
         })
     }
@@ -104,6 +117,11 @@ impl Gateway {
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.shared.snapshot.load_full()
+    }
+
+    /// Per-consumer, per-API request counts since the last drain (usage analytics).
+    pub fn usage(&self) -> &Arc<crate::usage::Usage> {
+        &self.shared.usage
     }
 
     pub fn flush_access_log(&self) {
@@ -131,10 +149,71 @@ impl Gateway {
     }
 
     fn try_reload(&self, path: &std::path::Path) -> Result<u64, ReloadError> {
-        let Ok(_guard) = self.shared.reload_lock.try_lock() else {
+        let Ok(mut sources) = self.shared.reload_lock.try_lock() else {
             return Err(ReloadError::Busy);
         };
-        let loaded = Arc::new(tollgate_config::load(path, &self.shared.env)?);
+        let file = Arc::new(tollgate_config::load(path, &self.shared.env)?);
+        let generation = self.swap(&file, &sources.overlay)?;
+        sources.file = file;
+        Ok(generation)
+    }
+
+    /// Replaces the runtime overlay (entities from the admin API) and swaps in the merged
+    /// config. On any problem the running snapshot and the previous overlay stay.
+    /// Blocking: call from a blocking context.
+    pub fn set_overlay(&self, overlay: Arc<Overlay>) -> Result<u64, ReloadError> {
+        let mut sources = match self.shared.reload_lock.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if *sources.overlay == *overlay {
+            return Ok(self.shared.snapshot.load().generation);
+        }
+        let generation = self.swap(&sources.file.clone(), &overlay)?;
+        sources.overlay = overlay;
+        Ok(generation)
+    }
+
+    /// Whether `overlay` would compile over the current file, without swapping anything in.
+    pub fn check_overlay(&self, overlay: &Overlay) -> Result<(), Vec<Problem>> {
+        let file = match self.shared.reload_lock.lock() {
+            Ok(g) => g.file.clone(),
+            Err(poisoned) => poisoned.into_inner().file.clone(),
+        };
+        let merged = Arc::new(overlay.apply(&file)?);
+        let old = self.shared.snapshot.load_full();
+        compile(
+            merged,
+            Some(&old),
+            &self.shared.metrics,
+            &self.shared.policy_env,
+            old.generation,
+        )
+        .map(drop)
+    }
+
+    /// The overlay the current snapshot was compiled with.
+    pub fn overlay(&self) -> Arc<Overlay> {
+        match self.shared.reload_lock.lock() {
+            Ok(g) => g.overlay.clone(),
+            Err(poisoned) => poisoned.into_inner().overlay.clone(),
+        }
+    }
+
+    /// The config file as read, without the overlay.
+    pub fn file_config(&self) -> Arc<LoadedConfig> {
+        match self.shared.reload_lock.lock() {
+            Ok(g) => g.file.clone(),
+            Err(poisoned) => poisoned.into_inner().file.clone(),
+        }
+    }
+
+    fn swap(&self, file: &Arc<LoadedConfig>, overlay: &Overlay) -> Result<u64, ReloadError> {
+        let loaded = if overlay.is_empty() {
+            file.clone()
+        } else {
+            Arc::new(overlay.apply(file).map_err(|p| invalid(file, p))?)
+        };
         let old = self.shared.snapshot.load_full();
         let generation = old.generation + 1;
         let snap = compile(

@@ -16,6 +16,7 @@ pub mod router;
 mod server;
 pub mod tls;
 pub mod upstream;
+pub mod usage;
 
 pub use gateway::{Gateway, Options, ReloadError};
 pub use pipeline::X_REQUEST_ID;

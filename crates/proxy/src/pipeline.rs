@@ -425,6 +425,16 @@ impl Completion {
         }
         // The response is over: give back concurrency slots.
         drop(self.held);
+        if let Some(m) = &self.meta {
+            self.shared.usage.record(
+                &m.tenant,
+                &m.api,
+                self.consumer.as_ref(),
+                self.status,
+                self.throttled.is_some(),
+                elapsed,
+            );
+        }
         if !self.log {
             return;
         }

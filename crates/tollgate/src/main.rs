@@ -34,6 +34,10 @@ enum Command {
         /// Do not reload when the config file changes (SIGHUP and the admin API still work).
         #[arg(long)]
         no_watch: bool,
+        /// Store for tenants, registered APIs, plans, consumers, keys and usage:
+        /// `sqlite://PATH` or `postgres://...`. Default: `tollgate.db` beside the config file.
+        #[arg(long, env = "TOLLGATE_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
     },
     /// Check a config file: exit 0 if it would load, 1 with every problem (key path and line) if not.
     Validate {
@@ -53,6 +57,8 @@ enum Command {
         /// The example config; default: examples/bank/gateway.yaml of this source tree.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        #[arg(long, env = "TOLLGATE_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
     },
 }
 
@@ -63,10 +69,17 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Hash { config, values } => hash(&config, values),
-        Command::Serve { config, no_watch } => run(cli.workers, serve(config, !no_watch, false)),
-        Command::Demo { config } => {
+        Command::Serve {
+            config,
+            no_watch,
+            database_url,
+        } => run(cli.workers, serve(config, database_url, !no_watch, false)),
+        Command::Demo {
+            config,
+            database_url,
+        } => {
             let config = config.unwrap_or_else(demo::default_config);
-            run(cli.workers, serve(config, true, true))
+            run(cli.workers, serve(config, database_url, true, true))
         }
     };
     match result {
@@ -153,7 +166,36 @@ fn hash(config: &Path, values: Vec<String>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(config: PathBuf, watch: bool, demo: bool) -> Result<ExitCode> {
+/// The store's URL: the one given, else an SQLite file beside the config.
+fn store_url(config: &Path, given: Option<String>) -> String {
+    if let Some(u) = given.filter(|u| !u.trim().is_empty()) {
+        return u;
+    }
+    let dir = config
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    format!("sqlite://{}", dir.join("tollgate.db").display())
+}
+
+/// The URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn serve(
+    config: PathBuf,
+    database_url: Option<String>,
+    watch: bool,
+    demo: bool,
+) -> Result<ExitCode> {
     {
         let env = EnvOverrides::from_env();
         let loaded = tollgate_config::load(&config, &env)?;
@@ -164,10 +206,19 @@ async fn serve(config: PathBuf, watch: bool, demo: bool) -> Result<ExitCode> {
                 ..Options::default()
             },
         )?;
-        let snap = gateway.snapshot();
-        let cfg = snap.config();
 
         let (trigger, shutdown) = shutdown_pair();
+        let url = store_url(&config, database_url);
+        let store = tollgate_store::Store::open(&url)
+            .await
+            .with_context(|| format!("cannot open the store {}", redact(&url)))?;
+        tracing::info!(store = %redact(&url), "store open");
+        let manage = tollgate_admin::Management::start(store, gateway.clone())
+            .await
+            .with_context(|| format!("cannot read the store {}", redact(&url)))?;
+        let manage_task = manage.spawn(shutdown.clone());
+        let snap = gateway.snapshot();
+        let cfg = snap.config();
         let bound = gateway.bind().await?;
         let admin = match &cfg.listeners.admin {
             Some(a) => {
@@ -195,6 +246,7 @@ async fn serve(config: PathBuf, watch: bool, demo: bool) -> Result<ExitCode> {
                     l,
                     gateway.clone(),
                     token,
+                    Some(manage.clone()),
                     shutdown.clone(),
                 )))
             }
@@ -221,6 +273,8 @@ async fn serve(config: PathBuf, watch: bool, demo: bool) -> Result<ExitCode> {
         if let Some(a) = admin {
             let _ = tokio::time::timeout(Duration::from_secs(2), a).await;
         }
+        // Usage counted up to the last request reaches the store.
+        let _ = tokio::time::timeout(Duration::from_secs(5), manage_task).await;
         tracing::info!("shut down");
         gateway.flush_access_log();
         Ok(ExitCode::SUCCESS)

@@ -1,6 +1,7 @@
 //! Black-box integration tests: the real `tollgate` binary against real upstream servers, all
 //! on loopback port 0, so every test runs in parallel with every other.
 
+mod admin;
 mod cli;
 mod common;
 mod headers;

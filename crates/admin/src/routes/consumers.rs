@@ -1,0 +1,527 @@
+//! Consumers (partners and apps), their plans, temporary overrides and API keys. Consumers in
+//! the config file are listed and read-only.
+
+use super::tenants::created;
+use super::{List, PageQuery, check_id, check_if_match, etag_of, json_body, rfc3339};
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, FieldError};
+use crate::state::AdminState;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tollgate_core::Kind;
+use tollgate_store::KeyRow;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideBody {
+    #[schema(exclusive_minimum = 0.0, maximum = 1000000.0)]
+    pub rate: f64,
+    #[schema(minimum = 1, maximum = 10000000)]
+    pub burst: u32,
+    /// RFC 3339 instant after which the plan applies again.
+    #[schema(format = DateTime)]
+    pub expires_at: String,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewConsumer {
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+    pub id: String,
+    pub plan: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub tenant: Option<String>,
+}
+
+/// Absent members stay as they are; `"override": null` ends an override.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerPatch {
+    pub plan: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<OverrideBody>)]
+    pub r#override: Option<Option<OverrideBody>>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<OverrideBody>>, D::Error> {
+    Option::<OverrideBody>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct KeyView {
+    pub id: String,
+    /// The key's first characters, to recognise it; never the key.
+    pub prefix: Option<String>,
+    pub created_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ConsumerView {
+    pub id: String,
+    pub plan: Option<String>,
+    pub scopes: Vec<String>,
+    pub tenant: Option<String>,
+    pub r#override: Option<OverrideBody>,
+    pub keys: Vec<KeyView>,
+    /// Defined in the config file: read-only through this API.
+    pub read_only: bool,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NewKey {
+    pub id: String,
+    /// Shown only in this response; the gateway keeps a keyed hash.
+    pub key: String,
+    pub prefix: String,
+}
+
+/// The stored body: exactly the config file's consumer shape (minus keys).
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct Stored {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan: Option<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<String>,
+    #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
+    over: Option<OverrideBody>,
+}
+
+fn file_view(id: &str, c: &tollgate_config::Consumer) -> ConsumerView {
+    ConsumerView {
+        id: id.to_owned(),
+        plan: c.plan.clone(),
+        scopes: c.scopes.clone(),
+        tenant: c.tenant.clone(),
+        r#override: c.rate_override.as_ref().map(|o| OverrideBody {
+            rate: o.rate,
+            burst: o.burst,
+            expires_at: humantime::format_rfc3339_seconds(o.expires_at.0).to_string(),
+        }),
+        keys: c
+            .api_keys
+            .iter()
+            .map(|k| KeyView {
+                id: k.id.clone(),
+                prefix: None,
+                created_at: None,
+            })
+            .collect(),
+        read_only: true,
+    }
+}
+
+fn stored_view(id: &str, body: &Value, keys: &[KeyRow]) -> ApiResult<ConsumerView> {
+    let s: Stored = serde_json::from_value(body.clone()).map_err(|e| {
+        tracing::error!(consumer = id, error = %e, "stored consumer unreadable");
+        ApiError::new(Kind::Internal, "a stored consumer is unreadable")
+    })?;
+    Ok(ConsumerView {
+        id: id.to_owned(),
+        plan: s.plan,
+        scopes: s.scopes,
+        tenant: s.tenant,
+        r#override: s.over,
+        keys: keys
+            .iter()
+            .filter(|k| k.consumer == id)
+            .map(|k| KeyView {
+                id: k.id.clone(),
+                prefix: Some(k.prefix.clone()),
+                created_at: Some(rfc3339(k.created_at)),
+            })
+            .collect(),
+        read_only: false,
+    })
+}
+
+fn is_file_consumer(s: &AdminState, id: &str) -> bool {
+    s.gateway.file_config().config.consumers.contains_key(id)
+}
+
+async fn plan_exists(s: &AdminState, plan: &str) -> ApiResult<bool> {
+    if s.gateway.file_config().config.plans.contains_key(plan) {
+        return Ok(true);
+    }
+    Ok(s.manage()?.store().get_plan(plan).await?.is_some())
+}
+
+async fn tenant_exists(s: &AdminState, tenant: &str) -> ApiResult<bool> {
+    if s.gateway.file_config().config.tenants.contains_key(tenant) {
+        return Ok(true);
+    }
+    Ok(s.manage()?.store().get_tenant(tenant).await?.is_some())
+}
+
+fn check_scopes(pointer: &str, scopes: &[String], errors: &mut Vec<FieldError>) {
+    for (i, sc) in scopes.iter().enumerate() {
+        if sc.is_empty()
+            || sc.len() > 128
+            || !sc
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        {
+            errors.push(FieldError::new(
+                format!("{pointer}/{i}"),
+                "a scope is 1 to 128 visible characters without quotes or backslashes",
+            ));
+        }
+    }
+}
+
+fn check_override(o: &OverrideBody, errors: &mut Vec<FieldError>) {
+    if !o.rate.is_finite() || o.rate <= 0.0 || o.rate > 1_000_000.0 {
+        errors.push(FieldError::new(
+            "/override/rate",
+            "a number of requests per second above 0, at most 1000000",
+        ));
+    }
+    if o.burst == 0 || o.burst > 10_000_000 {
+        errors.push(FieldError::new("/override/burst", "between 1 and 10000000"));
+    }
+    if humantime::parse_rfc3339_weak(&o.expires_at).is_err() {
+        errors.push(FieldError::new(
+            "/override/expires_at",
+            "an RFC 3339 instant like 2027-01-01T00:00:00Z",
+        ));
+    }
+}
+
+async fn find(s: &AdminState, id: &str) -> ApiResult<ConsumerView> {
+    if let Some(c) = s.gateway.file_config().config.consumers.get(id) {
+        return Ok(file_view(id, c));
+    }
+    let store = s.manage()?.store();
+    let Some(e) = store.get_consumer(id).await? else {
+        return Err(ApiError::not_found("consumer"));
+    };
+    let keys = store.keys(Some(id)).await?;
+    stored_view(id, &e.body, &keys)
+}
+
+fn etag(v: &ConsumerView) -> Value {
+    serde_json::to_value(v).unwrap_or_default()
+}
+
+/// Consumers from the config file and the store.
+#[utoipa::path(get, path = "/admin/consumers", tag = "consumers", params(PageQuery),
+    responses(
+        (status = 200, body = crate::doc::ConsumerList),
+        (status = 400, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Query(page): Query<PageQuery>,
+) -> ApiResult<Json<List<ConsumerView>>> {
+    caller.platform()?;
+    let m = s.manage()?;
+    let file = s.gateway.file_config();
+    let mut all: Vec<ConsumerView> = file
+        .config
+        .consumers
+        .iter()
+        .map(|(id, c)| file_view(id, c))
+        .collect();
+    let keys = m.store().keys(None).await?;
+    for e in m
+        .store()
+        .list_consumers(tollgate_store::Page {
+            after: None,
+            limit: u32::MAX,
+        })
+        .await?
+    {
+        if !file.config.consumers.contains_key(&e.id) {
+            all.push(stored_view(&e.id, &e.body, &keys)?);
+        }
+    }
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Json(page.paginate(all, |c| &c.id)?))
+}
+
+/// Create a consumer on a plan.
+#[utoipa::path(post, path = "/admin/consumers", tag = "consumers", request_body = NewConsumer,
+    responses(
+        (status = 201, body = ConsumerView),
+        (status = 400, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 409, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 413, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 415, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 422, body = crate::doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body_in: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    caller.platform()?;
+    let m = s.manage()?;
+    let new: NewConsumer = json_body(&headers, body_in)?;
+    let mut errors = Vec::new();
+    check_id("/id", &new.id, &mut errors);
+    check_scopes("/scopes", &new.scopes, &mut errors);
+    if let Some(p) = &new.plan
+        && !plan_exists(&s, p).await?
+    {
+        errors.push(FieldError::new("/plan", format!("no plan `{p}`")));
+    }
+    if let Some(t) = &new.tenant
+        && !tenant_exists(&s, t).await?
+    {
+        errors.push(FieldError::new("/tenant", format!("no tenant `{t}`")));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid("the consumer is not valid", errors));
+    }
+    if is_file_consumer(&s, &new.id) {
+        return Err(ApiError::read_only("consumer"));
+    }
+    let stored = Stored {
+        plan: new.plan,
+        scopes: new.scopes,
+        tenant: new.tenant,
+        over: None,
+    };
+    let body = serde_json::to_value(&stored).unwrap_or_default();
+    {
+        let _w = m.write_lock.lock().await;
+        m.store()
+            .create_consumer(&new.id, &body, &caller.actor())
+            .await?;
+        m.sync().await?;
+    }
+    let v = stored_view(&new.id, &body, &[])?;
+    let tag = etag_of(&etag(&v));
+    let mut resp = created(format!("/admin/consumers/{}", new.id), Json(v));
+    resp.headers_mut().insert(header::ETAG, tag);
+    Ok(resp)
+}
+
+/// One consumer with its keys (ids and prefixes only).
+#[utoipa::path(get, path = "/admin/consumers/{id}", tag = "consumers",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = ConsumerView),
+        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn get(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    caller.platform()?;
+    let v = find(&s, &id).await?;
+    let tag = etag_of(&etag(&v));
+    Ok(([(header::ETAG, tag)], Json(v)).into_response())
+}
+
+/// Change plan or scopes, or set (`null`: end) a temporary rate override. Live on every node
+/// within 2 s.
+#[utoipa::path(patch, path = "/admin/consumers/{id}", tag = "consumers",
+    params(("id" = String, Path)), request_body = ConsumerPatch,
+    responses(
+        (status = 200, body = ConsumerView),
+        (status = 400, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 409, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 412, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 413, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 415, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 422, body = crate::doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn patch(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body_in: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    caller.platform()?;
+    let m = s.manage()?;
+    if is_file_consumer(&s, &id) {
+        return Err(ApiError::read_only("consumer"));
+    }
+    let patch: ConsumerPatch = json_body(&headers, body_in)?;
+    let _w = m.write_lock.lock().await;
+    let Some(cur) = m.store().get_consumer(&id).await? else {
+        return Err(ApiError::not_found("consumer"));
+    };
+    let keys = m.store().keys(Some(&id)).await?;
+    check_if_match(&headers, &etag(&stored_view(&id, &cur.body, &keys)?))?;
+    let mut stored: Stored = serde_json::from_value(cur.body.clone())
+        .map_err(|_| ApiError::new(Kind::Internal, "a stored consumer is unreadable"))?;
+    let mut errors = Vec::new();
+    if let Some(p) = patch.plan {
+        if !plan_exists(&s, &p).await? {
+            errors.push(FieldError::new("/plan", format!("no plan `{p}`")));
+        }
+        stored.plan = Some(p);
+    }
+    if let Some(sc) = patch.scopes {
+        check_scopes("/scopes", &sc, &mut errors);
+        stored.scopes = sc;
+    }
+    if let Some(o) = patch.r#override {
+        if let Some(o) = &o {
+            check_override(o, &mut errors);
+        }
+        stored.over = o;
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(
+            "the change is not valid; nothing changed",
+            errors,
+        ));
+    }
+    let body = serde_json::to_value(&stored).unwrap_or_default();
+    if !m
+        .store()
+        .update_consumer(&id, &body, &caller.actor())
+        .await?
+    {
+        return Err(ApiError::not_found("consumer"));
+    }
+    m.sync().await?;
+    let v = stored_view(&id, &body, &keys)?;
+    let tag = etag_of(&etag(&v));
+    Ok(([(header::ETAG, tag)], Json(v)).into_response())
+}
+
+/// Delete a consumer and its keys.
+#[utoipa::path(delete, path = "/admin/consumers/{id}", tag = "consumers",
+    params(("id" = String, Path)),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 409, body = crate::doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn delete(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    caller.platform()?;
+    let m = s.manage()?;
+    if is_file_consumer(&s, &id) {
+        return Err(ApiError::read_only("consumer"));
+    }
+    let _w = m.write_lock.lock().await;
+    if !m.store().delete_consumer(&id, &caller.actor()).await? {
+        return Err(ApiError::not_found("consumer"));
+    }
+    m.sync().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Issue an API key. The key is shown only in this response and works within 2 s.
+#[utoipa::path(post, path = "/admin/consumers/{id}/keys", tag = "consumers",
+    params(("id" = String, Path)),
+    responses(
+        (status = 201, body = NewKey),
+        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 409, body = crate::doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn create_key(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    caller.platform()?;
+    let m = s.manage()?;
+    if is_file_consumer(&s, &id) {
+        return Err(ApiError::read_only("consumer"));
+    }
+    let snap = s.gateway.snapshot();
+    let Some(hasher) = snap.identity.hasher.clone() else {
+        return Err(ApiError::new(
+            Kind::Conflict,
+            "the config has no identity.hash_secret_file, so the gateway cannot store keys",
+        ));
+    };
+    let key = super::random_token("tg_")?;
+    let prefix: String = key.chars().take(10).collect();
+    let row = KeyRow {
+        id: super::random_id("key_")?,
+        consumer: id.clone(),
+        hash: hasher.encode(key.as_bytes()),
+        prefix: prefix.clone(),
+        created_at: super::now_ms(),
+    };
+    {
+        let _w = m.write_lock.lock().await;
+        if m.store().get_consumer(&id).await?.is_none() {
+            return Err(ApiError::not_found("consumer"));
+        }
+        m.store().create_key(&row, &caller.actor()).await?;
+        m.sync().await?;
+    }
+    Ok(created(
+        format!("/admin/consumers/{id}/keys/{}", row.id),
+        Json(NewKey {
+            id: row.id,
+            key,
+            prefix,
+        }),
+    ))
+}
+
+/// Revoke a key: it stops working on every node within 2 s.
+#[utoipa::path(delete, path = "/admin/consumers/{id}/keys/{key_id}", tag = "consumers",
+    params(("id" = String, Path), ("key_id" = String, Path)),
+    responses(
+        (status = 204, description = "revoked"),
+        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 409, body = crate::doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn revoke_key(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Path((id, key_id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    caller.platform()?;
+    let m = s.manage()?;
+    if is_file_consumer(&s, &id) {
+        return Err(ApiError::read_only("consumer"));
+    }
+    let _w = m.write_lock.lock().await;
+    if !m.store().revoke_key(&id, &key_id, &caller.actor()).await? {
+        return Err(ApiError::not_found("key"));
+    }
+    m.sync().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,101 @@
+//! Health, metrics, config reload and what the running config is.
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AdminState;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::IntoResponse;
+use axum::{Extension, Json};
+use serde_json::{Value, json};
+use tollgate_core::Kind;
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(Kind::NotFound, "no admin route at this path")
+}
+
+pub async fn live() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub async fn ready(State(s): State<AdminState>) -> Json<Value> {
+    let snap = s.gateway.snapshot();
+    Json(json!({"status": "ready", "config_generation": snap.generation}))
+}
+
+pub async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        s.gateway.metrics().encode(),
+    )
+}
+
+/// Re-read the config file; the old config stays when the new one is refused.
+#[utoipa::path(post, path = "/admin/reload", tag = "system",
+    responses(
+        (status = 200, description = "reloaded", body = crate::doc::Reloaded),
+        (status = 400, description = "the file was refused; the running config stays", body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn reload(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Value>> {
+    caller.platform()?;
+    let gw = s.gateway.clone();
+    let result = tokio::task::spawn_blocking(move || gw.reload())
+        .await
+        .map_err(|e| {
+            ApiError(
+                tollgate_core::GatewayError::new(Kind::Internal, "reload task failed")
+                    .with_cause(e.to_string()),
+            )
+        })?;
+    match result {
+        Ok(generation) => Ok(Json(
+            json!({"status": "reloaded", "config_generation": generation}),
+        )),
+        Err(e) => {
+            let problems: Vec<String> = match &e {
+                tollgate_proxy::ReloadError::Config(tollgate_config::ConfigError::Invalid {
+                    problems,
+                    ..
+                }) => problems.iter().map(ToString::to_string).collect(),
+                other => vec![other.to_string()],
+            };
+            Err(ApiError(
+                tollgate_core::GatewayError::new(
+                    Kind::BadRequest,
+                    format!("config refused; the running config stays: {e}"),
+                )
+                .with_extension("errors", problems.into()),
+            ))
+        }
+    }
+}
+
+/// The running config's generation, file and route counts.
+#[utoipa::path(get, path = "/admin/config", tag = "system",
+    responses(
+        (status = 200, description = "the running config", body = Object),
+        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn config_info(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Value>> {
+    caller.platform()?;
+    let snap = s.gateway.snapshot();
+    Ok(Json(json!({
+        "config_generation": snap.generation,
+        "path": snap.loaded.source_path.display().to_string(),
+        "routes": {"public": snap.public.len(), "tls": snap.tls.len()},
+    })))
+}

@@ -1,0 +1,538 @@
+//! Tenants, their admin tokens, and the APIs they register as OpenAPI documents.
+
+use super::{List, PageQuery, body_bytes, check_id, check_if_match, etag_of, json_body, rfc3339};
+use crate::auth::{Caller, token_digest};
+use crate::error::{ApiError, ApiResult, FieldError};
+use crate::manage::{Management, import_api, is_yaml, with_api};
+use crate::state::AdminState;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tollgate_core::Kind;
+use tollgate_store::Tenant;
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TenantView {
+    pub id: String,
+    pub name: String,
+    /// Defined in the config file: read-only through this API.
+    pub read_only: bool,
+    pub created_at: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+    pub id: String,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NewToken {
+    pub id: String,
+    /// Shown only in this response; stored as a digest.
+    pub token: String,
+    pub tenant: String,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RouteView {
+    pub id: String,
+    pub methods: Vec<String>,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ApiView {
+    pub tenant: String,
+    pub id: String,
+    pub read_only: bool,
+    pub upstream: Option<String>,
+    pub routes: Vec<RouteView>,
+    pub updated_at: Option<String>,
+}
+
+fn file_tenant(s: &AdminState, id: &str) -> Option<TenantView> {
+    let file = s.gateway.file_config();
+    file.config.tenants.get(id).map(|t| TenantView {
+        id: id.to_owned(),
+        name: t.name.clone().unwrap_or_else(|| id.to_owned()),
+        read_only: true,
+        created_at: None,
+    })
+}
+
+fn view(t: Tenant) -> TenantView {
+    TenantView {
+        id: t.id,
+        name: t.name,
+        read_only: false,
+        created_at: Some(rfc3339(t.created_at)),
+    }
+}
+
+/// The tenant, from the file or the store; 404 when neither has it.
+async fn find_tenant(s: &AdminState, m: &Management, id: &str) -> ApiResult<TenantView> {
+    if let Some(t) = file_tenant(s, id) {
+        return Ok(t);
+    }
+    m.store()
+        .get_tenant(id)
+        .await?
+        .map(view)
+        .ok_or_else(|| ApiError::not_found("tenant"))
+}
+
+/// Store rows hang off a tenant row; a tenant from the config file gets one the first time
+/// something is stored for it.
+async fn ensure_stored(m: &Management, t: &TenantView, actor: &str) -> ApiResult<()> {
+    if !t.read_only {
+        return Ok(());
+    }
+    let row = Tenant {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        created_at: super::now_ms(),
+    };
+    match m.store().create_tenant(&row, actor).await {
+        Ok(()) | Err(tollgate_store::StoreError::Conflict) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Tenants from the config file and the store.
+#[utoipa::path(get, path = "/admin/tenants", tag = "tenants", params(PageQuery),
+    responses(
+        (status = 200, body = crate::doc::TenantList),
+        (status = 400, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Query(page): Query<PageQuery>,
+) -> ApiResult<Json<List<TenantView>>> {
+    caller.platform()?;
+    let m = s.manage()?;
+    let file = s.gateway.file_config();
+    let mut all: Vec<TenantView> = file
+        .config
+        .tenants
+        .keys()
+        .filter_map(|id| file_tenant(&s, id))
+        .collect();
+    for t in m
+        .store()
+        .list_tenants(tollgate_store::Page {
+            after: None,
+            limit: u32::MAX,
+        })
+        .await?
+    {
+        if !file.config.tenants.contains_key(&t.id) {
+            all.push(view(t));
+        }
+    }
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Json(page.paginate(all, |t| &t.id)?))
+}
+
+/// Create a tenant.
+#[utoipa::path(post, path = "/admin/tenants", tag = "tenants", request_body = NewTenant,
+    responses(
+        (status = 201, body = TenantView),
+        (status = 400, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 409, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 413, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 415, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 422, body = crate::doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    caller.platform()?;
+    let m = s.manage()?;
+    let new: NewTenant = json_body(&headers, body)?;
+    let mut errors = Vec::new();
+    check_id("/id", &new.id, &mut errors);
+    let name = new.name.unwrap_or_else(|| new.id.clone());
+    if name.len() > 200 {
+        errors.push(FieldError::new("/name", "at most 200 characters"));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid("the tenant is not valid", errors));
+    }
+    if file_tenant(&s, &new.id).is_some() {
+        return Err(ApiError::read_only("tenant"));
+    }
+    let t = Tenant {
+        id: new.id,
+        name,
+        created_at: super::now_ms(),
+    };
+    {
+        let _w = m.write_lock.lock().await;
+        m.store().create_tenant(&t, &caller.actor()).await?;
+        m.sync().await?;
+    }
+    let location = format!("/admin/tenants/{}", t.id);
+    Ok(created(location, Json(view(t))))
+}
+
+pub fn created(location: String, body: impl IntoResponse) -> Response {
+    let mut resp = (StatusCode::CREATED, body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// One tenant. A tenant admin may read its own.
+#[utoipa::path(get, path = "/admin/tenants/{tenant}", tag = "tenants",
+    params(("tenant" = String, Path)),
+    responses(
+        (status = 200, body = TenantView),
+        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn get(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Path(tenant): Path<String>,
+) -> ApiResult<Json<TenantView>> {
+    caller.tenant(&tenant)?;
+    let m = s.manage()?;
+    Ok(Json(find_tenant(&s, m, &tenant).await?))
+}
+
+/// Delete a tenant with its registered APIs and admin tokens.
+#[utoipa::path(delete, path = "/admin/tenants/{tenant}", tag = "tenants",
+    params(("tenant" = String, Path)),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 409, body = crate::doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn delete(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Path(tenant): Path<String>,
+) -> ApiResult<StatusCode> {
+    caller.platform()?;
+    let m = s.manage()?;
+    if file_tenant(&s, &tenant).is_some() {
+        return Err(ApiError::read_only("tenant"));
+    }
+    let _w = m.write_lock.lock().await;
+    if !m.store().delete_tenant(&tenant, &caller.actor()).await? {
+        return Err(ApiError::not_found("tenant"));
+    }
+    m.sync().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Issue a tenant admin token. The token is shown only in this response.
+#[utoipa::path(post, path = "/admin/tenants/{tenant}/tokens", tag = "tenants",
+    params(("tenant" = String, Path)),
+    responses(
+        (status = 201, body = NewToken),
+        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn create_token(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Path(tenant): Path<String>,
+) -> ApiResult<Response> {
+    caller.platform()?;
+    let m = s.manage()?;
+    let t = find_tenant(&s, m, &tenant).await?;
+    ensure_stored(m, &t, &caller.actor()).await?;
+    let token = super::random_token("tgt_")?;
+    let id = super::random_id("tok_")?;
+    m.store()
+        .create_tenant_token(&tenant, &id, &token_digest(&token), &caller.actor())
+        .await?;
+    Ok(created(
+        format!("/admin/tenants/{tenant}/tokens/{id}"),
+        Json(NewToken { id, token, tenant }),
+    ))
+}
+
+fn api_view(
+    tenant: &str,
+    id: &str,
+    api: &tollgate_config::Api,
+    read_only: bool,
+    updated_at: Option<i64>,
+) -> ApiView {
+    ApiView {
+        tenant: tenant.to_owned(),
+        id: id.to_owned(),
+        read_only,
+        upstream: api.upstream.clone(),
+        routes: api
+            .routes
+            .iter()
+            .map(|r| RouteView {
+                id: r
+                    .id
+                    .clone()
+                    .unwrap_or_else(|| format!("{} {}", r.methods.join(","), r.path)),
+                methods: r.methods.clone(),
+                path: r.path.clone(),
+            })
+            .collect(),
+        updated_at: updated_at.map(rfc3339),
+    }
+}
+
+/// The tenant's APIs: from the config file (read-only) and registered ones.
+#[utoipa::path(get, path = "/admin/tenants/{tenant}/apis", tag = "apis",
+    params(("tenant" = String, Path), PageQuery),
+    responses(
+        (status = 200, body = crate::doc::ApiList),
+        (status = 400, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn list_apis(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Path(tenant): Path<String>,
+    Query(page): Query<PageQuery>,
+) -> ApiResult<Json<List<ApiView>>> {
+    caller.tenant(&tenant)?;
+    let m = s.manage()?;
+    find_tenant(&s, m, &tenant).await?;
+    let file = s.gateway.file_config();
+    let mut all = Vec::new();
+    if let Some(t) = file.config.tenants.get(&tenant) {
+        for (id, api) in &t.apis {
+            all.push(api_view(&tenant, id, api, true, None));
+        }
+    }
+    let overlay = s.gateway.overlay();
+    for a in overlay.apis.iter().filter(|a| a.tenant == tenant) {
+        all.push(api_view(&tenant, &a.id, &a.api, false, None));
+    }
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Json(page.paginate(all, |a| &a.id)?))
+}
+
+/// Register or replace an API from its OpenAPI 3.0/3.1 document (JSON, or YAML with
+/// `Content-Type: application/yaml`). Live on every node within 2 s.
+#[utoipa::path(put, path = "/admin/tenants/{tenant}/apis/{api}", tag = "apis",
+    params(("tenant" = String, Path), ("api" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
+    request_body(description = "an OpenAPI 3.0 or 3.1 document with x-tollgate extensions (docs/openapi-extensions.md)",
+        content((Object = "application/json"), (String = "application/yaml"))),
+    responses(
+        (status = 200, description = "replaced", body = ApiView),
+        (status = 201, description = "registered", body = ApiView),
+        (status = 400, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 409, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 412, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 413, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 415, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "not valid OpenAPI, or clashes with another API; nothing changed", body = crate::doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn put_api(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Path((tenant, api)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    caller.tenant(&tenant)?;
+    let m = s.manage()?.clone();
+    let t = find_tenant(&s, &m, &tenant).await?;
+    let body = body_bytes(body)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_owned();
+    let yaml = is_yaml(&content_type);
+    let base = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if !yaml && base != "application/json" && !base.ends_with("+json") {
+        return Err(ApiError::new(
+            Kind::UnsupportedMediaType,
+            "send the OpenAPI document as application/json or application/yaml",
+        ));
+    }
+    let mut errors = Vec::new();
+    check_id("", &api, &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::invalid("the API id is not valid", errors));
+    }
+    if s.gateway
+        .file_config()
+        .config
+        .tenants
+        .get(&tenant)
+        .is_some_and(|t| t.apis.contains_key(&api))
+    {
+        return Err(ApiError::read_only("API"));
+    }
+    let imported = import_api(&tenant, &api, &body, yaml).map_err(|errors| {
+        ApiError::invalid(
+            "the document is not a valid API registration; nothing changed",
+            errors,
+        )
+    })?;
+    let view = api_view(&tenant, &api, &imported.api, false, Some(super::now_ms()));
+
+    let _w = m.write_lock.lock().await;
+    if let Some(existing) = m.store().get_api(&tenant, &api).await? {
+        check_if_match(&headers, &serde_json::Value::String(existing.document))?;
+    }
+    let candidate = with_api(&s.gateway.overlay(), &tenant, &api, Some(imported));
+    let gw = s.gateway.clone();
+    let checked = tokio::task::spawn_blocking(move || gw.check_overlay(&candidate))
+        .await
+        .map_err(|e| {
+            ApiError(
+                tollgate_core::GatewayError::new(Kind::Internal, "check failed")
+                    .with_cause(e.to_string()),
+            )
+        })?;
+    checked.map_err(|problems| {
+        let errors = problems
+            .into_iter()
+            .map(|p| FieldError::new("/paths", format!("{}: {}", p.key_path, p.message)))
+            .collect();
+        ApiError::invalid(
+            "the API clashes with the running configuration; nothing changed",
+            errors,
+        )
+    })?;
+    let document = String::from_utf8_lossy(&body).into_owned();
+    let doc = tollgate_store::ApiDoc {
+        tenant: tenant.clone(),
+        id: api.clone(),
+        document: document.clone(),
+        content_type: if yaml {
+            "application/yaml".into()
+        } else {
+            "application/json".into()
+        },
+        updated_at: super::now_ms(),
+    };
+    ensure_stored(&m, &t, &caller.actor()).await?;
+    let is_new = m.store().put_api(&doc, &caller.actor()).await?;
+    m.sync().await?;
+    let status = if is_new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut resp = (status, Json(view)).into_response();
+    resp.headers_mut()
+        .insert(header::ETAG, etag_of(&serde_json::Value::String(document)));
+    if is_new && let Ok(v) = HeaderValue::from_str(&format!("/admin/tenants/{tenant}/apis/{api}")) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// The registered document as submitted (config-file APIs: their routes).
+#[utoipa::path(get, path = "/admin/tenants/{tenant}/apis/{api}", tag = "apis",
+    params(("tenant" = String, Path), ("api" = String, Path)),
+    responses(
+        (status = 200, description = "the stored OpenAPI document", content((Object = "application/json"), (String = "application/yaml"))),
+        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn get_api(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Path((tenant, api)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    caller.tenant(&tenant)?;
+    let m = s.manage()?;
+    if let Some(a) = s
+        .gateway
+        .file_config()
+        .config
+        .tenants
+        .get(&tenant)
+        .and_then(|t| t.apis.get(&api))
+    {
+        return Ok(Json(api_view(&tenant, &api, a, true, None)).into_response());
+    }
+    let Some(doc) = m.store().get_api(&tenant, &api).await? else {
+        return Err(ApiError::not_found("API"));
+    };
+    let etag = etag_of(&serde_json::Value::String(doc.document.clone()));
+    let ct = HeaderValue::from_str(&doc.content_type)
+        .unwrap_or(HeaderValue::from_static("application/json"));
+    Ok((
+        [(header::CONTENT_TYPE, ct), (header::ETAG, etag)],
+        doc.document,
+    )
+        .into_response())
+}
+
+/// Unregister an API: its routes stop on every node within 2 s.
+#[utoipa::path(delete, path = "/admin/tenants/{tenant}/apis/{api}", tag = "apis",
+    params(("tenant" = String, Path), ("api" = String, Path)),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 409, body = crate::doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn delete_api(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Path((tenant, api)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    caller.tenant(&tenant)?;
+    let m: Arc<Management> = s.manage()?.clone();
+    if s.gateway
+        .file_config()
+        .config
+        .tenants
+        .get(&tenant)
+        .is_some_and(|t| t.apis.contains_key(&api))
+    {
+        return Err(ApiError::read_only("API"));
+    }
+    let _w = m.write_lock.lock().await;
+    if !m.store().delete_api(&tenant, &api, &caller.actor()).await? {
+        return Err(ApiError::not_found("API"));
+    }
+    m.sync().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

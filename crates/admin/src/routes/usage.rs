@@ -1,0 +1,236 @@
+//! Usage analytics: exact request counts per consumer, API and minute/hour/day from the
+//! store, and the consumers behind the traffic of the last seconds.
+
+use super::rfc3339;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AdminState;
+use axum::extract::{Query, State};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::time::Duration;
+use tollgate_store::UsageQuery;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UsageParams {
+    /// Only this consumer.
+    pub consumer: Option<String>,
+    /// Only this API (its id).
+    pub api: Option<String>,
+    /// Start, RFC 3339 or unix seconds (default: 24 h before `to`).
+    pub from: Option<String>,
+    /// End, exclusive, RFC 3339 or unix seconds (default: now).
+    pub to: Option<String>,
+    /// `minute`, `hour` (default) or `day`.
+    pub granularity: Option<Granularity>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    Minute,
+    Hour,
+    Day,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UsageItem {
+    /// Start of the bucket (RFC 3339).
+    pub start: String,
+    pub consumer: String,
+    pub api: String,
+    pub requests: u64,
+    pub status_2xx: u64,
+    pub status_4xx: u64,
+    pub status_5xx: u64,
+    pub throttled: u64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UsageList {
+    pub items: Vec<UsageItem>,
+    pub next_cursor: Option<String>,
+}
+
+fn parse_instant(name: &str, v: &str) -> ApiResult<i64> {
+    if let Ok(secs) = v.trim().parse::<i64>() {
+        return Ok(secs.saturating_mul(1000));
+    }
+    humantime::parse_rfc3339_weak(v.trim())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("`{name}` is neither RFC 3339 nor unix seconds"))
+        })
+}
+
+/// The API ids a tenant admin may see usage of.
+fn own_apis(s: &AdminState, tenant: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    if let Some(t) = s.gateway.file_config().config.tenants.get(tenant) {
+        out.extend(t.apis.keys().cloned());
+    }
+    out.extend(
+        s.gateway
+            .overlay()
+            .apis
+            .iter()
+            .filter(|a| a.tenant == tenant)
+            .map(|a| a.id.clone()),
+    );
+    out
+}
+
+/// Requests, status classes, throttled and latency per consumer, API and period.
+#[utoipa::path(get, path = "/admin/usage", tag = "usage", params(UsageParams),
+    responses(
+        (status = 200, body = UsageList),
+        (status = 400, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn usage(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Query(p): Query<UsageParams>,
+) -> ApiResult<Json<UsageList>> {
+    let m = s.manage()?;
+    let allowed = match &caller {
+        Caller::Platform => None,
+        Caller::Tenant(t) => {
+            let own = own_apis(&s, t);
+            if let Some(a) = &p.api
+                && !own.contains(a)
+            {
+                return Err(ApiError::not_found("API"));
+            }
+            Some(own)
+        }
+    };
+    let to_ms = match &p.to {
+        Some(v) => parse_instant("to", v)?,
+        None => super::now_ms() + 1,
+    };
+    let from_ms = match &p.from {
+        Some(v) => parse_instant("from", v)?,
+        None => to_ms - 86_400_000,
+    };
+    if from_ms > to_ms {
+        return Err(ApiError::bad_request("`from` is after `to`"));
+    }
+    let bucket_ms = match p.granularity.unwrap_or(Granularity::Hour) {
+        Granularity::Minute => 60_000,
+        Granularity::Hour => 3_600_000,
+        Granularity::Day => 86_400_000,
+    };
+    // Counts still in this node's memory belong in the answer: exact means exact now.
+    if let Err(e) = m.flush_usage().await {
+        tracing::warn!(error = %e, "usage flush before a query failed");
+    }
+    let rows = m
+        .store()
+        .query_usage(&UsageQuery {
+            consumer: p.consumer.clone(),
+            api: p.api.clone(),
+            from_ms,
+            to_ms,
+            bucket_ms,
+        })
+        .await?;
+    let items = rows
+        .into_iter()
+        .filter(|r| allowed.as_ref().is_none_or(|own| own.contains(&r.api)))
+        .map(|r| UsageItem {
+            start: rfc3339(r.start_ms),
+            latency_p50_ms: r.latency_quantile_ms(0.5).map(round2),
+            latency_p99_ms: r.latency_quantile_ms(0.99).map(round2),
+            consumer: r.consumer,
+            api: r.api,
+            requests: r.requests,
+            status_2xx: r.status_2xx,
+            status_4xx: r.status_4xx,
+            status_5xx: r.status_5xx,
+            throttled: r.throttled,
+        })
+        .collect();
+    Ok(Json(UsageList {
+        items,
+        next_cursor: None,
+    }))
+}
+
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TopParams {
+    /// How far back, e.g. `60s`, `5m` (default 60s, at most 1h).
+    pub window: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TopItem {
+    pub consumer: String,
+    pub requests: u64,
+    pub rate_per_second: f64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TopList {
+    pub window_seconds: u64,
+    pub items: Vec<TopItem>,
+    pub next_cursor: Option<String>,
+}
+
+/// Consumers by request rate over the recent window, highest first (this node's view).
+#[utoipa::path(get, path = "/admin/top-consumers", tag = "usage", params(TopParams),
+    responses(
+        (status = 200, body = TopList),
+        (status = 400, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn top_consumers(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Query(p): Query<TopParams>,
+) -> ApiResult<Json<TopList>> {
+    caller.platform()?;
+    let window = match p.window.as_deref().map(str::trim) {
+        None | Some("") => Duration::from_secs(60),
+        Some(w) => match w.parse::<u64>() {
+            Ok(secs) => Duration::from_secs(secs),
+            Err(_) => humantime::parse_duration(w)
+                .map_err(|_| ApiError::bad_request("`window` is a duration like 60s or 5m"))?,
+        },
+    };
+    if window < Duration::from_secs(1) || window > Duration::from_secs(3600) {
+        return Err(ApiError::bad_request("`window` must be between 1s and 1h"));
+    }
+    let secs = window.as_secs();
+    let items = s
+        .gateway
+        .usage()
+        .top_consumers(window)
+        .into_iter()
+        .map(|(c, n)| TopItem {
+            consumer: c.to_string(),
+            requests: n,
+            rate_per_second: round2(n as f64 / secs as f64),
+        })
+        .collect();
+    Ok(Json(TopList {
+        window_seconds: secs,
+        items,
+        next_cursor: None,
+    }))
+}
