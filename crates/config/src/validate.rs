@@ -163,7 +163,11 @@ fn redis_limits(l: &crate::RedisLimits, r: &mut Report) {
     if l.breaker.cool_down.get().is_zero() {
         r.err("limits.redis.breaker.cool_down", "must be greater than 0");
     }
-    if l.key_prefix.len() > 64 || l.key_prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if l.key_prefix.len() > 64
+        || l.key_prefix
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
         r.err(
             "limits.redis.key_prefix",
             "at most 64 characters, no spaces or control characters",

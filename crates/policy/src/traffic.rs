@@ -525,7 +525,9 @@ impl Traffic {
                 .filter(|o| now < o.expires_at);
             let effective = match (over, base) {
                 (Some(o), _) => Some((o.limit, &self.override_scope)),
-                (None, Some(b)) => Some((b, &self.plan_scope)),
+                // Per plan: a consumer moved to another plan starts on a bucket filled
+                // under that plan's limit, not the old plan's debt.
+                (None, Some(b)) => Some((b, plan.map_or(&self.plan_scope, |p| &p.name))),
                 (None, None) => None,
             };
             if let Some((l, scope)) = effective {

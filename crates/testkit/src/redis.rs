@@ -1,6 +1,7 @@
 //! A real `redis-server` on a free loopback port, without persistence, for tests of the shared
 //! limits. [`RedisServer::kill`] and [`RedisServer::restart`] (same port, empty data, as after
-//! a crash without persistence) let a test take Redis away mid-load.
+//! a crash without persistence) let a test take Redis away mid-load; [`RedisServer::pause`]
+//! stalls it instead (connections stay open, nothing is answered).
 //!
 //! [`RedisServer::command`] speaks just enough RESP to inspect keys from a test without a client
 //! library.
@@ -73,6 +74,32 @@ impl RedisServer {
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
         self.spawn()
+    }
+
+    /// SIGSTOP: the server keeps its connections but answers nothing, like a stalled host.
+    pub fn pause(&self) -> Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub fn resume(&self) -> Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, flag: &str) -> Result<()> {
+        let Some(child) = &self.child else {
+            bail!("redis-server is not running");
+        };
+        // `kill` rather than libc: no unsafe code in the harness.
+        let status = Command::new("kill")
+            .arg(flag)
+            .arg(child.id().to_string())
+            .status()
+            .context("run kill")?;
+        if !status.success() {
+            bail!("kill {flag} {} failed: {status}", child.id());
+        }
+        Ok(())
     }
 
     pub fn is_running(&self) -> bool {

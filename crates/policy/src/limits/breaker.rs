@@ -52,11 +52,17 @@ pub enum Transition {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Closed { failures: u32 },
+    Closed {
+        failures: u32,
+    },
     /// No call until `until`; then the next request becomes the probe.
-    Open { until: SystemTime },
+    Open {
+        until: SystemTime,
+    },
     /// A probe is out since `since`.
-    HalfOpen { since: SystemTime },
+    HalfOpen {
+        since: SystemTime,
+    },
 }
 
 /// See the module docs.

@@ -394,8 +394,8 @@ mod tests {
 
     #[test]
     fn replies_become_verdicts() {
-        let v = verdict(&[1, 4, 0, 200_000, 0, 0, 150, 1_000_000], 2)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let v =
+            verdict(&[1, 4, 0, 200_000, 0, 0, 150, 1_000_000], 2).unwrap_or_else(|e| panic!("{e}"));
         assert!(!v.is_admit());
         assert_eq!(v.rejected(), Some(1));
         assert_eq!(v.retry_after(), Some(Duration::from_micros(150)));
@@ -638,7 +638,11 @@ mod tests {
         };
         let bucket = pttl("t:r|ttl");
         assert!((1_000..=1_400).contains(&bucket), "bucket PTTL {bucket}");
-        let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let secs = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        };
         let next_end = secs(clock.now()) + 3600;
         let quota = pttl(&format!("t:q|h|{next_end}"));
         assert!(
@@ -660,7 +664,11 @@ mod tests {
             let t = std::time::Instant::now();
             let res = r.check_all(&s, &rates, &[], clock.now()).await;
             assert!(res.is_err(), "call {i} on a dead Redis answered");
-            assert!(t.elapsed() < Duration::from_millis(400), "{:?}", t.elapsed());
+            assert!(
+                t.elapsed() < Duration::from_millis(400),
+                "{:?}",
+                t.elapsed()
+            );
         }
         // Three failures: open. No call goes out until the cool-down is over.
         assert!(r.breaker().is_open());
@@ -682,6 +690,10 @@ mod tests {
             .unwrap_or_else(|e| panic!("probe failed: {e}"));
         assert!(v.is_admit());
         assert!(!r.breaker().is_open());
-        assert!(!r.check_all(&s, &rates, &[], clock.now()).await.is_ok_and(|v| v.is_admit()));
+        assert!(
+            !r.check_all(&s, &rates, &[], clock.now())
+                .await
+                .is_ok_and(|v| v.is_admit())
+        );
     }
 }

@@ -9,6 +9,7 @@ mod identity;
 mod limits;
 mod observability;
 mod protocols;
+mod redis;
 mod reload;
 mod routing;
 mod shutdown;
