@@ -110,17 +110,56 @@ fn to_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
-/// Replaces the password of `url` (if any) in `msg`, so errors can be logged and shown.
+/// Replaces the password of `url` (if any), as written and percent-decoded, in `msg`, so
+/// errors can be logged and shown.
 fn scrub(msg: String, url: &str) -> String {
     let password = url
         .split_once("://")
-        .and_then(|(_, rest)| rest.split_once('@'))
+        .map(|(_, rest)| rest.split('/').next().unwrap_or(rest))
+        .and_then(|authority| authority.rsplit_once('@'))
         .and_then(|(userinfo, _)| userinfo.split_once(':'))
         .map(|(_, pw)| pw)
         .filter(|pw| !pw.is_empty());
     match password {
-        Some(pw) => msg.replace(pw, "***"),
+        Some(pw) => msg.replace(pw, "***").replace(&percent_decode(pw), "***"),
         None => msg,
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod scrub_tests {
+    use super::*;
+
+    #[test]
+    fn scrubs_plain_and_encoded_passwords() {
+        let url = "postgres://app:p%40ss%2Fw0rd@db.internal:5432/tollgate";
+        let msg = "failed for p%40ss%2Fw0rd and p@ss/w0rd at db.internal".to_string();
+        assert_eq!(scrub(msg, url), "failed for *** and *** at db.internal");
+        assert_eq!(scrub("x".into(), "postgres://app@db/x"), "x");
+        assert_eq!(scrub("x".into(), "sqlite://data/x.db"), "x");
     }
 }
 
@@ -157,6 +196,17 @@ impl Store {
                         .max_lifetime(None);
                     (Backend::Sqlite, url.to_owned(), true, pool)
                 } else {
+                    // SQLite creates the file but not its folder: a fresh install's
+                    // `sqlite://data/tollgate.db` should just work.
+                    let path = rest.trim_start_matches("//");
+                    let path = percent_decode(path.split('?').next().unwrap_or(path));
+                    if let Some(dir) = std::path::Path::new(&path).parent()
+                        && !dir.as_os_str().is_empty()
+                    {
+                        tokio::fs::create_dir_all(dir).await.map_err(|e| {
+                            StoreError::Backend(format!("create {}: {e}", dir.display()))
+                        })?;
+                    }
                     // `mode=rwc`: create the file if missing. sqlx's SQLite defaults already give
                     // a 5 s busy timeout and foreign keys on.
                     let url = if rest.contains("mode=") {

@@ -82,6 +82,7 @@ both_backends!(
     usage_quantiles_from_stored_histograms,
     top_consumers_by_requests,
     persists_across_reopen,
+    concurrent_mutations_get_distinct_versions,
 );
 
 const ADMIN: &str = "platform-admin";
@@ -464,6 +465,31 @@ async fn version_bumps_on_every_mutation_only(f: &Fixture) -> Result<()> {
     Ok(())
 }
 
+async fn concurrent_mutations_get_distinct_versions(f: &Fixture) -> Result<()> {
+    // Two admin nodes writing at once: every mutation gets its own version and audit row,
+    // none fails with "database is locked".
+    let other = Store::open(&f.url).await?;
+    let writer = |store: Store, node: &'static str| {
+        tokio::spawn(async move {
+            for i in 0..20 {
+                store
+                    .create_plan(&format!("{node}-{i:02}"), &json!({"i": i}), node)
+                    .await?;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let (a, b) = tokio::join!(writer(f.store.clone(), "a"), writer(other, "b"));
+    a??;
+    b??;
+    assert_eq!(f.store.version().await?, 40);
+    let audit = f.store.audit(Page::first(100)).await?;
+    let versions: Vec<i64> = audit.iter().map(|r| r.version).collect();
+    assert_eq!(versions, (1..=40).collect::<Vec<_>>());
+    assert_eq!(f.store.list_plans(Page::first(100)).await?.len(), 40);
+    Ok(())
+}
+
 async fn audit_rows(f: &Fixture) -> Result<()> {
     let s = &f.store;
     s.create_tenant(&tenant("acme"), "alice").await?;
@@ -788,12 +814,13 @@ async fn sqlite_in_memory_works_with_one_connection() -> Result<()> {
 #[tokio::test]
 async fn sqlite_file_is_created_in_wal_mode() -> Result<()> {
     let dir = TempDir::new("tollgate-store")?;
-    let path = dir.path().join("fresh.db");
+    // The folder is created too.
+    let path = dir.path().join("state/fresh.db");
     let s = Store::open(&format!("sqlite://{}", path.display())).await?;
     assert!(path.exists());
     s.create_tenant(&tenant("acme"), ADMIN).await?;
     // WAL keeps a -wal file beside the database while connections are open.
-    assert!(dir.path().join("fresh.db-wal").exists());
+    assert!(dir.path().join("state/fresh.db-wal").exists());
     Ok(())
 }
 
@@ -809,6 +836,19 @@ async fn errors_never_show_the_password() -> Result<()> {
     assert!(!text.contains("hunter2secret"), "{text}");
     // The cause, not just a pool timeout.
     assert!(text.to_lowercase().contains("refused"), "{text}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn postgres_store_debug_hides_the_password() -> Result<()> {
+    // The test server trusts every loopback connection, so any password gets in.
+    let url = PostgresServer::shared()?
+        .create_database()?
+        .replace("postgres@", "postgres:hunter2secret@");
+    let store = Store::open(&url).await?;
+    store.create_tenant(&tenant("acme"), ADMIN).await?;
+    let debug = format!("{store:?}");
+    assert!(!debug.contains("hunter2secret"), "{debug}");
     Ok(())
 }
 
