@@ -235,6 +235,32 @@ async fn redis_outage_follows_each_failure_mode_and_limits_resume_exactly() -> R
     )
     .await?;
     let client = gw.client();
+    // Load throughout: `steady` at ~100 req/s on its roomy plan (default mode `local`): every
+    // answer must be a 200 and none may wait longer than the timeout allows, whatever Redis does.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (client, url, stop) = (client.clone(), gw.url("/p/1"), stop.clone());
+        tokio::spawn(async move {
+            let (mut n, mut slowest, mut bad) = (0usize, Duration::ZERO, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                match client
+                    .get(&url)
+                    .header("x-api-key", key("steady"))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 200 => {}
+                    Ok(r) => bad.push(r.status().to_string()),
+                    Err(e) => bad.push(e.to_string()),
+                }
+                slowest = slowest.max(t.elapsed());
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (n, slowest, bad)
+        })
+    };
 
     // Redis up: the route bucket (burst 6) is decided in Redis.
     let (s, _) = burst_of(&client, &gw, "/local/1", "c1", 8).await?;
@@ -334,6 +360,15 @@ async fn redis_outage_follows_each_failure_mode_and_limits_resume_exactly() -> R
         "deny after recovery: {s:?}"
     );
     assert_eq!(redis_keys(&redis, "tollgate:r|route:deny|c:c4").len(), 1);
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (n, slowest, bad) = load.await?;
+    assert!(bad.is_empty(), "the steady load saw {bad:?}");
+    assert!(n >= 10, "the steady load sent only {n} requests");
+    assert!(
+        slowest <= TIMEOUT + SLACK,
+        "the steady load waited {slowest:?}"
+    );
     assert!(
         gw.stderr_text().contains("circuit breaker opened"),
         "the outage was not logged"
