@@ -71,7 +71,7 @@ impl Modify for Bearer {
         description = "Platform and tenant administration: tenants, registered APIs (OpenAPI documents), plans, consumers, keys and usage. Errors are RFC 9457 problem documents.",
     ),
     paths(
-        system::reload, system::config_info,
+        system::reload, system::config_info, system::audit,
         tenants::list, tenants::create, tenants::get, tenants::delete, tenants::create_token,
         tenants::list_apis, tenants::put_api, tenants::get_api, tenants::delete_api,
         plans::list, plans::create, plans::get, plans::put, plans::delete,
@@ -79,7 +79,7 @@ impl Modify for Bearer {
         consumers::create_key, consumers::revoke_key,
         usage::usage, usage::top_consumers,
     ),
-    components(schemas(Problem, Reloaded, TenantList, ApiList, PlanList, ConsumerList)),
+    components(schemas(Problem, Reloaded, TenantList, ApiList, PlanList, ConsumerList, usage::Granularity)),
     modifiers(&Bearer),
     security(("bearer" = [])),
 )]

@@ -2,23 +2,8 @@
 
 use serde::Serialize;
 
-/// Upper bounds (inclusive, milliseconds) of the latency histogram buckets; a last, unbounded
-/// bucket follows, so histograms have `LATENCY_BOUNDS_MS.len() + 1` buckets.
-pub const LATENCY_BOUNDS_MS: &[f64] = &[
-    1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0,
-    750.0, 1000.0, 2500.0, 5000.0, 10000.0,
-];
-
-/// The number of latency buckets, the unbounded one included.
-pub const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_MS.len() + 1;
-
-/// The bucket a latency falls into.
-pub fn latency_bucket(ms: f64) -> usize {
-    LATENCY_BOUNDS_MS
-        .iter()
-        .position(|&bound| ms <= bound)
-        .unwrap_or(LATENCY_BOUNDS_MS.len())
-}
+// One histogram layout for the whole gateway: nodes record into it, the store adds it up.
+pub use tollgate_core::usage::{LATENCY_BOUNDS_MS, LATENCY_BUCKETS, latency_bucket};
 
 /// Counts one gateway node adds for one minute, consumer and API.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]

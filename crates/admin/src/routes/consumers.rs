@@ -3,12 +3,13 @@
 
 use super::tenants::created;
 use super::{List, PageQuery, check_id, check_if_match, etag_of, json_body, rfc3339};
+use super::{P, Q};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::state::AdminState;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -20,7 +21,7 @@ use tollgate_store::KeyRow;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OverrideBody {
-    #[schema(exclusive_minimum = 0.0, maximum = 1000000.0)]
+    #[schema(minimum = 0.001, maximum = 1000000.0)]
     pub rate: f64,
     #[schema(minimum = 1, maximum = 10000000)]
     pub burst: u32,
@@ -182,10 +183,10 @@ fn check_scopes(pointer: &str, scopes: &[String], errors: &mut Vec<FieldError>) 
 }
 
 fn check_override(o: &OverrideBody, errors: &mut Vec<FieldError>) {
-    if !o.rate.is_finite() || o.rate <= 0.0 || o.rate > 1_000_000.0 {
+    if !(0.001..=1_000_000.0).contains(&o.rate) {
         errors.push(FieldError::new(
             "/override/rate",
-            "a number of requests per second above 0, at most 1000000",
+            "requests per second, from 0.001 to 1000000",
         ));
     }
     if o.burst == 0 || o.burst > 10_000_000 {
@@ -227,7 +228,7 @@ fn etag(v: &ConsumerView) -> Value {
 pub async fn list(
     State(s): State<AdminState>,
     Extension(caller): Extension<Caller>,
-    Query(page): Query<PageQuery>,
+    Q(page): Q<PageQuery>,
 ) -> ApiResult<Json<List<ConsumerView>>> {
     caller.platform()?;
     let m = s.manage()?;
@@ -330,7 +331,7 @@ pub async fn create(
 pub async fn get(
     State(s): State<AdminState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    P(id): P<String>,
 ) -> ApiResult<Response> {
     caller.platform()?;
     let v = find(&s, &id).await?;
@@ -358,7 +359,7 @@ pub async fn get(
 pub async fn patch(
     State(s): State<AdminState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    P(id): P<String>,
     headers: HeaderMap,
     body_in: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
@@ -427,7 +428,7 @@ pub async fn patch(
 pub async fn delete(
     State(s): State<AdminState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    P(id): P<String>,
 ) -> ApiResult<StatusCode> {
     caller.platform()?;
     let m = s.manage()?;
@@ -456,7 +457,7 @@ pub async fn delete(
 pub async fn create_key(
     State(s): State<AdminState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    P(id): P<String>,
 ) -> ApiResult<Response> {
     caller.platform()?;
     let m = s.manage()?;
@@ -511,7 +512,7 @@ pub async fn create_key(
 pub async fn revoke_key(
     State(s): State<AdminState>,
     Extension(caller): Extension<Caller>,
-    Path((id, key_id)): Path<(String, String)>,
+    P((id, key_id)): P<(String, String)>,
 ) -> ApiResult<StatusCode> {
     caller.platform()?;
     let m = s.manage()?;

@@ -26,6 +26,7 @@ pub fn protected() -> Router<AdminState> {
         .route("/admin/openapi.json", get(crate::doc::serve))
         .route("/admin/reload", post(system::reload))
         .route("/admin/config", get(system::config_info))
+        .route("/admin/audit", get(system::audit))
         .route("/admin/tenants", get(tenants::list).post(tenants::create))
         .route(
             "/admin/tenants/{tenant}",
@@ -85,7 +86,7 @@ pub struct List<T> {
 }
 
 impl PageQuery {
-    fn limit(&self) -> ApiResult<usize> {
+    pub fn limit(&self) -> ApiResult<usize> {
         match self.limit {
             None => Ok(100),
             Some(n @ 1..=1000) => Ok(n as usize),
@@ -93,7 +94,7 @@ impl PageQuery {
         }
     }
 
-    fn after(&self) -> ApiResult<Option<String>> {
+    pub fn after(&self) -> ApiResult<Option<String>> {
         let Some(c) = &self.cursor else {
             return Ok(None);
         };
@@ -116,8 +117,7 @@ impl PageQuery {
             .collect();
         let next_cursor = if page.len() > limit {
             page.truncate(limit);
-            page.last()
-                .map(|i| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key(i)))
+            page.last().map(|i| encode_cursor(key(i)))
         } else {
             None
         };
@@ -126,6 +126,11 @@ impl PageQuery {
             next_cursor,
         })
     }
+}
+
+/// The opaque cursor for "after this id".
+pub fn encode_cursor(id: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id)
 }
 
 /// Parses a JSON body, turning every failure into a problem naming where it went wrong.
@@ -330,5 +335,47 @@ mod tests {
             check_id("/id", bad, &mut e);
         }
         assert_eq!(e.len(), 5);
+    }
+}
+
+/// `Query` whose rejection is a problem document, not axum's plain text.
+pub struct Q<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Q<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Q(q.0))
+            .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))
+    }
+}
+
+/// `Path` whose rejection is a problem document, not axum's plain text.
+pub struct P<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for P<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| P(p.0))
+            .map_err(|e| ApiError::bad_request(format!("bad path: {}", e.body_text())))
     }
 }

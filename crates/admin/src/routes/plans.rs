@@ -3,12 +3,13 @@
 
 use super::tenants::created;
 use super::{List, PageQuery, check_id, check_if_match, etag_of, json_body};
+use super::{P, Q};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::state::AdminState;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -28,7 +29,7 @@ pub enum PeriodName {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaBody {
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 1000000000000u64)]
     pub limit: u64,
     pub period: PeriodName,
 }
@@ -39,7 +40,7 @@ pub struct NewPlan {
     #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     pub id: String,
     /// Requests per second, sustained.
-    #[schema(exclusive_minimum = 0.0, maximum = 1000000.0)]
+    #[schema(minimum = 0.001, maximum = 1000000.0)]
     pub rate: f64,
     /// Requests at once.
     #[schema(minimum = 1, maximum = 10000000)]
@@ -52,7 +53,7 @@ pub struct NewPlan {
 pub struct PlanUpdate {
     /// When present, must equal the id in the path.
     pub id: Option<String>,
-    #[schema(exclusive_minimum = 0.0, maximum = 1000000.0)]
+    #[schema(minimum = 0.001, maximum = 1000000.0)]
     pub rate: f64,
     #[schema(minimum = 1, maximum = 10000000)]
     pub burst: u32,
@@ -92,17 +93,20 @@ fn view(id: &str, p: &Plan, read_only: bool) -> PlanView {
 }
 
 fn validate(rate: f64, burst: u32, quota: &Option<QuotaBody>, errors: &mut Vec<FieldError>) {
-    if !rate.is_finite() || rate <= 0.0 || rate > 1_000_000.0 {
+    if !(0.001..=1_000_000.0).contains(&rate) {
         errors.push(FieldError::new(
             "/rate",
-            "a number of requests per second above 0, at most 1000000",
+            "requests per second, from 0.001 to 1000000",
         ));
     }
     if burst == 0 || burst > 10_000_000 {
         errors.push(FieldError::new("/burst", "between 1 and 10000000"));
     }
-    if quota.as_ref().is_some_and(|q| q.limit == 0) {
-        errors.push(FieldError::new("/quota/limit", "at least 1"));
+    if quota
+        .as_ref()
+        .is_some_and(|q| q.limit == 0 || q.limit > 1_000_000_000_000)
+    {
+        errors.push(FieldError::new("/quota/limit", "from 1 to 10^12"));
     }
 }
 
@@ -158,7 +162,7 @@ fn etag(p: &PlanView) -> Value {
 pub async fn list(
     State(s): State<AdminState>,
     Extension(caller): Extension<Caller>,
-    Query(page): Query<PageQuery>,
+    Q(page): Q<PageQuery>,
 ) -> ApiResult<Json<List<PlanView>>> {
     caller.platform()?;
     let m = s.manage()?;
@@ -242,7 +246,7 @@ pub async fn create(
 pub async fn get(
     State(s): State<AdminState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    P(id): P<String>,
 ) -> ApiResult<Response> {
     caller.platform()?;
     let v = find(&s, &id)
@@ -271,7 +275,7 @@ pub async fn get(
 pub async fn put(
     State(s): State<AdminState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    P(id): P<String>,
     headers: HeaderMap,
     body_in: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
@@ -329,7 +333,7 @@ pub async fn put(
 pub async fn delete(
     State(s): State<AdminState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    P(id): P<String>,
 ) -> ApiResult<StatusCode> {
     caller.platform()?;
     let m = s.manage()?;

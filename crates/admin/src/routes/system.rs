@@ -99,3 +99,76 @@ pub async fn config_info(
         "routes": {"public": snap.public.len(), "tls": snap.tls.len()},
     })))
 }
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AuditItem {
+    pub id: String,
+    /// When (RFC 3339).
+    pub at: String,
+    /// Who: `platform-admin` or `tenant-admin:<tenant>`.
+    pub actor: String,
+    /// What, e.g. `consumer.update`.
+    pub action: String,
+    pub target: String,
+    #[schema(value_type = Object)]
+    pub detail: Value,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AuditList {
+    pub items: Vec<AuditItem>,
+    pub next_cursor: Option<String>,
+}
+
+/// Every change made through the admin API, oldest first.
+#[utoipa::path(get, path = "/admin/audit", tag = "system", params(super::PageQuery),
+    responses(
+        (status = 200, body = AuditList),
+        (status = 400, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
+        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn audit(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    super::Q(page): super::Q<super::PageQuery>,
+) -> ApiResult<Json<AuditList>> {
+    caller.platform()?;
+    let m = s.manage()?;
+    let limit = page.limit()?;
+    let after = page.after()?;
+    let mut rows = m
+        .store()
+        .audit(tollgate_store::Page {
+            after: after.as_deref(),
+            limit: limit as u32 + 1,
+        })
+        .await?;
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let next_cursor = if more {
+        rows.last().map(|r| super::encode_cursor(&r.id))
+    } else {
+        None
+    };
+    Ok(Json(AuditList {
+        items: rows
+            .into_iter()
+            .map(|r| AuditItem {
+                at: super::rfc3339(r.at_ms),
+                id: r.id,
+                actor: r.actor,
+                action: r.action,
+                target: r.target,
+                // Always an object, as documented.
+                detail: if r.detail.is_object() {
+                    r.detail
+                } else {
+                    json!({ "value": r.detail })
+                },
+            })
+            .collect(),
+        next_cursor,
+    }))
+}

@@ -1,13 +1,14 @@
 //! Tenants, their admin tokens, and the APIs they register as OpenAPI documents.
 
 use super::{List, PageQuery, body_bytes, check_id, check_if_match, etag_of, json_body, rfc3339};
+use super::{P, Q};
 use crate::auth::{Caller, token_digest};
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::manage::{Management, import_api, is_yaml, with_api};
 use crate::state::AdminState;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -118,7 +119,7 @@ async fn ensure_stored(m: &Management, t: &TenantView, actor: &str) -> ApiResult
 pub async fn list(
     State(s): State<AdminState>,
     Extension(caller): Extension<Caller>,
-    Query(page): Query<PageQuery>,
+    Q(page): Q<PageQuery>,
 ) -> ApiResult<Json<List<TenantView>>> {
     caller.platform()?;
     let m = s.manage()?;
@@ -213,7 +214,7 @@ pub fn created(location: String, body: impl IntoResponse) -> Response {
 pub async fn get(
     State(s): State<AdminState>,
     Extension(caller): Extension<Caller>,
-    Path(tenant): Path<String>,
+    P(tenant): P<String>,
 ) -> ApiResult<Json<TenantView>> {
     caller.tenant(&tenant)?;
     let m = s.manage()?;
@@ -234,7 +235,7 @@ pub async fn get(
 pub async fn delete(
     State(s): State<AdminState>,
     Extension(caller): Extension<Caller>,
-    Path(tenant): Path<String>,
+    P(tenant): P<String>,
 ) -> ApiResult<StatusCode> {
     caller.platform()?;
     let m = s.manage()?;
@@ -262,7 +263,7 @@ pub async fn delete(
 pub async fn create_token(
     State(s): State<AdminState>,
     Extension(caller): Extension<Caller>,
-    Path(tenant): Path<String>,
+    P(tenant): P<String>,
 ) -> ApiResult<Response> {
     caller.platform()?;
     let m = s.manage()?;
@@ -320,8 +321,8 @@ fn api_view(
 pub async fn list_apis(
     State(s): State<AdminState>,
     Extension(caller): Extension<Caller>,
-    Path(tenant): Path<String>,
-    Query(page): Query<PageQuery>,
+    P(tenant): P<String>,
+    Q(page): Q<PageQuery>,
 ) -> ApiResult<Json<List<ApiView>>> {
     caller.tenant(&tenant)?;
     let m = s.manage()?;
@@ -363,7 +364,7 @@ pub async fn list_apis(
 pub async fn put_api(
     State(s): State<AdminState>,
     Extension(caller): Extension<Caller>,
-    Path((tenant, api)): Path<(String, String)>,
+    P((tenant, api)): P<(String, String)>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
@@ -476,7 +477,7 @@ pub async fn put_api(
 pub async fn get_api(
     State(s): State<AdminState>,
     Extension(caller): Extension<Caller>,
-    Path((tenant, api)): Path<(String, String)>,
+    P((tenant, api)): P<(String, String)>,
 ) -> ApiResult<Response> {
     caller.tenant(&tenant)?;
     let m = s.manage()?;
@@ -516,7 +517,7 @@ pub async fn get_api(
 pub async fn delete_api(
     State(s): State<AdminState>,
     Extension(caller): Extension<Caller>,
-    Path((tenant, api)): Path<(String, String)>,
+    P((tenant, api)): P<(String, String)>,
 ) -> ApiResult<StatusCode> {
     caller.tenant(&tenant)?;
     let m: Arc<Management> = s.manage()?.clone();

@@ -1,11 +1,12 @@
 //! Usage analytics: exact request counts per consumer, API and minute/hour/day from the
 //! store, and the consumers behind the traffic of the last seconds.
 
+use super::Q;
 use super::rfc3339;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AdminState;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -98,7 +99,7 @@ fn own_apis(s: &AdminState, tenant: &str) -> BTreeSet<String> {
 pub async fn usage(
     State(s): State<AdminState>,
     Extension(caller): Extension<Caller>,
-    Query(p): Query<UsageParams>,
+    Q(p): Q<UsageParams>,
 ) -> ApiResult<Json<UsageList>> {
     let m = s.manage()?;
     let allowed = match &caller {
@@ -202,7 +203,7 @@ pub struct TopList {
 pub async fn top_consumers(
     State(s): State<AdminState>,
     Extension(caller): Extension<Caller>,
-    Query(p): Query<TopParams>,
+    Q(p): Q<TopParams>,
 ) -> ApiResult<Json<TopList>> {
     caller.platform()?;
     let window = match p.window.as_deref().map(str::trim) {

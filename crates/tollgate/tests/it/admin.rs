@@ -29,7 +29,7 @@ fn hash(value: &str) -> String {
 }
 
 /// A file-defined tenant, API, plan and consumer beside whatever the admin API adds.
-fn config(dir: &TempDir, up: &Upstream) -> String {
+pub(crate) fn config(dir: &TempDir, up: &Upstream) -> String {
     let secret = dir.path().join("hash-secret");
     std::fs::write(&secret, SECRET).expect("write secret");
     format!(

@@ -12,6 +12,7 @@ mod protocols;
 mod redis;
 mod reload;
 mod routing;
+mod schemathesis;
 mod shutdown;
 mod streaming;
 mod traffic;
