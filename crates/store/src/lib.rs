@@ -183,7 +183,7 @@ impl Store {
             if url.starts_with("postgres://") || url.starts_with("postgresql://") {
                 let pool = AnyPoolOptions::new()
                     .max_connections(5)
-                    .acquire_timeout(Duration::from_secs(10));
+                    .acquire_timeout(Duration::from_secs(3));
                 (Backend::Postgres, url.to_owned(), false, pool)
             } else if let Some(rest) = url.strip_prefix("sqlite:") {
                 if rest == ":memory:" || rest.contains("mode=memory") {
@@ -219,7 +219,7 @@ impl Store {
                     // SQLite has one writer at a time; a few readers are all it can use.
                     let pool = AnyPoolOptions::new()
                         .max_connections(4)
-                        .acquire_timeout(Duration::from_secs(10));
+                        .acquire_timeout(Duration::from_secs(3));
                     (Backend::Sqlite, url, false, pool)
                 }
             } else {
