@@ -1,6 +1,8 @@
 //! The `tollgate` binary: `serve` a config, `validate` one, or run the bank `demo` with its
-//! sample backends. Owns process concerns only: CLI, logging, runtime, signals, file watching.
+//! sample backends; `admin` and `apply` manage a running gateway through its admin API. Owns
+//! process concerns only: CLI, logging, runtime, signals, file watching.
 
+mod cli;
 mod demo;
 
 use anyhow::{Context, Result};
@@ -60,6 +62,10 @@ enum Command {
         #[arg(long, env = "TOLLGATE_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
     },
+    /// Manage a running gateway through its admin API: tenants, APIs, plans, consumers, keys, usage.
+    Admin(cli::AdminArgs),
+    /// Sync a directory (tenants.yaml, plans.yaml, consumers.yaml, apis/) to a running gateway.
+    Apply(cli::ApplyArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +75,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Hash { config, values } => hash(&config, values),
+        Command::Admin(args) => return cli::admin(args),
+        Command::Apply(args) => return cli::apply(args),
         Command::Serve {
             config,
             no_watch,

@@ -3,6 +3,7 @@
 
 mod admin;
 mod cli;
+mod cli_admin;
 mod common;
 mod headers;
 mod identity;
