@@ -76,8 +76,11 @@ pub struct Usage {
     clock: Arc<dyn Clock>,
     anonymous: Arc<str>,
     minutes: Mutex<HashMap<Key, Counts>>,
-    recent: Mutex<VecDeque<(i64, HashMap<Arc<str>, u64>)>>,
+    recent: Mutex<VecDeque<Second>>,
 }
+
+/// Requests per identified consumer in one second (unix seconds).
+type Second = (i64, HashMap<Arc<str>, u64>);
 
 impl std::fmt::Debug for Usage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -288,6 +288,48 @@ pub fn random_id(prefix: &str) -> ApiResult<String> {
     Ok(s)
 }
 
+/// `Query` whose rejection is a problem document, not axum's plain text.
+pub struct Q<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Q<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Q(q.0))
+            .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))
+    }
+}
+
+/// `Path` whose rejection is a problem document, not axum's plain text.
+pub struct P<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for P<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| P(p.0))
+            .map_err(|e| ApiError::bad_request(format!("bad path: {}", e.body_text())))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,47 +377,5 @@ mod tests {
             check_id("/id", bad, &mut e);
         }
         assert_eq!(e.len(), 5);
-    }
-}
-
-/// `Query` whose rejection is a problem document, not axum's plain text.
-pub struct Q<T>(pub T);
-
-impl<T, S> axum::extract::FromRequestParts<S> for Q<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| Q(q.0))
-            .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))
-    }
-}
-
-/// `Path` whose rejection is a problem document, not axum's plain text.
-pub struct P<T>(pub T);
-
-impl<T, S> axum::extract::FromRequestParts<S> for P<T>
-where
-    T: DeserializeOwned + Send,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        axum::extract::Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|p| P(p.0))
-            .map_err(|e| ApiError::bad_request(format!("bad path: {}", e.body_text())))
     }
 }

@@ -20,9 +20,9 @@ pub struct UsageParams {
     pub consumer: Option<String>,
     /// Only this API (its id).
     pub api: Option<String>,
-    /// Start, RFC 3339 or unix seconds (default: 24 h before `to`).
+    /// Start, RFC 3339 or unix seconds (or milliseconds) (default: 24 h before `to`).
     pub from: Option<String>,
-    /// End, exclusive, RFC 3339 or unix seconds (default: now).
+    /// End, exclusive, RFC 3339 or unix seconds (or milliseconds) (default: now).
     pub to: Option<String>,
     /// `minute`, `hour` (default) or `day`.
     pub granularity: Option<Granularity>,
@@ -58,8 +58,14 @@ pub struct UsageList {
 }
 
 fn parse_instant(name: &str, v: &str) -> ApiResult<i64> {
-    if let Ok(secs) = v.trim().parse::<i64>() {
-        return Ok(secs.saturating_mul(1000));
+    if let Ok(n) = v.trim().parse::<i64>() {
+        // Unix seconds; 12 digits and more can only mean milliseconds (seconds that large
+        // are more than 3000 years away).
+        return Ok(if n.abs() >= 100_000_000_000 {
+            n
+        } else {
+            n.saturating_mul(1000)
+        });
     }
     humantime::parse_rfc3339_weak(v.trim())
         .ok()

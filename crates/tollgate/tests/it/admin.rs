@@ -761,10 +761,37 @@ async fn a_node_that_loses_the_database_keeps_serving() -> Result<()> {
         .start()
         .await?;
     let admin = Admin::new(&gw, ADMIN_TOKEN);
-    assert_eq!(admin.post("/admin/tenants", json!({"id": "acme", "name": "Acme"})).await?.0, 201);
-    assert_eq!(admin.put("/admin/tenants/acme/apis/widgets", widgets_doc(&up)).await?.0, 201);
-    assert_eq!(admin.post("/admin/plans", json!({"id": "roomy", "rate": 1000, "burst": 1000})).await?.0, 201);
-    assert_eq!(admin.post("/admin/consumers", json!({"id": "app", "plan": "roomy"})).await?.0, 201);
+    assert_eq!(
+        admin
+            .post("/admin/tenants", json!({"id": "acme", "name": "Acme"}))
+            .await?
+            .0,
+        201
+    );
+    assert_eq!(
+        admin
+            .put("/admin/tenants/acme/apis/widgets", widgets_doc(&up))
+            .await?
+            .0,
+        201
+    );
+    assert_eq!(
+        admin
+            .post(
+                "/admin/plans",
+                json!({"id": "roomy", "rate": 1000, "burst": 1000})
+            )
+            .await?
+            .0,
+        201
+    );
+    assert_eq!(
+        admin
+            .post("/admin/consumers", json!({"id": "app", "plan": "roomy"}))
+            .await?
+            .0,
+        201
+    );
     let (_, k) = admin.post("/admin/consumers/app/keys", json!({})).await?;
     let key = k["key"].as_str().context("key")?.to_owned();
 
@@ -772,13 +799,22 @@ async fn a_node_that_loses_the_database_keeps_serving() -> Result<()> {
     // Give the poller a few rounds against the dead database.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for i in 0..20 {
-        assert_eq!(status_with_key(&gw, &format!("/widgets/{i}"), &key).await?, 200);
+        assert_eq!(
+            status_with_key(&gw, &format!("/widgets/{i}"), &key).await?,
+            200
+        );
     }
-    let (s, _) = admin.post("/admin/tenants", json!({"id": "later", "name": "Later"})).await?;
+    let (s, _) = admin
+        .post("/admin/tenants", json!({"id": "later", "name": "Later"}))
+        .await?;
     assert_eq!(s, 503, "writes fail clearly while the store is away");
     // A file reload still works: the overlay it merges is the last good one.
     assert_eq!(gw.admin_reload().await?.status(), 200);
     assert_eq!(status_with_key(&gw, "/widgets/x", &key).await?, 200);
-    assert!(gw.stderr_text().contains("store unreachable"), "{}", gw.stderr_text());
+    assert!(
+        gw.stderr_text().contains("store unreachable"),
+        "{}",
+        gw.stderr_text()
+    );
     Ok(())
 }
