@@ -22,6 +22,78 @@ pub struct Problem {
     pub errors: Option<Vec<serde_json::Value>>,
 }
 
+/// The error answers of every admin operation, each an RFC 9457 problem. One set for all
+/// operations: which of them a given operation can produce is said in docs/admin.md.
+#[derive(utoipa::IntoResponses)]
+pub enum AdminErrors {
+    #[response(
+        status = 400,
+        description = "malformed request: query string, path, JSON syntax, cursor; for reload: the file was refused",
+        content_type = "application/problem+json"
+    )]
+    BadRequest(Problem),
+    #[response(
+        status = 401,
+        description = "no token or an unknown one",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(Problem),
+    #[response(
+        status = 403,
+        description = "a platform-only operation called with a tenant admin token",
+        content_type = "application/problem+json"
+    )]
+    Forbidden(Problem),
+    #[response(
+        status = 404,
+        description = "no such entity, or another tenant's",
+        content_type = "application/problem+json"
+    )]
+    NotFound(Problem),
+    #[response(
+        status = 409,
+        description = "exists already, defined in the config file (read-only), or still in use",
+        content_type = "application/problem+json"
+    )]
+    Conflict(Problem),
+    #[response(
+        status = 412,
+        description = "If-Match does not match the current ETag",
+        content_type = "application/problem+json"
+    )]
+    PreconditionFailed(Problem),
+    #[response(
+        status = 413,
+        description = "body over 4 MiB",
+        content_type = "application/problem+json"
+    )]
+    TooLarge(Problem),
+    #[response(
+        status = 415,
+        description = "body neither JSON nor (where accepted) YAML",
+        content_type = "application/problem+json"
+    )]
+    UnsupportedMediaType(Problem),
+    #[response(
+        status = 422,
+        description = "the body breaks the rules; `errors` lists each problem",
+        content_type = "application/problem+json"
+    )]
+    Unprocessable(Problem),
+    #[response(
+        status = 429,
+        description = "too many wrong tokens from this address",
+        content_type = "application/problem+json"
+    )]
+    TooManyRequests(Problem),
+    #[response(
+        status = 503,
+        description = "the store is unreachable; the gateway keeps serving its last configuration",
+        content_type = "application/problem+json"
+    )]
+    Unavailable(Problem),
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct Reloaded {
     pub status: String,

@@ -88,6 +88,21 @@ impl Management {
         Ok(())
     }
 
+    /// Deletes through `op` under this node's write lock and makes the result live here at
+    /// once: 204, or 404 naming `what` when there was nothing to delete.
+    pub async fn delete(
+        &self,
+        what: &str,
+        op: impl AsyncFnOnce(&Store) -> Result<bool, StoreError>,
+    ) -> Result<axum::http::StatusCode, ApiError> {
+        let _w = self.write_lock.lock().await;
+        if !op(&self.store).await? {
+            return Err(ApiError::not_found(what));
+        }
+        self.sync().await?;
+        Ok(axum::http::StatusCode::NO_CONTENT)
+    }
+
     /// Applies changes made through any node, if the store's version moved.
     pub async fn poll(&self) -> Result<(), StoreError> {
         let v = self.store.version().await?;

@@ -220,9 +220,7 @@ fn etag(v: &ConsumerView) -> Value {
 #[utoipa::path(get, path = "/admin/consumers", tag = "consumers", params(PageQuery),
     responses(
         (status = 200, body = crate::doc::ConsumerList),
-        (status = 400, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn list(
@@ -260,13 +258,7 @@ pub async fn list(
 #[utoipa::path(post, path = "/admin/consumers", tag = "consumers", request_body = NewConsumer,
     responses(
         (status = 201, body = ConsumerView),
-        (status = 400, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 409, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 413, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 415, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 422, body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn create(
@@ -323,9 +315,7 @@ pub async fn create(
     params(("id" = String, Path)),
     responses(
         (status = 200, body = ConsumerView),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn get(
@@ -345,15 +335,7 @@ pub async fn get(
     params(("id" = String, Path)), request_body = ConsumerPatch,
     responses(
         (status = 200, body = ConsumerView),
-        (status = 400, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 409, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 412, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 413, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 415, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 422, body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn patch(
@@ -419,10 +401,7 @@ pub async fn patch(
     params(("id" = String, Path)),
     responses(
         (status = 204, description = "deleted"),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 409, body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn delete(
@@ -435,12 +414,10 @@ pub async fn delete(
     if is_file_consumer(&s, &id) {
         return Err(ApiError::read_only("consumer"));
     }
-    let _w = m.write_lock.lock().await;
-    if !m.store().delete_consumer(&id, &caller.actor()).await? {
-        return Err(ApiError::not_found("consumer"));
-    }
-    m.sync().await?;
-    Ok(StatusCode::NO_CONTENT)
+    m.delete("consumer", async |st| {
+        st.delete_consumer(&id, &caller.actor()).await
+    })
+    .await
 }
 
 /// Issue an API key. The key is shown only in this response and works within 2 s.
@@ -448,10 +425,7 @@ pub async fn delete(
     params(("id" = String, Path)),
     responses(
         (status = 201, body = NewKey),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 409, body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn create_key(
@@ -503,10 +477,7 @@ pub async fn create_key(
     params(("id" = String, Path), ("key_id" = String, Path)),
     responses(
         (status = 204, description = "revoked"),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 409, body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn revoke_key(
@@ -519,10 +490,8 @@ pub async fn revoke_key(
     if is_file_consumer(&s, &id) {
         return Err(ApiError::read_only("consumer"));
     }
-    let _w = m.write_lock.lock().await;
-    if !m.store().revoke_key(&id, &key_id, &caller.actor()).await? {
-        return Err(ApiError::not_found("key"));
-    }
-    m.sync().await?;
-    Ok(StatusCode::NO_CONTENT)
+    m.delete("key", async |st| {
+        st.revoke_key(&id, &key_id, &caller.actor()).await
+    })
+    .await
 }

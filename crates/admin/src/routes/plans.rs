@@ -154,9 +154,7 @@ fn etag(p: &PlanView) -> Value {
 #[utoipa::path(get, path = "/admin/plans", tag = "plans", params(PageQuery),
     responses(
         (status = 200, body = crate::doc::PlanList),
-        (status = 400, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn list(
@@ -193,13 +191,7 @@ pub async fn list(
 #[utoipa::path(post, path = "/admin/plans", tag = "plans", request_body = NewPlan,
     responses(
         (status = 201, body = PlanView),
-        (status = 400, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 409, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 413, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 415, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 422, body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn create(
@@ -238,9 +230,7 @@ pub async fn create(
     params(("plan" = String, Path)),
     responses(
         (status = 200, body = PlanView),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn get(
@@ -262,14 +252,7 @@ pub async fn get(
     responses(
         (status = 200, body = PlanView),
         (status = 201, body = PlanView),
-        (status = 400, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 409, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 412, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 413, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 415, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 422, body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn put(
@@ -324,10 +307,7 @@ pub async fn put(
     params(("plan" = String, Path)),
     responses(
         (status = 204, description = "deleted"),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 409, body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn delete(

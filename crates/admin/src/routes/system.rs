@@ -37,9 +37,7 @@ pub async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
 #[utoipa::path(post, path = "/admin/reload", tag = "system",
     responses(
         (status = 200, description = "reloaded", body = crate::doc::Reloaded),
-        (status = 400, description = "the file was refused; the running config stays", body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn reload(
@@ -83,8 +81,7 @@ pub async fn reload(
 #[utoipa::path(get, path = "/admin/config", tag = "system",
     responses(
         (status = 200, description = "the running config", body = Object),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn config_info(
@@ -124,9 +121,7 @@ pub struct AuditList {
 #[utoipa::path(get, path = "/admin/audit", tag = "system", params(super::PageQuery),
     responses(
         (status = 200, body = AuditList),
-        (status = 400, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn audit(

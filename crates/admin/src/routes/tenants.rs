@@ -111,9 +111,7 @@ async fn ensure_stored(m: &Management, t: &TenantView, actor: &str) -> ApiResult
 #[utoipa::path(get, path = "/admin/tenants", tag = "tenants", params(PageQuery),
     responses(
         (status = 200, body = crate::doc::TenantList),
-        (status = 400, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn list(
@@ -150,13 +148,7 @@ pub async fn list(
 #[utoipa::path(post, path = "/admin/tenants", tag = "tenants", request_body = NewTenant,
     responses(
         (status = 201, body = TenantView),
-        (status = 400, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 409, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 413, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 415, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 422, body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn create(
@@ -207,8 +199,7 @@ pub fn created(location: String, body: impl IntoResponse) -> Response {
     params(("tenant" = String, Path)),
     responses(
         (status = 200, body = TenantView),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn get(
@@ -226,10 +217,7 @@ pub async fn get(
     params(("tenant" = String, Path)),
     responses(
         (status = 204, description = "deleted"),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 409, body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn delete(
@@ -242,12 +230,10 @@ pub async fn delete(
     if file_tenant(&s, &tenant).is_some() {
         return Err(ApiError::read_only("tenant"));
     }
-    let _w = m.write_lock.lock().await;
-    if !m.store().delete_tenant(&tenant, &caller.actor()).await? {
-        return Err(ApiError::not_found("tenant"));
-    }
-    m.sync().await?;
-    Ok(StatusCode::NO_CONTENT)
+    m.delete("tenant", async |st| {
+        st.delete_tenant(&tenant, &caller.actor()).await
+    })
+    .await
 }
 
 /// Issue a tenant admin token. The token is shown only in this response.
@@ -255,9 +241,7 @@ pub async fn delete(
     params(("tenant" = String, Path)),
     responses(
         (status = 201, body = NewToken),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn create_token(
@@ -313,9 +297,7 @@ fn api_view(
     params(("tenant" = String, Path), PageQuery),
     responses(
         (status = 200, body = crate::doc::ApiList),
-        (status = 400, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn list_apis(
@@ -351,14 +333,7 @@ pub async fn list_apis(
     responses(
         (status = 200, description = "replaced", body = ApiView),
         (status = 201, description = "registered", body = ApiView),
-        (status = 400, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 409, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 412, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 413, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 415, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "not valid OpenAPI, or clashes with another API; nothing changed", body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn put_api(
@@ -470,8 +445,7 @@ pub async fn put_api(
     params(("tenant" = String, Path), ("api" = String, Path)),
     responses(
         (status = 200, description = "the stored OpenAPI document", content((Object = "application/json"), (String = "application/yaml"))),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn get_api(
@@ -509,9 +483,7 @@ pub async fn get_api(
     params(("tenant" = String, Path), ("api" = String, Path)),
     responses(
         (status = 204, description = "deleted"),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 409, body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn delete_api(
@@ -530,10 +502,8 @@ pub async fn delete_api(
     {
         return Err(ApiError::read_only("API"));
     }
-    let _w = m.write_lock.lock().await;
-    if !m.store().delete_api(&tenant, &api, &caller.actor()).await? {
-        return Err(ApiError::not_found("API"));
-    }
-    m.sync().await?;
-    Ok(StatusCode::NO_CONTENT)
+    m.delete("API", async |st| {
+        st.delete_api(&tenant, &api, &caller.actor()).await
+    })
+    .await
 }

@@ -97,9 +97,7 @@ fn own_apis(s: &AdminState, tenant: &str) -> BTreeSet<String> {
 #[utoipa::path(get, path = "/admin/usage", tag = "usage", params(UsageParams),
     responses(
         (status = 200, body = UsageList),
-        (status = 400, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 404, body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn usage(
@@ -201,9 +199,7 @@ pub struct TopList {
 #[utoipa::path(get, path = "/admin/top-consumers", tag = "usage", params(TopParams),
     responses(
         (status = 200, body = TopList),
-        (status = 400, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 401, body = crate::doc::Problem, content_type = "application/problem+json"),
-        (status = 403, body = crate::doc::Problem, content_type = "application/problem+json"),
+        crate::doc::AdminErrors,
     ),
     security(("bearer" = [])))]
 pub async fn top_consumers(

@@ -584,6 +584,36 @@ async fn the_admin_api_documents_itself_as_openapi_3_1() -> Result<()> {
     Ok(())
 }
 
+/// Tenant `acme` with the widgets API, plan `roomy`, consumer `app` and one key for it.
+async fn onboard(admin: &Admin, up: &Upstream) -> Result<Value> {
+    let steps = [
+        (
+            "POST",
+            "/admin/tenants",
+            json!({"id": "acme", "name": "Acme"}),
+        ),
+        ("PUT", "/admin/tenants/acme/apis/widgets", widgets_doc(up)),
+        (
+            "POST",
+            "/admin/plans",
+            json!({"id": "roomy", "rate": 1000, "burst": 1000}),
+        ),
+        (
+            "POST",
+            "/admin/consumers",
+            json!({"id": "app", "plan": "roomy"}),
+        ),
+    ];
+    for (method, path, body) in steps {
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        let (s, v) = admin.call(method, path, Some(body)).await?;
+        anyhow::ensure!(s == 201, "{path}: {s} {v}");
+    }
+    let (s, k) = admin.post("/admin/consumers/app/keys", json!({})).await?;
+    anyhow::ensure!(s == 201, "key: {s} {k}");
+    Ok(k)
+}
+
 /// Two nodes on one store: a key issued through one works on the other within 2 s, and stops
 /// within 2 s of being revoked there. Registered APIs propagate the same way.
 async fn propagation(url: &str) -> Result<()> {
@@ -598,38 +628,7 @@ async fn propagation(url: &str) -> Result<()> {
         .start()
         .await?;
     let admin = Admin::new(&a, ADMIN_TOKEN);
-    assert_eq!(
-        admin
-            .post("/admin/tenants", json!({"id": "acme", "name": "Acme"}))
-            .await?
-            .0,
-        201
-    );
-    assert_eq!(
-        admin
-            .put("/admin/tenants/acme/apis/widgets", widgets_doc(&up))
-            .await?
-            .0,
-        201
-    );
-    assert_eq!(
-        admin
-            .post(
-                "/admin/plans",
-                json!({"id": "roomy", "rate": 1000, "burst": 1000})
-            )
-            .await?
-            .0,
-        201
-    );
-    assert_eq!(
-        admin
-            .post("/admin/consumers", json!({"id": "app", "plan": "roomy"}))
-            .await?
-            .0,
-        201
-    );
-    let (_, k) = admin.post("/admin/consumers/app/keys", json!({})).await?;
+    let k = onboard(&admin, &up).await?;
     let key = k["key"].as_str().context("key")?;
     let took = wait_status(&b, "/widgets/1", key, 200, Duration::from_secs(2)).await?;
     eprintln!("issue → live on node b: {took:?}");
@@ -675,38 +674,7 @@ async fn state_survives_a_restart() -> Result<()> {
         .start()
         .await?;
     let admin = Admin::new(&first, ADMIN_TOKEN);
-    assert_eq!(
-        admin
-            .post("/admin/tenants", json!({"id": "acme", "name": "Acme"}))
-            .await?
-            .0,
-        201
-    );
-    assert_eq!(
-        admin
-            .put("/admin/tenants/acme/apis/widgets", widgets_doc(&up))
-            .await?
-            .0,
-        201
-    );
-    assert_eq!(
-        admin
-            .post(
-                "/admin/plans",
-                json!({"id": "roomy", "rate": 1000, "burst": 1000})
-            )
-            .await?
-            .0,
-        201
-    );
-    assert_eq!(
-        admin
-            .post("/admin/consumers", json!({"id": "app", "plan": "roomy"}))
-            .await?
-            .0,
-        201
-    );
-    let (_, k) = admin.post("/admin/consumers/app/keys", json!({})).await?;
+    let k = onboard(&admin, &up).await?;
     let key = k["key"].as_str().context("key")?.to_owned();
     for i in 0..3 {
         assert_eq!(
@@ -761,38 +729,7 @@ async fn a_node_that_loses_the_database_keeps_serving() -> Result<()> {
         .start()
         .await?;
     let admin = Admin::new(&gw, ADMIN_TOKEN);
-    assert_eq!(
-        admin
-            .post("/admin/tenants", json!({"id": "acme", "name": "Acme"}))
-            .await?
-            .0,
-        201
-    );
-    assert_eq!(
-        admin
-            .put("/admin/tenants/acme/apis/widgets", widgets_doc(&up))
-            .await?
-            .0,
-        201
-    );
-    assert_eq!(
-        admin
-            .post(
-                "/admin/plans",
-                json!({"id": "roomy", "rate": 1000, "burst": 1000})
-            )
-            .await?
-            .0,
-        201
-    );
-    assert_eq!(
-        admin
-            .post("/admin/consumers", json!({"id": "app", "plan": "roomy"}))
-            .await?
-            .0,
-        201
-    );
-    let (_, k) = admin.post("/admin/consumers/app/keys", json!({})).await?;
+    let k = onboard(&admin, &up).await?;
     let key = k["key"].as_str().context("key")?.to_owned();
 
     drop(pg);
