@@ -176,8 +176,13 @@ async fn redis_plan_accuracy_at_twice_the_rate_on_one_node() -> Result<()> {
     let gw = gateway(&dir, &up, &redis, "{ timeout: 500ms }").await?;
     plan_accuracy(&[&gw]).await?;
     // The bucket lives in Redis, with a TTL.
-    let keys = redis_keys(&redis, "tollgate:r|plan|c:pacer");
-    assert_eq!(keys.len(), 1, "{keys:?}");
+    let keys = redis_keys(&redis, "tollgate:r|plan-paced|c:pacer");
+    assert_eq!(
+        keys.len(),
+        1,
+        "no bucket in Redis: {keys:?}; all keys: {:?}",
+        redis_keys(&redis, "*")
+    );
     let ttl: i64 = redis.command(&["PTTL", &keys[0]])?.parse()?;
     assert!(ttl > 0 && ttl <= 3_000, "PTTL {ttl}");
     Ok(())
