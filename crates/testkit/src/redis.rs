@@ -22,10 +22,18 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts `redis-server` on a free port of 127.0.0.1 and waits until it answers `PING`.
     pub fn start() -> Result<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut me = Self { port, child: None };
-        me.spawn()?;
-        Ok(me)
+        let mut last = None;
+        // The port is free when picked but not reserved: another test may pick it too before
+        // this server binds it. `spawn` notices (the server answering is not ours); try again.
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let mut me = Self { port, child: None };
+            match me.spawn() {
+                Ok(()) => return Ok(me),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
     }
 
     fn spawn(&mut self) -> Result<()> {
@@ -38,16 +46,29 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .context("start redis-server (apt-get install redis-server)")?;
+        let pid = child.id();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(reply) = self.command(&["PING"])
-                && reply == "PONG"
+            if let Ok(info) = self.command(&["INFO", "server"])
+                && info.contains("redis_version")
             {
-                return Ok(());
+                // Whoever answers must be the server just started, not another test's.
+                if info.contains(&format!("process_id:{pid}\r")) {
+                    return Ok(());
+                }
+                self.kill();
+                bail!("port {} is taken by another redis-server", self.port);
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                self.child = None;
+                bail!("redis-server on port {} exited: {status}", self.port);
             }
             if Instant::now() > deadline {
-                bail!("redis-server on port {} did not answer PING", self.port);
+                self.kill();
+                bail!("redis-server on port {} did not answer", self.port);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
