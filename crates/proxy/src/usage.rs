@@ -18,12 +18,29 @@ pub const ANONYMOUS: &str = "anonymous";
 /// Seconds of per-consumer history kept for [`Usage::top_consumers`].
 const RECENT_SECONDS: usize = 3600;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Identity of a count: the minute and the addresses of the shared names. Names come from the
+/// compiled snapshot, so hashing three addresses replaces hashing three strings on every
+/// request; the entry holds the `Arc`s, so an address cannot be reused while it is a key. After
+/// a reload the same names may arrive under new addresses and get entries of their own, which
+/// the store adds up like counts from two nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Key {
     minute_ms: i64,
+    tenant: usize,
+    api: usize,
+    consumer: usize,
+}
+
+fn addr(s: &Arc<str>) -> usize {
+    Arc::as_ptr(s).cast::<u8>() as usize
+}
+
+#[derive(Debug)]
+struct Entry {
     tenant: Arc<str>,
     api: Arc<str>,
     consumer: Arc<str>,
+    counts: Counts,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,12 +92,16 @@ pub struct Delta {
 pub struct Usage {
     clock: Arc<dyn Clock>,
     anonymous: Arc<str>,
-    minutes: Mutex<HashMap<Key, Counts>>,
+    minutes: Mutex<HashMap<Key, Entry, foldhash::fast::RandomState>>,
     recent: Mutex<VecDeque<Second>>,
 }
 
-/// Requests per identified consumer in one second (unix seconds).
-type Second = (i64, HashMap<Arc<str>, u64>);
+/// Requests per identified consumer (keyed by the name's address, see [`Key`]) in one second
+/// (unix seconds).
+type Second = (
+    i64,
+    HashMap<usize, (Arc<str>, u64), foldhash::fast::RandomState>,
+);
 
 impl std::fmt::Debug for Usage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -123,14 +144,22 @@ impl Usage {
         let consumer = consumer.unwrap_or(&self.anonymous);
         let key = Key {
             minute_ms: now - now.rem_euclid(60_000),
-            tenant: tenant.clone(),
-            api: api.clone(),
-            consumer: consumer.clone(),
+            tenant: addr(tenant),
+            api: addr(api),
+            consumer: addr(consumer),
         };
         let bucket = latency_bucket(elapsed.as_secs_f64() * 1000.0);
         {
             let mut minutes = lock(&self.minutes);
-            let c = minutes.entry(key).or_default();
+            let c = &mut minutes
+                .entry(key)
+                .or_insert_with(|| Entry {
+                    tenant: tenant.clone(),
+                    api: api.clone(),
+                    consumer: consumer.clone(),
+                    counts: Counts::default(),
+                })
+                .counts;
             c.requests += 1;
             match status {
                 200..=299 => c.status_2xx += 1,
@@ -152,15 +181,12 @@ impl Usage {
             if recent.len() >= RECENT_SECONDS {
                 recent.pop_front();
             }
-            recent.push_back((second, HashMap::new()));
+            recent.push_back((second, HashMap::default()));
         }
         if let Some((_, m)) = recent.back_mut() {
-            match m.get_mut(consumer) {
-                Some(n) => *n += 1,
-                None => {
-                    m.insert(consumer.clone(), 1);
-                }
-            }
+            m.entry(addr(consumer))
+                .or_insert_with(|| (consumer.clone(), 0))
+                .1 += 1;
         }
     }
 
@@ -169,12 +195,12 @@ impl Usage {
         let taken = std::mem::take(&mut *lock(&self.minutes));
         taken
             .into_iter()
-            .map(|(k, counts)| Delta {
+            .map(|(k, e)| Delta {
                 minute_ms: k.minute_ms,
-                tenant: k.tenant,
-                api: k.api,
-                consumer: k.consumer,
-                counts,
+                tenant: e.tenant,
+                api: e.api,
+                consumer: e.consumer,
+                counts: e.counts,
             })
             .collect()
     }
@@ -185,11 +211,24 @@ impl Usage {
         for d in deltas {
             let key = Key {
                 minute_ms: d.minute_ms,
-                tenant: d.tenant,
-                api: d.api,
-                consumer: d.consumer,
+                tenant: addr(&d.tenant),
+                api: addr(&d.api),
+                consumer: addr(&d.consumer),
             };
-            minutes.entry(key).or_default().add(&d.counts);
+            match minutes.get_mut(&key) {
+                Some(e) => e.counts.add(&d.counts),
+                None => {
+                    minutes.insert(
+                        key,
+                        Entry {
+                            tenant: d.tenant,
+                            api: d.api,
+                            consumer: d.consumer,
+                            counts: d.counts,
+                        },
+                    );
+                }
+            }
         }
     }
 
@@ -202,7 +241,7 @@ impl Usage {
             if *s < since || *s > now_s {
                 continue;
             }
-            for (c, n) in m {
+            for (c, n) in m.values() {
                 *totals.entry(c.clone()).or_default() += n;
             }
         }
