@@ -148,7 +148,7 @@ impl Modify for Bearer {
         tenants::list_apis, tenants::put_api, tenants::get_api, tenants::delete_api,
         plans::list, plans::create, plans::get, plans::put, plans::delete,
         consumers::list, consumers::create, consumers::get, consumers::patch, consumers::delete,
-        consumers::create_key, consumers::revoke_key,
+        consumers::create_key, consumers::revoke_key, consumers::rotate_key, consumers::create_client_secret,
         usage::usage, usage::top_consumers,
     ),
     components(schemas(Problem, Reloaded, TenantList, ApiList, PlanList, ConsumerList, usage::Granularity)),

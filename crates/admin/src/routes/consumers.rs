@@ -74,8 +74,20 @@ pub struct ConsumerView {
     pub tenant: Option<String>,
     pub r#override: Option<OverrideBody>,
     pub keys: Vec<KeyView>,
+    /// Whether the consumer can get tokens from `POST /oauth2/token` (client credentials).
+    pub oauth_client: bool,
     /// Defined in the config file: read-only through this API.
     pub read_only: bool,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NewClientSecret {
+    /// The OAuth2 client id: the consumer id.
+    pub client_id: String,
+    /// Shown only in this response; the gateway keeps a keyed hash. A new secret replaces the
+    /// previous one.
+    pub client_secret: String,
+    pub token_endpoint: String,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -98,6 +110,9 @@ struct Stored {
     tenant: Option<String>,
     #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
     over: Option<OverrideBody>,
+    /// Keyed hash of the OAuth2 client secret (the client id is the consumer id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_secret_hash: Option<String>,
 }
 
 fn file_view(id: &str, c: &tollgate_config::Consumer) -> ConsumerView {
@@ -120,6 +135,7 @@ fn file_view(id: &str, c: &tollgate_config::Consumer) -> ConsumerView {
                 created_at: None,
             })
             .collect(),
+        oauth_client: c.client_secret_hash.is_some(),
         read_only: true,
     }
 }
@@ -135,6 +151,7 @@ fn stored_view(id: &str, body: &Value, keys: &[KeyRow]) -> ApiResult<ConsumerVie
         scopes: s.scopes,
         tenant: s.tenant,
         r#override: s.over,
+        oauth_client: s.client_secret_hash.is_some(),
         keys: keys
             .iter()
             .filter(|k| k.consumer == id)
@@ -294,6 +311,7 @@ pub async fn create(
         scopes: new.scopes,
         tenant: new.tenant,
         over: None,
+        client_secret_hash: None,
     };
     let body = serde_json::to_value(&stored).unwrap_or_default();
     {
@@ -438,22 +456,7 @@ pub async fn create_key(
     if is_file_consumer(&s, &id) {
         return Err(ApiError::read_only("consumer"));
     }
-    let snap = s.gateway.snapshot();
-    let Some(hasher) = snap.identity.hasher.clone() else {
-        return Err(ApiError::new(
-            Kind::Conflict,
-            "the config has no identity.hash_secret_file, so the gateway cannot store keys",
-        ));
-    };
-    let key = super::random_token("tg_")?;
-    let prefix: String = key.chars().take(10).collect();
-    let row = KeyRow {
-        id: super::random_id("key_")?,
-        consumer: id.clone(),
-        hash: hasher.encode(key.as_bytes()),
-        prefix: prefix.clone(),
-        created_at: super::now_ms(),
-    };
+    let (key, row) = new_key(&s, &id)?;
     {
         let _w = m.write_lock.lock().await;
         if m.store().get_consumer(&id).await?.is_none() {
@@ -466,8 +469,8 @@ pub async fn create_key(
         format!("/admin/consumers/{id}/keys/{}", row.id),
         Json(NewKey {
             id: row.id,
+            prefix: row.prefix,
             key,
-            prefix,
         }),
     ))
 }
@@ -494,4 +497,118 @@ pub async fn revoke_key(
         st.revoke_key(&id, &key_id, &caller.actor()).await
     })
     .await
+}
+
+/// Makes the consumer an OAuth2 client (client credentials grant at `POST /oauth2/token`) or
+/// gives it a new secret; the previous secret stops working within 2 s.
+#[utoipa::path(post, path = "/admin/consumers/{id}/client-secret", tag = "consumers",
+    params(("id" = String, Path)),
+    responses(
+        (status = 201, body = NewClientSecret),
+        crate::doc::AdminErrors,
+    ),
+    security(("bearer" = [])))]
+pub async fn create_client_secret(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    P(id): P<String>,
+) -> ApiResult<Response> {
+    caller.platform()?;
+    let m = s.manage()?;
+    if is_file_consumer(&s, &id) {
+        return Err(ApiError::read_only("consumer"));
+    }
+    let hasher = hasher(&s)?;
+    let secret = super::random_token("cs_")?;
+    {
+        let _w = m.write_lock.lock().await;
+        let Some(cur) = m.store().get_consumer(&id).await? else {
+            return Err(ApiError::not_found("consumer"));
+        };
+        let mut stored: Stored = serde_json::from_value(cur.body)
+            .map_err(|_| ApiError::new(Kind::Internal, "a stored consumer is unreadable"))?;
+        stored.client_secret_hash = Some(hasher.encode(secret.as_bytes()));
+        let body = serde_json::to_value(&stored).unwrap_or_default();
+        m.store()
+            .update_consumer(&id, &body, &caller.actor())
+            .await?;
+        m.sync().await?;
+    }
+    Ok(created(
+        format!("/admin/consumers/{id}"),
+        Json(NewClientSecret {
+            client_id: id,
+            client_secret: secret,
+            token_endpoint: "/oauth2/token".to_owned(),
+        }),
+    ))
+}
+
+/// Replaces a key: a new key is issued and the old one revoked in one step. The new key is
+/// shown only in this response.
+#[utoipa::path(post, path = "/admin/consumers/{id}/keys/{key_id}/rotate", tag = "consumers",
+    params(("id" = String, Path), ("key_id" = String, Path)),
+    responses(
+        (status = 201, body = NewKey),
+        crate::doc::AdminErrors,
+    ),
+    security(("bearer" = [])))]
+pub async fn rotate_key(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    P((id, key_id)): P<(String, String)>,
+) -> ApiResult<Response> {
+    caller.platform()?;
+    let m = s.manage()?;
+    if is_file_consumer(&s, &id) {
+        return Err(ApiError::read_only("consumer"));
+    }
+    let (key, row) = new_key(&s, &id)?;
+    {
+        let _w = m.write_lock.lock().await;
+        if !m
+            .store()
+            .keys(Some(&id))
+            .await?
+            .iter()
+            .any(|k| k.id == key_id)
+        {
+            return Err(ApiError::not_found("key"));
+        }
+        m.store().create_key(&row, &caller.actor()).await?;
+        m.store().revoke_key(&id, &key_id, &caller.actor()).await?;
+        m.sync().await?;
+    }
+    Ok(created(
+        format!("/admin/consumers/{id}/keys/{}", row.id),
+        Json(NewKey {
+            id: row.id,
+            prefix: row.prefix,
+            key,
+        }),
+    ))
+}
+
+/// The gateway's keyed hash, or 409 when the config has none (nothing could be verified).
+fn hasher(s: &AdminState) -> ApiResult<tollgate_policy::auth::KeyHasher> {
+    s.gateway.snapshot().identity.hasher.clone().ok_or_else(|| {
+        ApiError::new(
+            Kind::Conflict,
+            "the config has no identity.hash_secret_file, so the gateway cannot store secrets",
+        )
+    })
+}
+
+/// A fresh key for `consumer` and the row that stores its keyed hash.
+fn new_key(s: &AdminState, consumer: &str) -> ApiResult<(String, KeyRow)> {
+    let hasher = hasher(s)?;
+    let key = super::random_token("tg_")?;
+    let row = KeyRow {
+        id: super::random_id("key_")?,
+        consumer: consumer.to_owned(),
+        hash: hasher.encode(key.as_bytes()),
+        prefix: key.chars().take(10).collect(),
+        created_at: super::now_ms(),
+    };
+    Ok((key, row))
 }

@@ -60,6 +60,14 @@ pub fn protected() -> Router<AdminState> {
         )
         .route("/admin/consumers/{id}/keys", post(consumers::create_key))
         .route(
+            "/admin/consumers/{id}/keys/{key_id}/rotate",
+            post(consumers::rotate_key),
+        )
+        .route(
+            "/admin/consumers/{id}/client-secret",
+            post(consumers::create_client_secret),
+        )
+        .route(
             "/admin/consumers/{id}/keys/{key_id}",
             axum::routing::delete(consumers::revoke_key),
         )

@@ -39,6 +39,10 @@ listeners:
   admin: {{ addr: "127.0.0.1:0" }}
 identity:
   hash_secret_file: "{secret}"
+  token_issuer:
+    issuer: https://gateway.test
+    audience: test-api
+    signing_key: "{signing_key}"
 plans:
   file-plan: {{ rate: 1000, burst: 1000 }}
 consumers:
@@ -55,6 +59,9 @@ tenants:
           - {{ id: account, path: "/v1/accounts/{{id}}", methods: [GET] }}
 "#,
         secret = secret.display(),
+        signing_key = tollgate_testkit::workspace_root()
+            .join("examples/bank/secrets/token-signing-key.pem")
+            .display(),
         file_key = hash("file-key"),
         url = up.url(),
     )
@@ -519,6 +526,41 @@ async fn admin_flow(gw: &Gateway, up: &Upstream) -> Result<()> {
     );
     let (_, top) = admin.get("/admin/top-consumers?window=60s").await?;
     assert_eq!(top["items"][0]["consumer"], "acme-app", "{top}");
+
+    // Rotation: a new key replaces the old at once.
+    let (s, r) = admin
+        .post(
+            &format!(
+                "/admin/consumers/acme-app/keys/{}/rotate",
+                k["id"].as_str().context("id")?
+            ),
+            json!({}),
+        )
+        .await?;
+    assert_eq!(s, 201, "{r}");
+    let rotated = r["key"].as_str().context("rotated key")?.to_owned();
+    assert_eq!(
+        status_with_key(gw, "/widgets/r1", &key).await?,
+        401,
+        "the old key is gone"
+    );
+    assert_eq!(status_with_key(gw, "/widgets/r2", &rotated).await?, 200);
+    let (k, key) = (r, rotated);
+
+    // The consumer as an OAuth2 client of the gateway's token endpoint.
+    let (s, cs) = admin
+        .post("/admin/consumers/acme-app/client-secret", json!({}))
+        .await?;
+    assert_eq!(s, 201, "{cs}");
+    let token = gw
+        .client()
+        .post(gw.url("/oauth2/token"))
+        .basic_auth("acme-app", cs["client_secret"].as_str())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await?;
+    assert_eq!(token.status(), 200, "{}", token.text().await?);
 
     // Revocation and unregistration take effect.
     let key_id = k["id"].as_str().context("key id")?;
