@@ -169,6 +169,21 @@ fn is_file_consumer(s: &AdminState, id: &str) -> bool {
     s.gateway.file_config().config.consumers.contains_key(id)
 }
 
+/// The management plane for a change to consumer `id`: platform admins only, and only for
+/// consumers the API manages (config-file ones are read-only).
+fn for_change<'a>(
+    s: &'a AdminState,
+    caller: &Caller,
+    id: &str,
+) -> ApiResult<&'a std::sync::Arc<crate::manage::Management>> {
+    caller.platform()?;
+    let m = s.manage()?;
+    if is_file_consumer(s, id) {
+        return Err(ApiError::read_only("consumer"));
+    }
+    Ok(m)
+}
+
 async fn plan_exists(s: &AdminState, plan: &str) -> ApiResult<bool> {
     if s.gateway.file_config().config.plans.contains_key(plan) {
         return Ok(true);
@@ -363,11 +378,7 @@ pub async fn patch(
     headers: HeaderMap,
     body_in: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    caller.platform()?;
-    let m = s.manage()?;
-    if is_file_consumer(&s, &id) {
-        return Err(ApiError::read_only("consumer"));
-    }
+    let m = for_change(&s, &caller, &id)?;
     let patch: ConsumerPatch = json_body(&headers, body_in)?;
     let _w = m.write_lock.lock().await;
     let Some(cur) = m.store().get_consumer(&id).await? else {
@@ -427,11 +438,7 @@ pub async fn delete(
     Extension(caller): Extension<Caller>,
     P(id): P<String>,
 ) -> ApiResult<StatusCode> {
-    caller.platform()?;
-    let m = s.manage()?;
-    if is_file_consumer(&s, &id) {
-        return Err(ApiError::read_only("consumer"));
-    }
+    let m = for_change(&s, &caller, &id)?;
     m.delete("consumer", async |st| {
         st.delete_consumer(&id, &caller.actor()).await
     })
@@ -451,11 +458,7 @@ pub async fn create_key(
     Extension(caller): Extension<Caller>,
     P(id): P<String>,
 ) -> ApiResult<Response> {
-    caller.platform()?;
-    let m = s.manage()?;
-    if is_file_consumer(&s, &id) {
-        return Err(ApiError::read_only("consumer"));
-    }
+    let m = for_change(&s, &caller, &id)?;
     let (key, row) = new_key(&s, &id)?;
     {
         let _w = m.write_lock.lock().await;
@@ -488,11 +491,7 @@ pub async fn revoke_key(
     Extension(caller): Extension<Caller>,
     P((id, key_id)): P<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    caller.platform()?;
-    let m = s.manage()?;
-    if is_file_consumer(&s, &id) {
-        return Err(ApiError::read_only("consumer"));
-    }
+    let m = for_change(&s, &caller, &id)?;
     m.delete("key", async |st| {
         st.revoke_key(&id, &key_id, &caller.actor()).await
     })
@@ -513,11 +512,7 @@ pub async fn create_client_secret(
     Extension(caller): Extension<Caller>,
     P(id): P<String>,
 ) -> ApiResult<Response> {
-    caller.platform()?;
-    let m = s.manage()?;
-    if is_file_consumer(&s, &id) {
-        return Err(ApiError::read_only("consumer"));
-    }
+    let m = for_change(&s, &caller, &id)?;
     let hasher = hasher(&s)?;
     let secret = super::random_token("cs_")?;
     {
@@ -558,11 +553,7 @@ pub async fn rotate_key(
     Extension(caller): Extension<Caller>,
     P((id, key_id)): P<(String, String)>,
 ) -> ApiResult<Response> {
-    caller.platform()?;
-    let m = s.manage()?;
-    if is_file_consumer(&s, &id) {
-        return Err(ApiError::read_only("consumer"));
-    }
+    let m = for_change(&s, &caller, &id)?;
     let (key, row) = new_key(&s, &id)?;
     {
         let _w = m.write_lock.lock().await;
