@@ -1,8 +1,7 @@
 //! Consumers (partners and apps), their plans, temporary overrides and API keys. Consumers in
 //! the config file are listed and read-only.
 
-use super::tenants::created;
-use super::{List, PageQuery, check_id, check_if_match, etag_of, json_body, rfc3339};
+use super::{List, PageQuery, check_id, check_if_match, created, etag_of, json_body, rfc3339};
 use super::{P, Q};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, FieldError};

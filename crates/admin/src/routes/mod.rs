@@ -136,6 +136,19 @@ impl PageQuery {
     }
 }
 
+/// `201 Created` with a `Location` header.
+pub fn created(
+    location: String,
+    body: impl axum::response::IntoResponse,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let mut resp = (axum::http::StatusCode::CREATED, body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
 /// The opaque cursor for "after this id".
 pub fn encode_cursor(id: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id)

@@ -1,8 +1,7 @@
 //! Usage plans: rate, burst and quota per consumer. Plans in the config file are listed and
 //! read-only.
 
-use super::tenants::created;
-use super::{List, PageQuery, check_id, check_if_match, etag_of, json_body};
+use super::{List, PageQuery, check_id, check_if_match, created, etag_of, json_body};
 use super::{P, Q};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, FieldError};
@@ -121,19 +120,10 @@ fn body(rate: f64, burst: u32, quota: &Option<QuotaBody>) -> Value {
 
 fn stored_view(id: &str, body: &Value) -> ApiResult<PlanView> {
     let plan: Plan = serde_json::from_value(body.clone()).map_err(|e| {
-        ApiError::new(tollgate_core::Kind::Internal, "a stored plan is unreadable").tap_log(&e)
+        tracing::error!(plan = id, error = %e, "stored plan unreadable");
+        ApiError::new(tollgate_core::Kind::Internal, "a stored plan is unreadable")
     })?;
     Ok(view(id, &plan, false))
-}
-
-trait TapLog {
-    fn tap_log(self, e: &dyn std::fmt::Display) -> Self;
-}
-impl TapLog for ApiError {
-    fn tap_log(self, e: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %e, "{}", self.0.detail);
-        self
-    }
 }
 
 async fn find(s: &AdminState, id: &str) -> ApiResult<Option<PlanView>> {

@@ -1,6 +1,8 @@
 //! Tenants, their admin tokens, and the APIs they register as OpenAPI documents.
 
-use super::{List, PageQuery, body_bytes, check_id, check_if_match, etag_of, json_body, rfc3339};
+use super::{
+    List, PageQuery, body_bytes, check_id, check_if_match, created, etag_of, json_body, rfc3339,
+};
 use super::{P, Q};
 use crate::auth::{Caller, token_digest};
 use crate::error::{ApiError, ApiResult, FieldError};
@@ -67,6 +69,17 @@ fn file_tenant(s: &AdminState, id: &str) -> Option<TenantView> {
         read_only: true,
         created_at: None,
     })
+}
+
+/// The API as the config file defines it, if it does (read-only through the admin API).
+fn file_api(s: &AdminState, tenant: &str, api: &str) -> Option<tollgate_config::Api> {
+    s.gateway
+        .file_config()
+        .config
+        .tenants
+        .get(tenant)
+        .and_then(|t| t.apis.get(api))
+        .cloned()
 }
 
 fn view(t: Tenant) -> TenantView {
@@ -184,14 +197,6 @@ pub async fn create(
     }
     let location = format!("/admin/tenants/{}", t.id);
     Ok(created(location, Json(view(t))))
-}
-
-pub fn created(location: String, body: impl IntoResponse) -> Response {
-    let mut resp = (StatusCode::CREATED, body).into_response();
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    resp
 }
 
 /// One tenant. A tenant admin may read its own.
@@ -370,13 +375,7 @@ pub async fn put_api(
     if !errors.is_empty() {
         return Err(ApiError::invalid("the API id is not valid", errors));
     }
-    if s.gateway
-        .file_config()
-        .config
-        .tenants
-        .get(&tenant)
-        .is_some_and(|t| t.apis.contains_key(&api))
-    {
+    if file_api(&s, &tenant, &api).is_some() {
         return Err(ApiError::read_only("API"));
     }
     let imported = import_api(&tenant, &api, &body, yaml).map_err(|errors| {
@@ -455,15 +454,8 @@ pub async fn get_api(
 ) -> ApiResult<Response> {
     caller.tenant(&tenant)?;
     let m = s.manage()?;
-    if let Some(a) = s
-        .gateway
-        .file_config()
-        .config
-        .tenants
-        .get(&tenant)
-        .and_then(|t| t.apis.get(&api))
-    {
-        return Ok(Json(api_view(&tenant, &api, a, true, None)).into_response());
+    if let Some(a) = file_api(&s, &tenant, &api) {
+        return Ok(Json(api_view(&tenant, &api, &a, true, None)).into_response());
     }
     let Some(doc) = m.store().get_api(&tenant, &api).await? else {
         return Err(ApiError::not_found("API"));
@@ -493,13 +485,7 @@ pub async fn delete_api(
 ) -> ApiResult<StatusCode> {
     caller.tenant(&tenant)?;
     let m: Arc<Management> = s.manage()?.clone();
-    if s.gateway
-        .file_config()
-        .config
-        .tenants
-        .get(&tenant)
-        .is_some_and(|t| t.apis.contains_key(&api))
-    {
+    if file_api(&s, &tenant, &api).is_some() {
         return Err(ApiError::read_only("API"));
     }
     m.delete("API", async |st| {

@@ -6,10 +6,8 @@
 
 use crate::common::*;
 use anyhow::{Context, Result};
-use hmac::{Hmac, KeyInit as _, Mac as _};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sha2::Sha256;
 use std::time::{Duration, Instant};
 use tollgate_testkit::postgres::PostgresServer;
 use tollgate_testkit::{ADMIN_TOKEN, Gateway, Signal, TempDir, Upstream, assert_problem};
@@ -17,15 +15,7 @@ use tollgate_testkit::{ADMIN_TOKEN, Gateway, Signal, TempDir, Upstream, assert_p
 const SECRET: &str = "admin-it-secret-0123456789";
 
 fn hash(value: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("hmac key");
-    mac.update(value.as_bytes());
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("hmac-sha256:{hex}")
+    keyed_hash(SECRET, value)
 }
 
 /// A file-defined tenant, API, plan and consumer beside whatever the admin API adds.

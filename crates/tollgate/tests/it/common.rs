@@ -41,3 +41,18 @@ pub fn echoed<'a>(echo: &'a serde_json::Value, name: &str) -> Option<&'a str> {
 }
 
 pub const SHORT: Duration = Duration::from_secs(5);
+
+/// `hmac-sha256:` + hex of HMAC-SHA256(secret, value): the config's form of a key or secret
+/// under `identity.hash_secret_file`.
+pub fn keyed_hash(secret: &str, value: &str) -> String {
+    use hmac::{Hmac, KeyInit as _, Mac as _};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("hmac key");
+    mac.update(value.as_bytes());
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("hmac-sha256:{hex}")
+}

@@ -9,7 +9,6 @@ use anyhow::{Context as _, Result, ensure};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use bytes::Bytes;
-use hmac::{Hmac, KeyInit as _, Mac as _};
 use http::HeaderMap;
 use http_body_util::{BodyExt as _, Full};
 use hyper::service::service_fn;
@@ -17,7 +16,6 @@ use hyper_util::rt::TokioIo;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Value, json};
-use sha2::Sha256;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -335,11 +333,7 @@ fn b64(v: &Value) -> String {
 
 /// `hmac-sha256:` + hex of HMAC-SHA256(secret, value): the config's form of a key or secret.
 fn hash(value: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(HASH_SECRET.as_bytes()).expect("hmac key");
-    mac.update(value.as_bytes());
-    let d = mac.finalize().into_bytes();
-    let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
-    format!("hmac-sha256:{hex}")
+    keyed_hash(HASH_SECRET, value)
 }
 
 fn q(s: &str) -> String {

@@ -9,8 +9,6 @@
 
 use crate::common::*;
 use anyhow::{Context as _, Result};
-use hmac::{Hmac, KeyInit as _, Mac as _};
-use sha2::Sha256;
 use std::time::{Duration, Instant};
 use tollgate_testkit::{Gateway, RedisServer, TempDir, Upstream, expect_problem};
 
@@ -18,15 +16,7 @@ const SECRET: &str = "redis-it-secret-0123456789";
 const CONSUMERS: [&str; 8] = ["pacer", "flood", "steady", "c1", "c2", "c3", "c4", "prober"];
 
 fn hash(value: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("hmac key");
-    mac.update(value.as_bytes());
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("hmac-sha256:{hex}")
+    keyed_hash(SECRET, value)
 }
 
 fn key(consumer: &str) -> String {

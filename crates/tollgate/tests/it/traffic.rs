@@ -7,23 +7,13 @@
 
 use crate::common::*;
 use anyhow::Result;
-use hmac::{Hmac, KeyInit as _, Mac as _};
-use sha2::Sha256;
 use std::time::Duration;
 use tollgate_testkit::{Gateway, TempDir, Upstream, assert_problem, metric_value};
 
 const SECRET: &str = "traffic-it-secret-0123456789";
 
 fn hash(value: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("hmac key");
-    mac.update(value.as_bytes());
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("hmac-sha256:{hex}")
+    keyed_hash(SECRET, value)
 }
 
 /// Two consumers on a tight plan (2/s, burst 3, 6 per day) and one on a roomy plan, routes
