@@ -7,7 +7,6 @@
 //! grow without bound.
 
 use prometheus_client::metrics::counter::Counter;
-use std::fmt::Write as _;
 use std::io::Write;
 use std::net::IpAddr;
 use std::sync::{Arc, Condvar, Mutex};
@@ -90,24 +89,18 @@ impl AccessLog {
     }
 
     pub fn log(&self, r: &Record<'_>) {
-        thread_local! {
-            static LINE: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(512));
+        // Formatted straight into the shared buffer: the flusher holds the lock only to swap
+        // buffers, so formatting under it costs no contention worth a second copy.
+        let mut buf = self.shared.buf.lock().unwrap_or_else(|p| p.into_inner());
+        if buf.len() > MAX_PENDING {
+            drop(buf);
+            self.dropped.inc();
+            return;
         }
-        LINE.with(|line| {
-            let mut line = line.borrow_mut();
-            line.clear();
-            format_record(&mut line, r);
-            let mut buf = self.shared.buf.lock().unwrap_or_else(|p| p.into_inner());
-            if buf.len() + line.len() > MAX_PENDING {
-                drop(buf);
-                self.dropped.inc();
-                return;
-            }
-            buf.extend_from_slice(line.as_bytes());
-            if buf.len() >= FLUSH_AT {
-                self.shared.wake.notify_one();
-            }
-        });
+        format_record(&mut buf, r);
+        if buf.len() >= FLUSH_AT {
+            self.shared.wake.notify_one();
+        }
     }
 
     /// Asks the flusher to write what is pending now (used at shutdown).
@@ -163,78 +156,83 @@ fn write_batch(sink: &mut Sink, out: &[u8]) {
     }
 }
 
-fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    // Almost every value is plain ASCII with nothing to escape: copy it in one go.
-    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
-        out.push_str(s);
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    // Almost every value is plain ASCII with nothing to escape: copy it in one go. The check
+    // is a fold rather than `any`: no early-exit branch per byte.
+    let plain = !s.bytes().fold(false, |hit, b| {
+        hit | (b == b'"') | (b == b'\\') | (b < 0x20)
+    });
+    if plain {
+        out.extend_from_slice(s.as_bytes());
     } else {
         for c in s.chars() {
             match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
+                '"' => out.extend_from_slice(b"\\\""),
+                '\\' => out.extend_from_slice(b"\\\\"),
                 c if (c as u32) < 0x20 => {
-                    let _ = write!(out, "\\u{:04x}", c as u32);
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    let b = c as u8;
+                    out.extend_from_slice(b"\\u00");
+                    out.push(HEX[usize::from(b >> 4)]);
+                    out.push(HEX[usize::from(b & 0xf)]);
                 }
-                c => out.push(c),
+                c => {
+                    let mut utf8 = [0u8; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+                }
             }
         }
     }
-    out.push('"');
+    out.push(b'"');
 }
 
-fn key(out: &mut String, key: &str) {
-    out.push_str(",\"");
-    out.push_str(key);
-    out.push_str("\":");
-}
-
-fn field_str(out: &mut String, k: &str, v: Option<&str>) {
-    key(out, k);
+/// `key` is the whole separator and member name, e.g. `,"route":`, so each field costs one
+/// copy for its name.
+fn field_str(out: &mut Vec<u8>, key: &str, v: Option<&str>) {
+    out.extend_from_slice(key.as_bytes());
     match v {
         Some(v) => json_str(out, v),
-        None => out.push_str("null"),
+        None => out.extend_from_slice(b"null"),
     }
 }
 
-fn field_num(out: &mut String, k: &str, v: Option<u64>) {
-    key(out, k);
+fn field_num(out: &mut Vec<u8>, key: &str, v: Option<u64>) {
+    out.extend_from_slice(key.as_bytes());
     match v {
-        Some(v) => out.push_str(itoa::Buffer::new().format(v)),
-        None => out.push_str("null"),
+        Some(v) => out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes()),
+        None => out.extend_from_slice(b"null"),
     }
 }
 
-fn field_ms(out: &mut String, k: &str, d: Option<Duration>) {
-    key(out, k);
+fn field_ms(out: &mut Vec<u8>, key: &str, d: Option<Duration>) {
+    out.extend_from_slice(key.as_bytes());
     match d {
         // Microsecond precision as a decimal number of milliseconds.
         Some(d) => {
             let us = d.as_micros() as u64;
-            out.push_str(itoa::Buffer::new().format(us / 1000));
-            out.push('.');
+            out.extend_from_slice(itoa::Buffer::new().format(us / 1000).as_bytes());
             let frac = us % 1000;
-            if frac < 100 {
-                out.push('0');
-            }
-            if frac < 10 {
-                out.push('0');
-            }
-            out.push_str(itoa::Buffer::new().format(frac));
+            out.extend_from_slice(&[
+                b'.',
+                b'0' + (frac / 100) as u8,
+                b'0' + (frac / 10 % 10) as u8,
+                b'0' + (frac % 10) as u8,
+            ]);
         }
-        None => out.push_str("null"),
+        None => out.extend_from_slice(b"null"),
     }
 }
 
-fn push_ip(out: &mut String, ip: IpAddr) {
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             let mut buf = itoa::Buffer::new();
             for (i, o) in v4.octets().iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    out.push(b'.');
                 }
-                out.push_str(buf.format(*o));
+                out.extend_from_slice(buf.format(*o).as_bytes());
             }
         }
         IpAddr::V6(v6) => {
@@ -245,7 +243,7 @@ fn push_ip(out: &mut String, ip: IpAddr) {
 
 /// RFC 3339 UTC timestamp with milliseconds. The part up to the seconds changes once a second,
 /// so it is formatted once a second per thread.
-fn push_timestamp(out: &mut String, now: SystemTime) {
+fn push_timestamp(out: &mut Vec<u8>, now: SystemTime) {
     thread_local! {
         static CACHE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
     }
@@ -264,49 +262,44 @@ fn push_timestamp(out: &mut String, now: SystemTime) {
             c.1 = full.trim_end_matches('Z').to_string();
             c.0 = secs;
         }
-        out.push_str(&c.1);
+        out.extend_from_slice(c.1.as_bytes());
     });
     let ms = since.subsec_millis();
-    out.push('.');
-    if ms < 100 {
-        out.push('0');
-    }
-    if ms < 10 {
-        out.push('0');
-    }
-    out.push_str(itoa::Buffer::new().format(ms));
-    out.push('Z');
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+        b'Z',
+    ]);
 }
 
-pub(crate) fn format_record(out: &mut String, r: &Record<'_>) {
-    out.push_str("{\"ts\":\"");
+pub(crate) fn format_record(out: &mut Vec<u8>, r: &Record<'_>) {
+    out.extend_from_slice(b"{\"ts\":\"");
     push_timestamp(out, SystemTime::now());
-    out.push('"');
-    field_str(out, "request_id", Some(r.request_id));
-    key(out, "client_ip");
-    out.push('"');
+    field_str(out, "\",\"request_id\":", Some(r.request_id));
+    out.extend_from_slice(b",\"client_ip\":\"");
     push_ip(out, r.client_ip);
-    out.push('"');
-    field_str(out, "listener", Some(r.listener));
-    field_str(out, "protocol", Some(r.protocol));
-    field_str(out, "method", Some(r.method));
-    field_str(out, "path", Some(r.path));
-    field_str(out, "tenant", r.tenant);
-    field_str(out, "api", r.api);
-    field_str(out, "route", r.route);
-    field_str(out, "consumer", r.consumer);
-    field_num(out, "status", Some(u64::from(r.status)));
-    field_ms(out, "duration_ms", Some(r.duration));
-    field_ms(out, "upstream_ms", r.upstream_duration);
-    field_str(out, "upstream", r.upstream);
-    field_num(out, "bytes_in", r.bytes_in);
-    field_num(out, "bytes_out", Some(r.bytes_out));
-    field_str(out, "error", r.error);
-    field_str(out, "fault", r.fault);
+    field_str(out, "\",\"listener\":", Some(r.listener));
+    field_str(out, ",\"protocol\":", Some(r.protocol));
+    field_str(out, ",\"method\":", Some(r.method));
+    field_str(out, ",\"path\":", Some(r.path));
+    field_str(out, ",\"tenant\":", r.tenant);
+    field_str(out, ",\"api\":", r.api);
+    field_str(out, ",\"route\":", r.route);
+    field_str(out, ",\"consumer\":", r.consumer);
+    field_num(out, ",\"status\":", Some(u64::from(r.status)));
+    field_ms(out, ",\"duration_ms\":", Some(r.duration));
+    field_ms(out, ",\"upstream_ms\":", r.upstream_duration);
+    field_str(out, ",\"upstream\":", r.upstream);
+    field_num(out, ",\"bytes_in\":", r.bytes_in);
+    field_num(out, ",\"bytes_out\":", Some(r.bytes_out));
+    field_str(out, ",\"error\":", r.error);
+    field_str(out, ",\"fault\":", r.fault);
     if r.aborted {
-        out.push_str(",\"aborted\":true");
+        out.extend_from_slice(b",\"aborted\":true");
     }
-    out.push_str("}\n");
+    out.extend_from_slice(b"}\n");
 }
 
 #[cfg(test)]
@@ -315,7 +308,7 @@ mod tests {
 
     #[test]
     fn lines_are_valid_json_and_escape_hostile_values() {
-        let mut s = String::new();
+        let mut s = Vec::new();
         format_record(
             &mut s,
             &Record {
@@ -340,6 +333,7 @@ mod tests {
                 aborted: true,
             },
         );
+        let s = String::from_utf8(s).expect("utf8");
         assert!(s.ends_with('\n'));
         let v: serde_json::Value = serde_json::from_str(s.trim()).expect("valid json");
         assert_eq!(v["request_id"], "abc\"\\");
@@ -356,12 +350,15 @@ mod tests {
 
     #[test]
     fn milliseconds_are_zero_padded() {
-        let mut s = String::new();
-        field_ms(&mut s, "d", Some(Duration::from_micros(2_007)));
-        assert_eq!(s, ",\"d\":2.007");
-        let mut s = String::new();
+        let mut s = Vec::new();
+        field_ms(&mut s, ",\"d\":", Some(Duration::from_micros(2_007)));
+        assert_eq!(s, b",\"d\":2.007");
+        let mut s = Vec::new();
+        field_ms(&mut s, ",\"d\":", Some(Duration::from_micros(12_345_678)));
+        assert_eq!(s, b",\"d\":12345.678");
+        let mut s = Vec::new();
         push_ip(&mut s, "2001:db8::1".parse().expect("ip"));
-        assert_eq!(s, "2001:db8::1");
+        assert_eq!(s, b"2001:db8::1");
     }
 
     #[test]

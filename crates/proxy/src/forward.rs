@@ -14,39 +14,53 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 const PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
 const PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authorization");
 
-fn is_hop_by_hop(n: &HeaderName) -> bool {
-    n == CONNECTION
-        || n == TE
-        || n == TRAILER
-        || n == TRANSFER_ENCODING
-        || n == UPGRADE
-        || n == KEEP_ALIVE
-        || n == PROXY_CONNECTION
-        || n == PROXY_AUTHENTICATE
-        || n == PROXY_AUTHORIZATION
+/// The fields RFC 9110 §7.6.1 (and its predecessors' common practice) make hop-by-hop. A
+/// `static`, not a `const`: a const array of `HeaderName`s would be built and dropped at every use.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+];
+
+fn hop_by_hop_index(n: &HeaderName) -> Option<usize> {
+    HOP_BY_HOP.iter().position(|h| h == n)
 }
 
 /// Removes hop-by-hop headers, including every header the `Connection` field names.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // One pass of cheap name comparisons; most requests have nothing to remove, and most
-    // upstream responses only `Connection: keep-alive`.
-    let mut present: Vec<HeaderName> = Vec::new();
+    // One pass of name comparisons (standard names compare as enum tags) into a bit set: most
+    // requests have nothing to remove, and most upstream responses only `Connection:
+    // keep-alive`, so the common cases allocate nothing.
+    let mut present = 0u16;
     for k in h.keys() {
-        if is_hop_by_hop(k) {
-            present.push(k.clone());
+        if let Some(i) = hop_by_hop_index(k) {
+            present |= 1 << i;
         }
     }
-    if present.is_empty() {
+    if present == 0 {
         return;
     }
-    if present.contains(&CONNECTION) {
+    if present & 1 != 0 {
+        // Names listed in `Connection` that are not already hop-by-hop; the usual tokens
+        // (`keep-alive`, `close`) never land here, so this stays empty and unallocated.
         let mut named: Vec<HeaderName> = Vec::new();
         for v in h.get_all(CONNECTION) {
             let Ok(s) = v.to_str() else { continue };
             for token in s.split(',') {
                 let token = token.trim();
-                // `keep-alive` and `close` are the usual tokens; only names actually present
-                // need a removal.
+                if token.eq_ignore_ascii_case("close")
+                    || HOP_BY_HOP
+                        .iter()
+                        .any(|n| n.as_str().eq_ignore_ascii_case(token))
+                {
+                    continue;
+                }
                 if let Ok(n) = HeaderName::from_bytes(token.as_bytes())
                     && h.contains_key(&n)
                 {
@@ -54,10 +68,14 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
                 }
             }
         }
-        present.extend(named);
+        for n in named {
+            h.remove(n);
+        }
     }
-    for n in present {
-        h.remove(n);
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            h.remove(n);
+        }
     }
 }
 
