@@ -1,7 +1,7 @@
 //! Body types of the proxy path. Both are concrete enums rather than boxed trait objects, so a
 //! proxied request allocates no body wrapper; both stream frame by frame and never buffer.
 
-use crate::upstream::Lease;
+use crate::upstream::{UpstreamBody, UpstreamBodyError};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -87,9 +87,8 @@ impl Body for RequestBody {
 
 /// The response body sent to the client: an upstream's stream or a gateway-made document.
 pub enum ResponseBody {
-    /// The upstream's body and the connection it arrives on, returned to the pool once the
-    /// body has been read to the end (never earlier: the connection is busy until then).
-    Upstream(Incoming, Option<Lease>),
+    /// The upstream's body; it owns its connection and returns it to the pool itself.
+    Upstream(UpstreamBody),
     Full(Option<Bytes>),
 }
 
@@ -101,50 +100,30 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
         match self.get_mut() {
-            ResponseBody::Upstream(b, lease) => {
-                let frame = ready!(Pin::new(&mut *b).poll_frame(cx));
-                if (frame.is_none() || b.is_end_stream())
-                    && let Some(l) = lease.take()
-                {
-                    l.release();
-                }
-                Poll::Ready(frame)
-            }
+            ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx),
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::Upstream(b, _) => b.is_end_stream(),
+            ResponseBody::Upstream(b) => b.is_end_stream(),
             ResponseBody::Full(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Upstream(b, _) => b.size_hint(),
+            ResponseBody::Upstream(b) => b.size_hint(),
             ResponseBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ResponseBody::Full(None) => SizeHint::with_exact(0),
-        }
-    }
-}
-
-impl Drop for ResponseBody {
-    fn drop(&mut self) {
-        // Bodies that are empty from the start (HEAD, 204, 304) may never be polled.
-        if let ResponseBody::Upstream(b, lease) = self
-            && b.is_end_stream()
-            && let Some(l) = lease.take()
-        {
-            l.release();
         }
     }
 }

@@ -245,7 +245,7 @@ async fn run(
     info.target = Some(target.clone());
     let result = upstream.send(&target, req).await;
     info.duration = Some(sent.elapsed());
-    let (resp, lease) = result.inspect_err(|e| {
+    let resp = result.inspect_err(|e| {
         if e.fault() == tollgate_core::Fault::Upstream {
             shared
                 .metrics
@@ -259,10 +259,7 @@ async fn run(
     })?;
     let (mut head, body) = resp.into_parts();
     forward::strip_hop_by_hop(&mut head.headers);
-    Ok(Response::from_parts(
-        head,
-        ResponseBody::Upstream(body, Some(lease)),
-    ))
+    Ok(Response::from_parts(head, ResponseBody::Upstream(body)))
 }
 
 /// Endpoints the gateway answers itself (OAuth2 token issuance and its key set).
@@ -478,12 +475,12 @@ pub struct LoggedBody {
 
 impl Body for LoggedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::upstream::UpstreamBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         match &frame {

@@ -1,17 +1,25 @@
-//! Upstream pools: keep-alive HTTP/1.1 clients, target selection by weighted round robin, and
-//! the timeouts that turn a dead or slow upstream into a 502 or 504.
+//! Upstream pools: keep-alive HTTP/1.1 connections, target selection by weighted round
+//! robin, and the timeouts that turn a dead or slow upstream into a 502 or 504.
+//!
+//! The HTTP/1.1 client is our own and runs on the request's task: no connection task, channel
+//! or extra wake-up per request. httparse does the parsing.
+
+#[cfg(test)]
+mod client_tests;
+mod exchange;
+mod pool;
+mod response;
+
+pub use response::{UpstreamBody, UpstreamBodyError};
 
 use crate::body::{RequestBody, RequestBodyError};
-use http::header::HOST;
-use http::uri::{Authority, PathAndQuery};
+use exchange::{Failure, Outgoing};
+use http::uri::Authority;
 use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
-use std::error::Error as _;
+use pool::{Conn, Idle};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tollgate_config as config;
 use tollgate_core::{GatewayError, Kind};
 
@@ -27,21 +35,16 @@ pub struct Upstream {
     response_timeout: Duration,
 }
 
-/// One target with its own pool of idle keep-alive connections.
-///
-/// The pool is a plain mutex-guarded stack: checkout and checkin are a lock, a push or a pop,
-/// never held across an await. Connections are HTTP/1.1 (hyper's client connection); one is
-/// checked back in only once its response body has been read to the end, so a returned
-/// connection is always free for the next request.
+/// One target with its own pool of idle keep-alive connections. A connection is checked back
+/// in only once its response body has been read to the end, so a pooled connection is always
+/// free for the next request.
 pub struct Target {
     pub authority: Authority,
     /// `host:port` for the access log and for connecting.
     pub label: Arc<str>,
     /// The `Host` header the upstream receives.
     host: HeaderValue,
-    idle: Mutex<Vec<(SendRequest<RequestBody>, Instant)>>,
-    max_idle: usize,
-    idle_timeout: Duration,
+    idle: Idle,
     connect_timeout: Duration,
 }
 
@@ -69,41 +72,12 @@ pub struct BadTarget {
     message: String,
 }
 
-/// A connection lent to one request; goes back to its target's pool when the response ends.
-pub struct Lease {
-    tx: SendRequest<RequestBody>,
-    target: Arc<Target>,
-}
-
-impl Lease {
-    /// Returns the connection to the pool. Only call once the response was read to the end.
-    pub fn release(self) {
-        self.target.checkin(self.tx);
-    }
-}
-
 impl Target {
-    fn checkout(&self) -> Option<SendRequest<RequestBody>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((tx, since)) = idle.pop() {
-            if !tx.is_closed() && since.elapsed() < self.idle_timeout {
-                return Some(tx);
-            }
-        }
-        None
+    fn checkin(&self, conn: Conn) {
+        self.idle.checkin(conn);
     }
 
-    fn checkin(&self, tx: SendRequest<RequestBody>) {
-        if tx.is_closed() {
-            return;
-        }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < self.max_idle {
-            idle.push((tx, Instant::now()));
-        }
-    }
-
-    async fn connect(&self, upstream: &str) -> Result<SendRequest<RequestBody>, GatewayError> {
+    async fn connect(&self, upstream: &str) -> Result<Conn, GatewayError> {
         let unreachable = |cause: String| {
             GatewayError::new(
                 Kind::UpstreamUnreachable,
@@ -114,32 +88,19 @@ impl Target {
                 self.label
             ))
         };
-        let stream = match tokio::time::timeout(
+        match tokio::time::timeout(
             self.connect_timeout,
             tokio::net::TcpStream::connect(&*self.label),
         )
         .await
         {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(unreachable(e.to_string())),
-            Err(_) => {
-                return Err(unreachable(format!(
-                    "connect timed out after {:?}",
-                    self.connect_timeout
-                )));
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let (tx, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(tx)
+            Ok(Ok(s)) => Ok(Conn::new(s)),
+            Ok(Err(e)) => Err(unreachable(e.to_string())),
+            Err(_) => Err(unreachable(format!(
+                "connect timed out after {:?}",
+                self.connect_timeout
+            ))),
+        }
     }
 }
 
@@ -173,9 +134,10 @@ impl Upstream {
                 })?,
                 label: Arc::from(label),
                 authority: auth,
-                idle: Mutex::new(Vec::new()),
-                max_idle: settings.pool_max_idle_per_target,
-                idle_timeout: settings.pool_idle_timeout.get(),
+                idle: Idle::new(
+                    settings.pool_max_idle_per_target,
+                    settings.pool_idle_timeout.get(),
+                ),
                 connect_timeout: settings.connect_timeout.get(),
             }));
         }
@@ -202,16 +164,8 @@ impl Upstream {
     pub async fn send(
         &self,
         target: &Arc<Target>,
-        mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Lease), GatewayError> {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *req.uri_mut() = pq.into();
-        *req.version_mut() = http::Version::HTTP_11;
-        req.headers_mut().insert(HOST, target.host.clone());
+        req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, GatewayError> {
         match tokio::time::timeout(self.response_timeout, self.exchange(target, req)).await {
             Ok(r) => r,
             Err(_) => Err(GatewayError::new(
@@ -232,72 +186,56 @@ impl Upstream {
         &self,
         target: &Arc<Target>,
         req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Lease), GatewayError> {
-        let mut req = req;
-        // A pooled connection may have been closed by the upstream while idle. If sending
-        // fails before any of the request was written, hyper hands the request back and we
-        // try the next idle connection, and finally a new one.
+    ) -> Result<Response<UpstreamBody>, GatewayError> {
+        let mut out = Outgoing::new(req);
+        let mut pooled = target.idle.checkout();
         loop {
-            let (mut tx, reused) = match target.checkout() {
-                Some(tx) => (tx, true),
-                None => (target.connect(&self.name).await?, false),
+            let reused = pooled.is_some();
+            let mut conn = match pooled.take() {
+                Some(c) => c,
+                None => target.connect(&self.name).await?,
             };
-            if tx.ready().await.is_err() {
-                if reused {
-                    continue;
+            let mut seen = false;
+            match exchange::exchange(&mut conn, &mut out, &target.host, reused, &mut seen).await {
+                Ok(answer) => {
+                    let reuse = answer.request_complete && answer.head.keep_alive;
+                    let (parts, ()) = answer.head.response.into_parts();
+                    let body = UpstreamBody::new(conn, target.clone(), answer.head.framing, reuse);
+                    return Ok(Response::from_parts(parts, body));
                 }
-                return Err(GatewayError::new(
-                    Kind::UpstreamUnreachable,
-                    "the upstream could not be reached",
-                )
-                .with_cause(format!(
-                    "upstream {} target {}: connection closed at once",
-                    self.name, target.label
-                )));
-            }
-            match tx.try_send_request(req).await {
-                Ok(resp) => {
-                    return Ok((
-                        resp,
-                        Lease {
-                            tx,
-                            target: target.clone(),
-                        },
-                    ));
+                // The upstream may have closed a pooled connection just as we took it; the
+                // request never reached it, so one fresh connection gets to try.
+                Err(f) if reused && !seen && f.is_connection() && out.replayable() => {
+                    tracing::debug!(error = %f, "pooled upstream connection failed; retrying");
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(back) if reused => req = back,
-                    _ => return Err(classify(&self.name, target, e.error())),
-                },
+                Err(f) => return Err(classify(&self.name, target, f)),
             }
         }
     }
 }
 
-/// Maps a client error to the party at fault: our body limit → 413, a client that broke off
-/// its body → 400, connect failures → 502 unreachable, anything else → 502 bad response.
-fn classify(name: &str, target: &Target, e: &hyper::Error) -> GatewayError {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = e.source();
-    while let Some(s) = src {
-        if let Some(b) = s.downcast_ref::<RequestBodyError>() {
-            return match b {
-                RequestBodyError::TooLarge(t) => GatewayError::new(
-                    Kind::PayloadTooLarge,
-                    format!("the request body exceeds the limit of {} bytes", t.0),
-                ),
-                RequestBodyError::Client(c) => {
-                    GatewayError::new(Kind::BadRequest, "the request body could not be read")
-                        .with_cause(c.to_string())
-                }
-            };
+/// Maps a failed exchange to the party at fault: our body limit → 413, a client that broke off
+/// its body → 400, anything else → 502 bad response.
+fn classify(name: &str, target: &Target, f: Failure) -> GatewayError {
+    match f {
+        Failure::Body(RequestBodyError::TooLarge(t)) => GatewayError::new(
+            Kind::PayloadTooLarge,
+            format!("the request body exceeds the limit of {} bytes", t.0),
+        ),
+        Failure::Body(RequestBodyError::Client(c)) => {
+            GatewayError::new(Kind::BadRequest, "the request body could not be read")
+                .with_cause(c.to_string())
         }
-        src = s.source();
+        Failure::ShortBody(_) => {
+            GatewayError::new(Kind::BadRequest, "the request body could not be read")
+                .with_cause(f.to_string())
+        }
+        _ => GatewayError::new(
+            Kind::UpstreamBadResponse,
+            "the upstream closed the connection or sent an invalid response",
+        )
+        .with_cause(format!("upstream {name} target {}: {f}", target.label)),
     }
-    GatewayError::new(
-        Kind::UpstreamBadResponse,
-        "the upstream closed the connection or sent an invalid response",
-    )
-    .with_cause(format!("upstream {name} target {}: {e}", target.label))
 }
 
 /// Interleaved weighted schedule (nginx's smooth weighted round robin, unrolled once): weights

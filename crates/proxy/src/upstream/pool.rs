@@ -1,0 +1,105 @@
+//! Upstream connections and the per-target stack of idle ones.
+//!
+//! A connection carries its own read and write buffers, so a reused connection reuses their
+//! allocations too. The stack is a plain mutex-guarded `Vec`: checkout and checkin are a lock
+//! and a pop or push, never held across an await.
+
+use bytes::BytesMut;
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// The first read of a response head gets this much room; most heads fit in one read.
+pub(super) const READ_BUF: usize = 8 * 1024;
+
+/// One HTTP/1.1 connection to a target, idle between requests.
+pub(crate) struct Conn {
+    pub(super) stream: TcpStream,
+    /// Response bytes read but not yet consumed. Between requests it is empty; its allocation
+    /// is reclaimed once the frames split off it have been dropped.
+    pub(super) rbuf: BytesMut,
+    /// The request head (and chunk prefixes) being written.
+    pub(super) wbuf: Vec<u8>,
+}
+
+impl Conn {
+    pub(super) fn new(stream: TcpStream) -> Self {
+        // Small requests and responses: one segment each way, without Nagle's delay.
+        let _ = stream.set_nodelay(true);
+        Self {
+            stream,
+            rbuf: BytesMut::with_capacity(READ_BUF),
+            wbuf: Vec::with_capacity(1024),
+        }
+    }
+
+    /// Whether an idle connection can carry a request: the upstream has not closed it nor sent
+    /// anything while it sat idle. Costs no syscall unless the socket was flagged readable.
+    fn is_usable(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            // Readiness can be stale (tokio clears it only on `WouldBlock`), so look: EOF or
+            // stray bytes mean the connection cannot be used.
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(
+                    self.stream.try_read(&mut probe),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+                )
+            }
+        }
+    }
+}
+
+pub(super) struct Idle {
+    stack: Mutex<Vec<(Conn, Instant)>>,
+    max: usize,
+    timeout: Duration,
+}
+
+impl Idle {
+    pub(super) fn new(max: usize, timeout: Duration) -> Self {
+        Self {
+            stack: Mutex::new(Vec::new()),
+            max,
+            timeout,
+        }
+    }
+
+    /// The most recently used connection that is still usable, if any. Stale ones are closed
+    /// outside the lock.
+    pub(super) fn checkout(&self) -> Option<Conn> {
+        loop {
+            let conn = {
+                let mut stack = self.stack.lock().unwrap_or_else(|p| p.into_inner());
+                let (conn, since) = stack.pop()?;
+                if since.elapsed() >= self.timeout {
+                    // The stack is ordered by idle time: everything below is older still.
+                    let stale = std::mem::take(&mut *stack);
+                    drop(stack);
+                    drop(stale);
+                    return None;
+                }
+                conn
+            };
+            if conn.is_usable() {
+                return Some(conn);
+            }
+        }
+    }
+
+    /// Takes back a connection whose last response was read to the end.
+    pub(super) fn checkin(&self, mut conn: Conn) {
+        conn.wbuf.clear();
+        let mut stack = self.stack.lock().unwrap_or_else(|p| p.into_inner());
+        if stack.len() < self.max {
+            stack.push((conn, Instant::now()));
+            return;
+        }
+        // Full: the connection is closed once the lock is released.
+        drop(stack);
+    }
+}
