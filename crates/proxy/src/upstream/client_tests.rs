@@ -504,6 +504,41 @@ async fn a_pooled_connection_that_fails_unseen_is_retried_once() {
 }
 
 #[tokio::test]
+async fn a_post_on_a_connection_that_fails_unseen_is_not_repeated() {
+    // Same failure as above, but the upstream may have acted on a POST before the connection
+    // died: it gets a 502 and the upstream sees it once.
+    let posts = Arc::new(AtomicUsize::new(0));
+    let seen = posts.clone();
+    let fake = Fake::spawn(move |mut s| {
+        let seen = seen.clone();
+        async move {
+            let mut buf = Vec::new();
+            if read_request(&mut s, &mut buf).await.is_some() {
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            }
+            if let Some(r) = read_request(&mut s, &mut buf).await
+                && r.head.starts_with("POST")
+            {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    })
+    .await;
+    let gw = front(fake.addr, None).await;
+    assert_eq!(get(gw, "/").await.body.unwrap(), "ok");
+    let req = Request::post(format!("http://{gw}/pay"))
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let g = call(gw, req).await;
+    assert_eq!((g.status, kind(&g)), (502, "upstream-bad-response"));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(posts.load(Ordering::SeqCst), 1);
+    assert_eq!(fake.accepted(), 1);
+}
+
+#[tokio::test]
 async fn malformed_responses_are_502() {
     let cases: [&'static [u8]; 6] = [
         b"HTTP/1.1 2000 OK\r\n\r\n",

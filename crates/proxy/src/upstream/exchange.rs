@@ -97,9 +97,12 @@ impl Outgoing {
         }
     }
 
-    /// Whether a failed attempt may be repeated on another connection.
+    /// Whether a failed attempt may be repeated on another connection. Only idempotent
+    /// methods (RFC 9110 §9.2.2): a pooled connection that dies without a response byte most
+    /// often never delivered the request, but we cannot know, and a repeated POST could move
+    /// money twice.
     pub(super) fn replayable(&self) -> bool {
-        !self.taken
+        !self.taken && self.method.is_idempotent()
     }
 
     fn encode_head(&self, w: &mut Vec<u8>, host: &HeaderValue) {
