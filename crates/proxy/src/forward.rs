@@ -16,7 +16,7 @@ const PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authoriza
 
 /// The fields RFC 9110 §7.6.1 (and its predecessors' common practice) make hop-by-hop. A
 /// `static`, not a `const`: a const array of `HeaderName`s would be built and dropped at every use.
-static HOP_BY_HOP: [HeaderName; 9] = [
+pub(crate) static HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
     TE,
     TRAILER,

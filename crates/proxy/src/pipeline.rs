@@ -257,9 +257,8 @@ async fn run(
                 .inc();
         }
     })?;
-    let (mut head, body) = resp.into_parts();
-    forward::strip_hop_by_hop(&mut head.headers);
-    Ok(Response::from_parts(head, ResponseBody::Upstream(body)))
+    // No hop-by-hop removal here: the upstream client leaves those fields out as it parses.
+    Ok(resp.map(ResponseBody::Upstream))
 }
 
 /// Endpoints the gateway answers itself (OAuth2 token issuance and its key set).

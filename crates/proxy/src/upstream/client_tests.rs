@@ -255,6 +255,39 @@ async fn content_length_body_and_keep_alive_reuse() {
 }
 
 #[tokio::test]
+async fn hop_by_hop_response_fields_never_reach_the_client() {
+    // The usual tokens: dropped while parsing, the connection stays reusable.
+    let fake = Fake::fixed(
+        b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\nkeep-alive: timeout=5\r\n\
+          proxy-authenticate: Basic\r\nx-kept: yes\r\ncontent-length: 2\r\n\r\nok",
+    )
+    .await;
+    let gw = front(fake.addr, None).await;
+    for _ in 0..2 {
+        let g = get(gw, "/").await;
+        assert_eq!(g.headers["x-kept"], "yes");
+        for name in ["keep-alive", "proxy-authenticate"] {
+            assert!(g.headers.get(name).is_none(), "{name}: {:?}", g.headers);
+        }
+        assert_eq!(g.body.unwrap(), "ok");
+    }
+    assert_eq!(fake.accepted(), 1);
+
+    // A field named by `Connection` goes too, wherever it appears.
+    let fake = Fake::fixed(
+        b"HTTP/1.1 200 OK\r\nx-before: 1\r\nconnection: X-Before, x-after, close\r\n\
+          x-after: 2\r\nx-kept: yes\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await;
+    let gw = front(fake.addr, None).await;
+    let g = get(gw, "/").await;
+    assert_eq!(g.headers["x-kept"], "yes");
+    for name in ["x-before", "x-after"] {
+        assert!(g.headers.get(name).is_none(), "{name}: {:?}", g.headers);
+    }
+}
+
+#[tokio::test]
 async fn the_request_is_origin_form_with_the_targets_host() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let fake = Fake::spawn(move |mut s| {

@@ -88,6 +88,9 @@ pub(super) fn parse_head(
         let mut chunked = false;
         let mut close = false;
         let mut keep_alive = false;
+        // `Connection` named a field beyond the fixed hop-by-hop set: rare, left to the
+        // general removal once the map is built.
+        let mut names_others = false;
         let (len, code, version) = {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut resp = httparse::Response::new(&mut headers);
@@ -136,9 +139,16 @@ pub(super) fn parse_head(
                 } else if name.eq_ignore_ascii_case(b"connection") {
                     for token in h.value.split(|b| *b == b',') {
                         let token = token.trim_ascii();
-                        close |= token.eq_ignore_ascii_case(b"close");
+                        let is_close = token.eq_ignore_ascii_case(b"close");
+                        close |= is_close;
                         keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                        names_others |= !is_close && !token.is_empty() && !is_hop_by_hop(token);
                     }
+                }
+                // Hop-by-hop fields (RFC 9110 §7.6.1) are for this connection only: they are
+                // read above and never enter the map the client's response is built from.
+                if is_hop_by_hop(name) && !names_others {
+                    continue;
                 }
                 fields[count] = Field {
                     name: range(buf, name),
@@ -159,6 +169,9 @@ pub(super) fn parse_head(
                 HeaderValue::from_maybe_shared(head.slice(f.value.0 as usize..f.value.1 as usize))
                     .map_err(|_| InvalidHead::Header)?;
             headers.append(name, value);
+        }
+        if names_others {
+            crate::forward::strip_hop_by_hop(&mut headers);
         }
         let mut response = Response::new(());
         *response.status_mut() = status;
@@ -204,6 +217,12 @@ pub(super) fn parse_head(
             keep_alive,
         }));
     }
+}
+
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    crate::forward::HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
 }
 
 /// Digits only: `+5`, `0x5` or an empty value are not lengths.
