@@ -219,10 +219,25 @@ pub(super) fn parse_head(
     }
 }
 
+/// The names of `forward::HOP_BY_HOP` as bytes: compared against every response field, so
+/// without going through `HeaderName::as_str` (a table lookup per name).
+const HOP_BY_HOP: [&[u8]; 9] = [
+    b"connection",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+    b"keep-alive",
+    b"proxy-connection",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+];
+
 fn is_hop_by_hop(name: &[u8]) -> bool {
-    crate::forward::HOP_BY_HOP
+    // Length first: most names differ from all nine in length alone.
+    HOP_BY_HOP
         .iter()
-        .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+        .any(|h| h.len() == name.len() && name.eq_ignore_ascii_case(h))
 }
 
 /// Digits only: `+5`, `0x5` or an empty value are not lengths.
@@ -534,5 +549,19 @@ impl Body for UpstreamBody {
             State::Done => SizeHint::with_exact(ready),
             _ => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_byte_list_of_hop_by_hop_names_matches_the_header_names() {
+        let names: Vec<&[u8]> = crate::forward::HOP_BY_HOP
+            .iter()
+            .map(|n| n.as_str().as_bytes())
+            .collect();
+        assert_eq!(names, super::HOP_BY_HOP);
+        assert!(super::is_hop_by_hop(b"Keep-Alive"));
+        assert!(!super::is_hop_by_hop(b"content-type"));
     }
 }
