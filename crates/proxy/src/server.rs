@@ -50,6 +50,22 @@ impl Shutdown {
     }
 }
 
+/// Every few seconds, closes upstream connections that sat idle past their pool's timeout or
+/// that the upstream closed. Requests never wait for this: checkout skips such connections too.
+async fn reap_idle_upstreams(gateway: Gateway, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait() => return,
+        }
+        for up in gateway.snapshot().upstreams.values() {
+            up.reap_idle();
+        }
+    }
+}
+
 async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let sock = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
@@ -123,9 +139,11 @@ impl Gateway {
                 grace,
             )));
         }
+        let reaper = tokio::spawn(reap_idle_upstreams(self.clone(), shutdown.clone()));
         for t in tasks {
             let _ = t.await;
         }
+        reaper.abort();
         self.flush_access_log();
     }
 }

@@ -124,12 +124,18 @@ async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
 
 /// The gateway's upstream stage in front of `upstream`.
 async fn front(upstream: SocketAddr, limit: Option<u64>) -> SocketAddr {
+    front_with_pool(upstream, limit).await.0
+}
+
+/// [`front`], also handing out the upstream so a test can look at its pool.
+async fn front_with_pool(upstream: SocketAddr, limit: Option<u64>) -> (SocketAddr, Arc<Upstream>) {
     let settings: config::Upstream = serde_json::from_value(serde_json::json!({
         "targets": [{ "url": format!("http://{upstream}") }],
         "response_timeout": "5s",
     }))
     .unwrap();
     let up = Arc::new(Upstream::new("fake", &settings).unwrap());
+    let pool = up.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -159,7 +165,7 @@ async fn front(upstream: SocketAddr, limit: Option<u64>) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, pool)
 }
 
 /// A request body of the given chunks without a declared length (so: chunked on the wire).
@@ -506,6 +512,28 @@ async fn an_idle_connection_closed_by_the_upstream_is_replaced_transparently() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(fake.accepted(), 3);
+}
+
+#[tokio::test]
+async fn idle_connections_the_upstream_closed_are_reaped_without_traffic() {
+    // Answers one request, then hangs up while the connection sits in the pool.
+    let fake = Fake::spawn(|mut s| async move {
+        let mut buf = Vec::new();
+        if read_request(&mut s, &mut buf).await.is_some() {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let (gw, up) = front_with_pool(fake.addr, None).await;
+    assert_eq!(get(gw, "/").await.body.unwrap(), "ok");
+    up.reap_idle();
+    assert_eq!(up.idle_connections(), 1, "a live idle connection stays");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    up.reap_idle();
+    assert_eq!(up.idle_connections(), 0, "the closed one is gone");
 }
 
 #[tokio::test]

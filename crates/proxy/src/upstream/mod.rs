@@ -152,6 +152,18 @@ impl Upstream {
         })
     }
 
+    /// Closes this upstream's stale idle connections (see [`Idle::reap`]).
+    pub fn reap_idle(&self) {
+        for t in self.targets.iter() {
+            t.idle.reap();
+        }
+    }
+
+    #[cfg(test)]
+    fn idle_connections(&self) -> usize {
+        self.targets.iter().map(|t| t.idle.len()).sum()
+    }
+
     /// Next target by weighted round robin: one atomic increment, no lock.
     pub fn pick(&self) -> &Arc<Target> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);

@@ -91,6 +91,28 @@ impl Idle {
         }
     }
 
+    /// Closes connections idle for longer than the idle timeout or closed by the upstream.
+    /// Checkout does this lazily; this is for pools no request touches for a while, whose
+    /// sockets would otherwise linger (in CLOSE_WAIT once the upstream hung up).
+    pub(super) fn reap(&self) {
+        let stale: Vec<Conn> = {
+            let mut stack = self.stack.lock().unwrap_or_else(|p| p.into_inner());
+            let timeout = self.timeout;
+            let (keep, stale): (Vec<_>, Vec<_>) = std::mem::take(&mut *stack)
+                .into_iter()
+                .partition(|(c, since)| since.elapsed() < timeout && c.is_usable());
+            *stack = keep;
+            stale.into_iter().map(|(c, _)| c).collect()
+        };
+        // Closed outside the lock.
+        drop(stale);
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.stack.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Takes back a connection whose last response was read to the end.
     pub(super) fn checkin(&self, mut conn: Conn) {
         conn.wbuf.clear();
