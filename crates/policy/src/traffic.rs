@@ -109,6 +109,10 @@ pub fn connect_redis(stores: &Stores, url: &str) -> Result<String, InvalidRedisU
     Ok(shown)
 }
 
+/// Maps keyed by names from the config (plans, routes, consumers), looked up on every limited
+/// request: foldhash rather than SipHash, as the keys are not chosen by clients.
+pub type NameMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// A usage plan, compiled.
 #[derive(Debug, Clone)]
 pub struct PlanLimits {
@@ -118,14 +122,14 @@ pub struct PlanLimits {
     pub rate: Limit,
     pub quota: Option<QuotaLimit>,
     /// Per-route rate overrides inside the plan, by route id.
-    pub routes: HashMap<String, Limit>,
+    pub routes: NameMap<Limit>,
 }
 
 /// Plans and per-consumer overrides of one config, shared by its routes.
 #[derive(Debug, Default)]
 pub struct PlanBook {
-    pub plans: HashMap<String, PlanLimits>,
-    pub overrides: HashMap<String, TemporaryOverride>,
+    pub plans: NameMap<PlanLimits>,
+    pub overrides: NameMap<TemporaryOverride>,
     pub gateway: Option<Limit>,
     pub utc_offset: i32,
     /// How the shared limits are consulted (only with Redis).
@@ -184,7 +188,7 @@ impl PlanBook {
             let Some(rate) = limit(p.rate, p.burst, format!("plans.{name}")) else {
                 continue;
             };
-            let mut routes = HashMap::new();
+            let mut routes = NameMap::default();
             for (rid, l) in &p.routes {
                 if let Some(x) = limit(l.rate, l.burst, format!("plans.{name}.routes.{rid}")) {
                     routes.insert(rid.clone(), x);
@@ -275,7 +279,7 @@ pub struct Traffic {
     plan_scope: Arc<str>,
     override_scope: Arc<str>,
     /// `RateLimit-Policy` by the caller's plan, rendered at compile time.
-    policy_headers: HashMap<String, http::HeaderValue>,
+    policy_headers: NameMap<http::HeaderValue>,
     /// `RateLimit-Policy` for callers without a plan.
     policy_header_no_plan: http::HeaderValue,
 }
@@ -355,7 +359,7 @@ impl Traffic {
             gateway_scope: Arc::from("gateway"),
             plan_scope: Arc::from("plan"),
             override_scope: Arc::from("override"),
-            policy_headers: HashMap::new(),
+            policy_headers: NameMap::default(),
             policy_header_no_plan: http::HeaderValue::from_static(""),
         };
         me.policy_header_no_plan = me.policy_header(None, None);

@@ -91,14 +91,19 @@ pub struct KeyEntry {
     pub key_id: Arc<str>,
 }
 
+/// The maps below are built from the config and probed per request. foldhash, not SipHash:
+/// lookups hash client input, but only the config's keys are ever inserted, so a client
+/// cannot make the tables collide (and API-key digests are HMAC outputs it cannot predict).
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 pub struct Identity {
     pub hasher: Option<KeyHasher>,
     pub api_key_header: HeaderName,
-    pub consumers: HashMap<String, Arc<Consumer>>,
-    pub by_key: HashMap<[u8; 32], KeyEntry>,
-    pub by_subject: HashMap<String, Arc<Consumer>>,
-    pub by_cert: HashMap<String, Arc<Consumer>>,
-    pub client_secrets: HashMap<String, [u8; 32]>,
+    pub consumers: Map<String, Arc<Consumer>>,
+    pub by_key: Map<[u8; 32], KeyEntry>,
+    pub by_subject: Map<String, Arc<Consumer>>,
+    pub by_cert: Map<String, Arc<Consumer>>,
+    pub client_secrets: Map<String, [u8; 32]>,
     pub jwt: Option<JwtVerifier>,
     pub token_issuer: Option<TokenIssuer>,
     pub sigv4: Option<SigV4Verifier>,
@@ -134,11 +139,11 @@ impl Identity {
         Self {
             hasher: None,
             api_key_header: HeaderName::from_static("x-api-key"),
-            consumers: HashMap::new(),
-            by_key: HashMap::new(),
-            by_subject: HashMap::new(),
-            by_cert: HashMap::new(),
-            client_secrets: HashMap::new(),
+            consumers: Map::default(),
+            by_key: Map::default(),
+            by_subject: Map::default(),
+            by_cert: Map::default(),
+            client_secrets: Map::default(),
             jwt: None,
             token_issuer: None,
             sigv4: None,
