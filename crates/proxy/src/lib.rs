@@ -1,6 +1,7 @@
 //! Tollgate's data plane: listeners and TLS, the compiled routing snapshot and its atomic
 //! swap on reload, the request pipeline (limits → routing → policies → upstream → response
-//! hooks), upstream pools, metrics and the access log, and graceful shutdown.
+//! hooks), upstream pools and their HTTP/1.1 client, metrics and the access log, and graceful
+//! shutdown.
 //!
 //! The request path reads one immutable [`compile::Snapshot`] per request and never takes a
 //! lock that is held across an await.
