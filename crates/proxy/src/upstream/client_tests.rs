@@ -58,6 +58,17 @@ impl Fake {
         .await
     }
 
+    /// Answers the first request on each connection with `response`, then closes it.
+    async fn once(response: &'static [u8]) -> Fake {
+        Fake::spawn(move |mut s| async move {
+            let mut buf = Vec::new();
+            if read_request(&mut s, &mut buf).await.is_some() {
+                let _ = s.write_all(response).await;
+            }
+        })
+        .await
+    }
+
     fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
@@ -386,15 +397,8 @@ async fn chunked_trailers_are_yielded_as_a_frame() {
 
 #[tokio::test]
 async fn read_until_close() {
-    let fake = Fake::spawn(|mut s| async move {
-        let mut buf = Vec::new();
-        if read_request(&mut s, &mut buf).await.is_some() {
-            let _ = s
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end")
-                .await;
-        }
-    })
-    .await;
+    let fake =
+        Fake::once(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end").await;
     let gw = front(fake.addr, None).await;
     let g = get(gw, "/").await;
     assert_eq!(g.status, 200);
@@ -492,15 +496,7 @@ async fn connection_close_is_not_reused() {
 #[tokio::test]
 async fn an_idle_connection_closed_by_the_upstream_is_replaced_transparently() {
     // Answers one request per connection, keep-alive, then closes as if its idle timer fired.
-    let fake = Fake::spawn(|mut s| async move {
-        let mut buf = Vec::new();
-        if read_request(&mut s, &mut buf).await.is_some() {
-            let _ = s
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                .await;
-        }
-    })
-    .await;
+    let fake = Fake::once(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
     let gw = front(fake.addr, None).await;
     for i in 1..=3 {
         let g = get(gw, "/").await;
