@@ -204,7 +204,8 @@ pub fn ratelimit_one(name: &str, outcome: &Outcome) -> HeaderValue {
     buf.extend_from_slice(itoa::Buffer::new().format(remaining).as_bytes());
     buf.extend_from_slice(b";t=");
     buf.extend_from_slice(itoa::Buffer::new().format(ceil_secs(reset)).as_bytes());
-    HeaderValue::from_bytes(&buf)
+    // The buffer becomes the value's storage: one allocation, no copy.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(buf))
         .unwrap_or_else(|_| ratelimit(&[ServiceLimit::from_outcome(name, outcome)]))
 }
 
