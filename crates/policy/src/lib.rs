@@ -14,6 +14,12 @@ use tollgate_core::{Clock, Policy};
 
 pub use auth::Identity;
 
+/// Maps built from the config and probed on the request path (plans, overrides, consumers, key
+/// digests). foldhash rather than SipHash: lookups hash client input, but only the config's keys
+/// are ever inserted, so a client cannot make a table collide (and API-key digests are HMAC
+/// outputs it cannot predict).
+pub type ConfigMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Everything a policy may need at compile time besides its own config. Lives as long as the
 /// gateway, so state in it (limiter buckets) survives reloads.
 #[derive(Clone)]

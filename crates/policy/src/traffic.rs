@@ -12,6 +12,7 @@
 //! limit divided by `limits.redis.expected_nodes`), `allow` or `deny` (503). Without Redis the
 //! synchronous path is unchanged: no future, no allocation beyond today's.
 
+use crate::ConfigMap;
 use crate::limits::breaker::BreakerSettings;
 use crate::limits::headers::{PolicyItem, ratelimit_one, ratelimit_policy, retry_after};
 use crate::limits::redis::{InvalidRedisUrl, RedisLimiter, RedisSettings};
@@ -20,7 +21,6 @@ use crate::limits::{
     Verdict, check_all,
 };
 use http::HeaderName;
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
@@ -109,10 +109,6 @@ pub fn connect_redis(stores: &Stores, url: &str) -> Result<String, InvalidRedisU
     Ok(shown)
 }
 
-/// Maps keyed by names from the config (plans, routes, consumers), looked up on every limited
-/// request: foldhash rather than SipHash, as the keys are not chosen by clients.
-pub type NameMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
-
 /// A usage plan, compiled.
 #[derive(Debug, Clone)]
 pub struct PlanLimits {
@@ -122,14 +118,14 @@ pub struct PlanLimits {
     pub rate: Limit,
     pub quota: Option<QuotaLimit>,
     /// Per-route rate overrides inside the plan, by route id.
-    pub routes: NameMap<Limit>,
+    pub routes: ConfigMap<String, Limit>,
 }
 
 /// Plans and per-consumer overrides of one config, shared by its routes.
 #[derive(Debug, Default)]
 pub struct PlanBook {
-    pub plans: NameMap<PlanLimits>,
-    pub overrides: NameMap<TemporaryOverride>,
+    pub plans: ConfigMap<String, PlanLimits>,
+    pub overrides: ConfigMap<String, TemporaryOverride>,
     pub gateway: Option<Limit>,
     pub utc_offset: i32,
     /// How the shared limits are consulted (only with Redis).
@@ -188,7 +184,7 @@ impl PlanBook {
             let Some(rate) = limit(p.rate, p.burst, format!("plans.{name}")) else {
                 continue;
             };
-            let mut routes = NameMap::default();
+            let mut routes = ConfigMap::default();
             for (rid, l) in &p.routes {
                 if let Some(x) = limit(l.rate, l.burst, format!("plans.{name}.routes.{rid}")) {
                     routes.insert(rid.clone(), x);
@@ -279,7 +275,7 @@ pub struct Traffic {
     plan_scope: Arc<str>,
     override_scope: Arc<str>,
     /// `RateLimit-Policy` by the caller's plan, rendered at compile time.
-    policy_headers: NameMap<http::HeaderValue>,
+    policy_headers: ConfigMap<String, http::HeaderValue>,
     /// `RateLimit-Policy` for callers without a plan.
     policy_header_no_plan: http::HeaderValue,
 }
@@ -359,7 +355,7 @@ impl Traffic {
             gateway_scope: Arc::from("gateway"),
             plan_scope: Arc::from("plan"),
             override_scope: Arc::from("override"),
-            policy_headers: NameMap::default(),
+            policy_headers: ConfigMap::default(),
             policy_header_no_plan: http::HeaderValue::from_static(""),
         };
         me.policy_header_no_plan = me.policy_header(None, None);

@@ -91,19 +91,14 @@ pub struct KeyEntry {
     pub key_id: Arc<str>,
 }
 
-/// The maps below are built from the config and probed per request. foldhash, not SipHash:
-/// lookups hash client input, but only the config's keys are ever inserted, so a client
-/// cannot make the tables collide (and API-key digests are HMAC outputs it cannot predict).
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
 pub struct Identity {
     pub hasher: Option<KeyHasher>,
     pub api_key_header: HeaderName,
-    pub consumers: Map<String, Arc<Consumer>>,
-    pub by_key: Map<[u8; 32], KeyEntry>,
-    pub by_subject: Map<String, Arc<Consumer>>,
-    pub by_cert: Map<String, Arc<Consumer>>,
-    pub client_secrets: Map<String, [u8; 32]>,
+    pub consumers: crate::ConfigMap<String, Arc<Consumer>>,
+    pub by_key: crate::ConfigMap<[u8; 32], KeyEntry>,
+    pub by_subject: crate::ConfigMap<String, Arc<Consumer>>,
+    pub by_cert: crate::ConfigMap<String, Arc<Consumer>>,
+    pub client_secrets: crate::ConfigMap<String, [u8; 32]>,
     pub jwt: Option<JwtVerifier>,
     pub token_issuer: Option<TokenIssuer>,
     pub sigv4: Option<SigV4Verifier>,
@@ -139,11 +134,11 @@ impl Identity {
         Self {
             hasher: None,
             api_key_header: HeaderName::from_static("x-api-key"),
-            consumers: Map::default(),
-            by_key: Map::default(),
-            by_subject: Map::default(),
-            by_cert: Map::default(),
-            client_secrets: Map::default(),
+            consumers: crate::ConfigMap::default(),
+            by_key: crate::ConfigMap::default(),
+            by_subject: crate::ConfigMap::default(),
+            by_cert: crate::ConfigMap::default(),
+            client_secrets: crate::ConfigMap::default(),
             jwt: None,
             token_issuer: None,
             sigv4: None,
