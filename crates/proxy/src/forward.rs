@@ -16,7 +16,7 @@ const PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authoriza
 
 /// The fields RFC 9110 §7.6.1 (and its predecessors' common practice) make hop-by-hop. A
 /// `static`, not a `const`: a const array of `HeaderName`s would be built and dropped at every use.
-pub(crate) static HOP_BY_HOP: [HeaderName; 9] = [
+static HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
     TE,
     TRAILER,
@@ -28,8 +28,31 @@ pub(crate) static HOP_BY_HOP: [HeaderName; 9] = [
     PROXY_AUTHORIZATION,
 ];
 
+/// The same names as bytes, for checks on raw field names and `Connection` tokens without
+/// going through `HeaderName::as_str` (a table lookup per name).
+const HOP_BY_HOP_NAMES: [&[u8]; 9] = [
+    b"connection",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+    b"keep-alive",
+    b"proxy-connection",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+];
+
 fn hop_by_hop_index(n: &HeaderName) -> Option<usize> {
     HOP_BY_HOP.iter().position(|h| h == n)
+}
+
+/// Whether a raw field name (any case) is one of the fixed hop-by-hop fields. The upstream
+/// client calls this for every response field, so length is compared first: most names differ
+/// from all nine in length alone.
+pub(crate) fn is_hop_by_hop_name(name: &[u8]) -> bool {
+    HOP_BY_HOP_NAMES
+        .iter()
+        .any(|h| h.len() == name.len() && name.eq_ignore_ascii_case(h))
 }
 
 /// Removes hop-by-hop headers, including every header the `Connection` field names.
@@ -54,11 +77,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
             let Ok(s) = v.to_str() else { continue };
             for token in s.split(',') {
                 let token = token.trim();
-                if token.eq_ignore_ascii_case("close")
-                    || HOP_BY_HOP
-                        .iter()
-                        .any(|n| n.as_str().eq_ignore_ascii_case(token))
-                {
+                if token.eq_ignore_ascii_case("close") || is_hop_by_hop_name(token.as_bytes()) {
                     continue;
                 }
                 if let Ok(n) = HeaderName::from_bytes(token.as_bytes())
@@ -216,6 +235,14 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn the_byte_names_of_hop_by_hop_fields_match_the_header_names() {
+        let names: Vec<&[u8]> = HOP_BY_HOP.iter().map(|n| n.as_str().as_bytes()).collect();
+        assert_eq!(names, HOP_BY_HOP_NAMES);
+        assert!(is_hop_by_hop_name(b"Keep-Alive"));
+        assert!(!is_hop_by_hop_name(b"content-type"));
     }
 
     #[test]

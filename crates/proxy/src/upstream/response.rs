@@ -4,6 +4,7 @@
 
 use super::Target;
 use super::pool::Conn;
+use crate::forward::is_hop_by_hop_name;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -142,12 +143,13 @@ pub(super) fn parse_head(
                         let is_close = token.eq_ignore_ascii_case(b"close");
                         close |= is_close;
                         keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-                        names_others |= !is_close && !token.is_empty() && !is_hop_by_hop(token);
+                        names_others |=
+                            !is_close && !token.is_empty() && !is_hop_by_hop_name(token);
                     }
                 }
                 // Hop-by-hop fields (RFC 9110 §7.6.1) are for this connection only: they are
                 // read above and never enter the map the client's response is built from.
-                if is_hop_by_hop(name) && !names_others {
+                if is_hop_by_hop_name(name) && !names_others {
                     continue;
                 }
                 fields[count] = Field {
@@ -217,27 +219,6 @@ pub(super) fn parse_head(
             keep_alive,
         }));
     }
-}
-
-/// The names of `forward::HOP_BY_HOP` as bytes: compared against every response field, so
-/// without going through `HeaderName::as_str` (a table lookup per name).
-const HOP_BY_HOP: [&[u8]; 9] = [
-    b"connection",
-    b"te",
-    b"trailer",
-    b"transfer-encoding",
-    b"upgrade",
-    b"keep-alive",
-    b"proxy-connection",
-    b"proxy-authenticate",
-    b"proxy-authorization",
-];
-
-fn is_hop_by_hop(name: &[u8]) -> bool {
-    // Length first: most names differ from all nine in length alone.
-    HOP_BY_HOP
-        .iter()
-        .any(|h| h.len() == name.len() && name.eq_ignore_ascii_case(h))
 }
 
 /// Digits only: `+5`, `0x5` or an empty value are not lengths.
@@ -549,19 +530,5 @@ impl Body for UpstreamBody {
             State::Done => SizeHint::with_exact(ready),
             _ => SizeHint::default(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_byte_list_of_hop_by_hop_names_matches_the_header_names() {
-        let names: Vec<&[u8]> = crate::forward::HOP_BY_HOP
-            .iter()
-            .map(|n| n.as_str().as_bytes())
-            .collect();
-        assert_eq!(names, super::HOP_BY_HOP);
-        assert!(super::is_hop_by_hop(b"Keep-Alive"));
-        assert!(!super::is_hop_by_hop(b"content-type"));
     }
 }
