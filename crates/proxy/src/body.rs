@@ -8,10 +8,61 @@ use hyper::body::Incoming;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+/// A client's request body as the connection delivers it.
+pub enum ClientBody {
+    /// No body (no `Content-Length` or `Transfer-Encoding` on HTTP/1.1).
+    Empty,
+    /// Read by our HTTP/1.1 server straight from the connection.
+    H1(crate::h1::H1Body),
+    /// A body hyper delivered: an HTTP/2 stream's data.
+    Hyper(Incoming),
+}
+
+/// Why a client's body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error(transparent)]
+    H1(#[from] crate::h1::H1BodyError),
+    #[error("client body: {0}")]
+    Hyper(#[from] hyper::Error),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
+            ClientBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::H1(b) => b.is_end_stream(),
+            ClientBody::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::H1(b) => b.size_hint(),
+            ClientBody::Hyper(b) => b.size_hint(),
+        }
+    }
+}
+
 /// The request body sent upstream: the client's stream, cut off with an error once it exceeds
 /// the route's limit (a missing or lying `Content-Length` cannot get past it).
 pub struct RequestBody {
-    inner: Option<Incoming>,
+    inner: Option<ClientBody>,
     remaining: u64,
     limit: u64,
 }
@@ -26,12 +77,12 @@ pub struct BodyTooLarge(pub u64);
 pub enum RequestBodyError {
     #[error(transparent)]
     TooLarge(#[from] BodyTooLarge),
-    #[error("client body: {0}")]
-    Client(#[from] hyper::Error),
+    #[error(transparent)]
+    Client(#[from] ClientBodyError),
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
+    pub fn new(inner: ClientBody, limit: Option<u64>) -> Self {
         let limit = limit.unwrap_or(u64::MAX);
         Self {
             inner: Some(inner),
@@ -134,8 +185,12 @@ impl Body for ResponseBody {
 pub const LINGER_MAX_BYTES: u64 = 1024 * 1024;
 const LINGER_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Reads and discards what remains of a request body in the background, within limits.
-pub fn linger(body: Incoming) {
+/// Reads and discards what remains of a request body in the background, within limits. An
+/// HTTP/1.1 connection drains its own body after the response, so only HTTP/2 needs a task.
+pub fn linger(body: ClientBody) {
+    let ClientBody::Hyper(body) = body else {
+        return;
+    };
     if body.is_end_stream() {
         return;
     }

@@ -2,6 +2,7 @@
 //! metrics and access log. One function per stage, one error type throughout.
 
 use crate::access_log::Record;
+use crate::body::ClientBody;
 use crate::body::{RequestBody, ResponseBody};
 use crate::compile::Snapshot;
 use crate::forward;
@@ -13,7 +14,6 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::{HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -47,7 +47,7 @@ struct UpstreamInfo {
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     conn: ConnMeta,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Result<Response<LoggedBody>, Infallible> {
     let started = Instant::now();
     let snap = shared.snapshot.load_full();
@@ -143,7 +143,7 @@ async fn run(
     ctx: &mut RequestCtx,
     conn: &ConnMeta,
     mut parts: http::request::Parts,
-    body: &mut Option<Incoming>,
+    body: &mut Option<ClientBody>,
     route_out: &mut Option<Arc<CompiledRoute>>,
     info: &mut UpstreamInfo,
 ) -> Result<Response<ResponseBody>, GatewayError> {
@@ -266,7 +266,7 @@ async fn builtin(
     snap: &Snapshot,
     b: Builtin,
     parts: http::request::Parts,
-    body: Incoming,
+    body: ClientBody,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     use http_body_util::BodyExt;
     let resp = match b {

@@ -2,12 +2,14 @@
 //! HTTP/2 (h2c by prior knowledge on the plain listener, ALPN on TLS), and graceful shutdown:
 //! stop accepting, let in-flight requests finish, close idle connections.
 
+use crate::body::ClientBody;
 use crate::gateway::Gateway;
+use crate::gateway::Shared;
+use crate::h1::{HeadLimits, Transport};
 use crate::metrics::ListenerLabels;
 use crate::pipeline::{ConnMeta, handle};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +46,10 @@ impl ShutdownTrigger {
 }
 
 impl Shutdown {
+    pub fn is_triggered(&self) -> bool {
+        *self.0.borrow()
+    }
+
     pub async fn wait(&mut self) {
         // An error means the trigger is gone, which also means shut down.
         let _ = self.0.wait_for(|v| *v).await;
@@ -123,7 +129,6 @@ impl Gateway {
                 builder.clone(),
                 permits.clone(),
                 shutdown.clone(),
-                grace,
             )));
         }
         if let Some(l) = bound.tls {
@@ -136,12 +141,20 @@ impl Gateway {
                 builder.clone(),
                 permits.clone(),
                 shutdown.clone(),
-                grace,
             )));
         }
         let reaper = tokio::spawn(reap_idle_upstreams(self.clone(), shutdown.clone()));
         for t in tasks {
             let _ = t.await;
+        }
+        // Every connection holds a permit until it closes: having them all back means the
+        // drain is over. Idle connections close at once; in-flight ones get the grace period.
+        let all = u32::try_from(server.max_connections).unwrap_or(u32::MAX);
+        if tokio::time::timeout(grace, permits.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!("grace period over; closing remaining connections");
         }
         reaper.abort();
         self.flush_access_log();
@@ -152,7 +165,6 @@ fn with_addr(e: std::io::Error, name: &str, addr: SocketAddr) -> std::io::Error 
     std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({name}): {e}"))
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     gw: Gateway,
     listener: TcpListener,
@@ -161,9 +173,7 @@ async fn accept_loop(
     builder: Arc<Protocols>,
     permits: Arc<Semaphore>,
     mut shutdown: Shutdown,
-    grace: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
     let label = ListenerLabels {
         listener: match kind {
             Listener::Public => "public",
@@ -196,18 +206,26 @@ async fn accept_loop(
             listener: kind,
             client_cert: None,
         };
-        let watcher = graceful.watcher();
         let builder = builder.clone();
         let shared = gw.shared.clone();
         let open = open.clone();
+        let shutdown = shutdown.clone();
         open.inc();
         tokio::spawn(async move {
             match tls_handshake_timeout {
                 None => match sniff(stream, builder.first_bytes_timeout).await {
-                    Ok(Some((io, is_h2))) => {
-                        let service =
-                            service_fn(move |req| handle(shared.clone(), conn.clone(), req));
-                        builder.serve(io, is_h2, service, watcher).await;
+                    Ok(Some((io, true))) => builder.serve_h2(io, shared, conn, shutdown).await,
+                    Ok(Some((io, false))) => {
+                        let (prefix, len, stream) = io.into_parts();
+                        crate::h1::serve(
+                            Transport::Tcp(stream),
+                            &prefix[..len],
+                            shared,
+                            conn,
+                            builder.http1,
+                            shutdown,
+                        )
+                        .await;
                     }
                     Ok(None) => {}
                     Err(e) => tracing::debug!(error = %e, %peer, "no request head in time"),
@@ -234,9 +252,19 @@ async fn accept_loop(
                                 client_cert,
                                 ..conn
                             };
-                            let service =
-                                service_fn(move |req| handle(shared.clone(), conn.clone(), req));
-                            builder.serve(tls_stream, is_h2, service, watcher).await;
+                            if is_h2 {
+                                builder.serve_h2(tls_stream, shared, conn, shutdown).await;
+                            } else {
+                                crate::h1::serve(
+                                    Transport::Tls(Box::new(tls_stream)),
+                                    &[],
+                                    shared,
+                                    conn,
+                                    builder.http1,
+                                    shutdown,
+                                )
+                                .await;
+                            }
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -247,50 +275,32 @@ async fn accept_loop(
             drop(permit);
         });
     }
-    drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            listener = label.listener,
-            "grace period over; closing remaining connections"
-        );
-    }
 }
 
 /// The HTTP/1.1 and HTTP/2 connection settings, built once per `serve`.
 ///
 /// We pick the protocol ourselves (ALPN on TLS, the connection preface on the plain listener)
 /// rather than using hyper-util's auto builder, because its preface read has no timeout: a
-/// client that connects and sends nothing would hold a connection slot forever.
+/// client that connects and sends nothing would hold a connection slot forever. HTTP/1.1 is
+/// our own server (`crate::h1`); HTTP/2 is hyper's.
 pub(crate) struct Protocols {
-    http1: hyper::server::conn::http1::Builder,
+    http1: crate::h1::Settings,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     first_bytes_timeout: Duration,
 }
 
 impl Protocols {
     fn new(server: &tollgate_config::Server) -> Self {
-        let mut http1 = hyper::server::conn::http1::Builder::new();
-        http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(server.header_read_timeout.get())
-            // One flat buffer per response instead of a vectored write of head and body
-            // parts: fewer instructions in hyper and a cheaper write for the small responses
-            // APIs mostly send (docs/performance.md §8); large bodies still stream in bounded
-            // buffers.
-            .writev(false)
-            // Our own limits answer with problem documents; hyper's stay above them as a
-            // backstop against heads too large to even parse.
-            .max_buf_size(
-                (server.max_header_bytes + server.max_uri_bytes + 4096).max(16 * 1024) * 2,
-            );
-        // hyper parses up to 100 fields in a stack array; a larger cap costs two heap
-        // allocations per request, so only raise it for configs that allow more.
-        if server.max_headers > HYPER_INLINE_HEADERS {
-            http1.max_headers(server.max_headers.saturating_mul(2));
-        }
+        let http1 = crate::h1::Settings {
+            limits: HeadLimits {
+                // Our own limits answer with specific problems once the head is parsed; these
+                // stay above them and only keep the buffer bounded.
+                max_head: (server.max_header_bytes + server.max_uri_bytes + 4096).max(16 * 1024)
+                    * 2,
+                max_fields: server.max_headers.saturating_mul(2).max(100),
+            },
+            header_read_timeout: server.header_read_timeout.get(),
+        };
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
@@ -307,39 +317,28 @@ impl Protocols {
         }
     }
 
-    async fn serve<I, S, B>(
-        &self,
-        io: I,
-        is_h2: bool,
-        service: S,
-        watcher: hyper_util::server::graceful::Watcher,
-    ) where
+    /// Serves an HTTP/2 connection; on shutdown, sends GOAWAY and lets open streams finish.
+    async fn serve_h2<I>(&self, io: I, shared: Arc<Shared>, conn: ConnMeta, mut shutdown: Shutdown)
+    where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-        S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B> + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let io = TokioIo::new(io);
-        let result = if is_h2 {
-            watcher
-                .watch(self.http2.serve_connection(io, service))
-                .await
-        } else {
-            watcher
-                .watch(self.http1.serve_connection(io, service))
-                .await
+        let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            handle(shared.clone(), conn.clone(), req.map(ClientBody::Hyper))
+        });
+        let connection = self.http2.serve_connection(TokioIo::new(io), service);
+        let mut connection = std::pin::pin!(connection);
+        let result = tokio::select! {
+            r = connection.as_mut() => r,
+            _ = shutdown.wait() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, "connection ended with an error");
         }
     }
 }
-
-/// hyper's default (stack-allocated) header array size.
-const HYPER_INLINE_HEADERS: usize = 100;
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -379,6 +378,13 @@ async fn sniff(
         }
     }
     Ok(Some((Prefixed::new(buf, n, stream), false)))
+}
+
+impl<S> Prefixed<S> {
+    /// The bytes read so far (`prefix[..len]`) and the stream.
+    fn into_parts(self) -> ([u8; 24], usize, S) {
+        (self.prefix, self.len, self.inner)
+    }
 }
 
 /// A stream with a few already-read bytes put back in front.

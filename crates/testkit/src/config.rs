@@ -62,6 +62,7 @@ pub struct RouteSpec {
     upstream: Option<String>,
     listeners: Option<Vec<String>>,
     max_body_bytes: Option<u64>,
+    limits: Option<String>,
 }
 
 impl RouteSpec {
@@ -74,6 +75,7 @@ impl RouteSpec {
             upstream: Some(upstream.into()),
             listeners: None,
             max_body_bytes: None,
+            limits: None,
         }
     }
 
@@ -90,6 +92,12 @@ impl RouteSpec {
 
     pub fn max_body_bytes(mut self, n: u64) -> Self {
         self.max_body_bytes = Some(n);
+        self
+    }
+
+    /// The route's `limits:` value, as YAML flow text (`{ concurrency: { max: 1, per: all } }`).
+    pub fn limits(mut self, yaml: &str) -> Self {
+        self.limits = Some(yaml.into());
         self
     }
 }
@@ -212,6 +220,9 @@ impl ConfigBuilder {
                 }
                 if let Some(ls) = &r.listeners {
                     let _ = writeln!(y, "            listeners: [{}]", ls.join(", "));
+                }
+                if let Some(l) = &r.limits {
+                    let _ = writeln!(y, "            limits: {l}");
                 }
                 if let Some(n) = r.max_body_bytes {
                     let _ = writeln!(y, "            max_body_bytes: {n}");

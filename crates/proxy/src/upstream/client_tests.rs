@@ -9,6 +9,7 @@ use crate::body::ResponseBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -153,11 +154,12 @@ async fn front_with_pool(upstream: SocketAddr, limit: Option<u64>) -> (SocketAdd
         while let Ok((s, _)) = listener.accept().await {
             let up = up.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<_>| {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let up = up.clone();
                     async move {
                         let target = up.pick().clone();
                         let (parts, body) = req.into_parts();
+                        let body = crate::body::ClientBody::Hyper(body);
                         let req = Request::from_parts(parts, RequestBody::new(body, limit));
                         Ok::<_, Infallible>(match up.send(&target, req).await {
                             Ok(r) => r.map(ResponseBody::Upstream),

@@ -5,6 +5,7 @@
 use super::pool::{Conn, READ_BUF};
 use super::response::{self, Head, InvalidHead};
 use crate::body::{RequestBody, RequestBodyError};
+use crate::framing::chunk_size_line;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::{HeaderMap, HeaderValue, Method, Request, Uri};
@@ -328,23 +329,6 @@ fn finish_body(tail: &mut &'static [u8], chunked: bool, left: u64) -> Result<(),
         return Err(Failure::ShortBody(left));
     }
     Ok(())
-}
-
-fn chunk_size_line(w: &mut Vec<u8>, n: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut digits = [0u8; 16];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        digits[i] = HEX[n & 15];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    w.extend_from_slice(&digits[i..]);
-    w.extend_from_slice(b"\r\n");
 }
 
 /// The parts still to write after `skip` bytes were written.

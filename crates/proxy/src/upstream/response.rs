@@ -5,6 +5,8 @@
 use super::Target;
 use super::pool::Conn;
 use crate::forward::is_hop_by_hop_name;
+pub(crate) use crate::framing::Framing;
+use crate::framing::{Decoder, FramingError, parse_length};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -16,8 +18,6 @@ use std::task::{Context, Poll, ready};
 pub(super) const MAX_HEAD: usize = 64 * 1024;
 /// httparse fills a stack array of this many fields; more is a 502.
 const MAX_HEADERS: usize = 100;
-/// A chunk-size line with extensions; anything longer is not a chunk header.
-const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// Body reads start at `READ_BUF` and double while the socket keeps filling them, up to this.
 const MAX_READ: usize = 128 * 1024;
 
@@ -38,15 +38,6 @@ pub(super) enum InvalidHead {
     Header,
     #[error("invalid or conflicting content-length")]
     ContentLength,
-}
-
-/// How the response body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Framing {
-    Length(u64),
-    Chunked,
-    /// Until the upstream closes: never reusable.
-    Close,
 }
 
 pub(super) struct Head {
@@ -163,7 +154,9 @@ pub(super) fn parse_head(
 
         let head = buf.split_to(len).freeze();
         let status = StatusCode::from_u16(code).map_err(|_| InvalidHead::Status(code))?;
-        let mut headers = HeaderMap::with_capacity(count);
+        // Room for what the gateway adds (X-Request-ID, RateLimit fields): growing a map
+        // rehashes it.
+        let mut headers = HeaderMap::with_capacity(count + 4);
         for f in &fields[..count] {
             let name = HeaderName::from_bytes(&head[f.name.0 as usize..f.name.1 as usize])
                 .map_err(|_| InvalidHead::Header)?;
@@ -221,86 +214,14 @@ pub(super) fn parse_head(
     }
 }
 
-/// Digits only: `+5`, `0x5` or an empty value are not lengths.
-fn parse_length(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    s.iter().try_fold(0u64, |n, d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
-}
-
 /// The upstream's body broke off or was malformed; the client connection is then aborted, as
 /// a proxy cannot signal this any other way once the head is sent.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamBodyError {
     #[error("upstream body: {0}")]
     Io(#[from] std::io::Error),
-    #[error("upstream body: connection closed before message completed")]
-    Incomplete,
-    #[error("upstream body: invalid chunk framing")]
-    Chunk,
-    #[error("upstream body: invalid trailer fields")]
-    Trailers,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Length(u64),
-    ChunkSize,
-    ChunkData(u64),
-    /// The CRLF after a chunk's data.
-    ChunkEnd,
-    Trailers,
-    Close,
-    Done,
-}
-
-/// Chunked-framing steps that produce no frame: a chunk's CRLF, the next size line, an empty
-/// trailer section (→ `Done`). `Ok(true)`: progressed.
-fn advance(state: &mut State, buf: &mut BytesMut) -> Result<bool, UpstreamBodyError> {
-    match *state {
-        State::ChunkEnd => {
-            if buf.len() < 2 {
-                return Ok(false);
-            }
-            if &buf[..2] != b"\r\n" {
-                return Err(UpstreamBodyError::Chunk);
-            }
-            buf.advance(2);
-            *state = State::ChunkSize;
-            Ok(true)
-        }
-        State::ChunkSize => match httparse::parse_chunk_size(buf) {
-            // httparse reads a line without digits as size 0; that is not a last chunk.
-            Ok(httparse::Status::Complete(_))
-                if !buf.first().is_some_and(u8::is_ascii_hexdigit) =>
-            {
-                Err(UpstreamBodyError::Chunk)
-            }
-            Ok(httparse::Status::Complete((used, size))) => {
-                buf.advance(used);
-                *state = if size == 0 {
-                    State::Trailers
-                } else {
-                    State::ChunkData(size)
-                };
-                Ok(true)
-            }
-            Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
-                Err(UpstreamBodyError::Chunk)
-            }
-            Ok(httparse::Status::Partial) => Ok(false),
-            Err(_) => Err(UpstreamBodyError::Chunk),
-        },
-        State::Trailers if buf.starts_with(b"\r\n") => {
-            buf.advance(2);
-            *state = State::Done;
-            Ok(true)
-        }
-        _ => Ok(false),
-    }
+    #[error("upstream body: {0}")]
+    Framing(#[from] FramingError),
 }
 
 /// An upstream response body. Owns the connection it arrives on and gives it back to the
@@ -308,7 +229,7 @@ fn advance(state: &mut State, buf: &mut BytesMut) -> Result<bool, UpstreamBodyEr
 pub struct UpstreamBody {
     conn: Option<Conn>,
     target: Arc<Target>,
-    state: State,
+    decoder: Decoder,
     /// Hand the connection back at the end (framed body, request fully written, keep-alive).
     reuse: bool,
     eof: bool,
@@ -322,25 +243,22 @@ impl UpstreamBody {
         let mut body = Self {
             conn: Some(conn),
             target,
-            state: match framing {
-                Framing::Length(n) => State::Length(n),
-                Framing::Chunked => State::ChunkSize,
-                Framing::Close => State::Close,
-            },
-            reuse,
+            decoder: Decoder::new(framing),
+            // A body delimited by the upstream closing leaves nothing to reuse.
+            reuse: reuse && framing != Framing::Close,
             eof: false,
             ready: None,
             read_size: super::pool::READ_BUF,
         };
         // Small bodies usually arrive with the head: take them now so the connection is back
         // in the pool before the client is even written to.
-        if let State::Length(n) = body.state
-            && let Some(conn) = body.conn.as_mut()
-            && conn.rbuf.len() as u64 >= n
-        {
-            if n > 0 {
-                body.ready = Some(conn.rbuf.split_to(n as usize).freeze());
-            }
+        if let Some(conn) = body.conn.as_mut() {
+            body.ready = body
+                .decoder
+                .take_whole(&mut conn.rbuf)
+                .filter(|b| !b.is_empty());
+        }
+        if body.decoder.is_done() {
             body.finish();
         }
         body
@@ -349,7 +267,6 @@ impl UpstreamBody {
     /// The body is complete: the connection goes back to the pool if it can carry another
     /// request, and is closed otherwise.
     fn finish(&mut self) {
-        self.state = State::Done;
         if let Some(conn) = self.conn.take()
             && self.reuse
             && conn.rbuf.is_empty()
@@ -358,98 +275,16 @@ impl UpstreamBody {
         }
     }
 
-    /// The next frame from buffered bytes. `Ok(None)` with the state not `Done`: read more.
+    /// The next frame from buffered bytes. `Ok(None)` with the body not done: read more.
     fn step(&mut self) -> Result<Option<Frame<Bytes>>, UpstreamBodyError> {
-        loop {
-            let Some(conn) = self.conn.as_mut() else {
-                return Ok(None);
-            };
-            let buf = &mut conn.rbuf;
-            match self.state {
-                State::Length(rem) | State::ChunkData(rem) if !buf.is_empty() => {
-                    let n = rem.min(buf.len() as u64);
-                    let data = buf.split_to(n as usize).freeze();
-                    let left = rem - n;
-                    match self.state {
-                        State::Length(_) if left == 0 => self.finish(),
-                        State::Length(_) => self.state = State::Length(left),
-                        _ if left == 0 => {
-                            self.state = State::ChunkEnd;
-                            self.settle();
-                        }
-                        _ => self.state = State::ChunkData(left),
-                    }
-                    return Ok(Some(Frame::data(data)));
-                }
-                State::Close if !buf.is_empty() => {
-                    return Ok(Some(Frame::data(buf.split().freeze())));
-                }
-                State::Trailers if !buf.is_empty() && !buf.starts_with(b"\r\n") => {
-                    return self.trailers();
-                }
-                State::Done => return Ok(None),
-                _ => {}
-            }
-            if advance(&mut self.state, buf)? {
-                if self.state == State::Done {
-                    self.finish();
-                }
-                continue;
-            }
-            if self.eof {
-                if self.state == State::Close {
-                    self.reuse = false;
-                    self.finish();
-                    return Ok(None);
-                }
-                return Err(UpstreamBodyError::Incomplete);
-            }
-            return Ok(None);
-        }
-    }
-
-    /// After a chunk's last byte, the terminator and the last chunk usually sit in the buffer
-    /// already: consume them so the body ends, and the connection returns, without a poll.
-    fn settle(&mut self) {
-        while let Some(conn) = self.conn.as_mut() {
-            match advance(&mut self.state, &mut conn.rbuf) {
-                Ok(true) if self.state == State::Done => return self.finish(),
-                Ok(true) if !matches!(self.state, State::ChunkData(_)) => {}
-                // Errors surface on the next poll, which meets the same bytes.
-                _ => return,
-            }
-        }
-    }
-
-    fn trailers(&mut self) -> Result<Option<Frame<Bytes>>, UpstreamBodyError> {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(None);
         };
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let (used, map) = match httparse::parse_headers(&conn.rbuf, &mut fields) {
-            Ok(httparse::Status::Complete((used, fields))) => {
-                let mut map = HeaderMap::with_capacity(fields.len());
-                for f in fields.iter() {
-                    let name = HeaderName::from_bytes(f.name.as_bytes())
-                        .map_err(|_| UpstreamBodyError::Trailers)?;
-                    let value = HeaderValue::from_bytes(f.value)
-                        .map_err(|_| UpstreamBodyError::Trailers)?;
-                    map.append(name, value);
-                }
-                (used, map)
-            }
-            Ok(httparse::Status::Partial) if conn.rbuf.len() < MAX_HEAD => {
-                return if self.eof {
-                    Err(UpstreamBodyError::Incomplete)
-                } else {
-                    Ok(None)
-                };
-            }
-            _ => return Err(UpstreamBodyError::Trailers),
-        };
-        conn.rbuf.advance(used);
-        self.finish();
-        Ok(Some(Frame::trailers(map)))
+        let frame = self.decoder.decode(&mut conn.rbuf, self.eof)?;
+        if self.decoder.is_done() {
+            self.finish();
+        }
+        Ok(frame)
     }
 
     /// Reads more of the body into the buffer; sets `eof` when the upstream closed.
@@ -457,12 +292,7 @@ impl UpstreamBody {
         let Some(conn) = self.conn.as_mut() else {
             return Poll::Ready(Ok(()));
         };
-        let want = match self.state {
-            State::Length(rem) | State::ChunkData(rem) => {
-                (rem.min(self.read_size as u64) as usize).max(1024)
-            }
-            _ => self.read_size,
-        };
+        let want = self.decoder.want(self.read_size);
         if conn.rbuf.capacity() - conn.rbuf.len() < want {
             conn.rbuf.reserve(want);
         }
@@ -487,6 +317,14 @@ impl UpstreamBody {
     }
 }
 
+impl UpstreamBody {
+    /// Ends the body after an error: the connection is in an unknown state and is closed.
+    fn fail(&mut self) {
+        self.conn = None;
+        self.decoder = Decoder::new(Framing::Length(0));
+    }
+}
+
 impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = UpstreamBodyError;
@@ -502,33 +340,33 @@ impl Body for UpstreamBody {
         loop {
             match this.step() {
                 Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
-                Ok(None) if this.state == State::Done => return Poll::Ready(None),
+                Ok(None) if this.decoder.is_done() => return Poll::Ready(None),
+                Ok(None) if this.conn.is_none() => {
+                    return Poll::Ready(Some(Err(FramingError::Incomplete.into())));
+                }
                 Ok(None) => {}
                 Err(e) => {
                     // The connection is in an unknown state: close it.
-                    this.conn = None;
-                    this.state = State::Done;
+                    this.fail();
                     return Poll::Ready(Some(Err(e)));
                 }
             }
             if let Err(e) = ready!(this.poll_fill(cx)) {
-                this.conn = None;
-                this.state = State::Done;
+                this.fail();
                 return Poll::Ready(Some(Err(e)));
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ready.is_none() && self.state == State::Done
+        self.ready.is_none() && self.decoder.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
         let ready = self.ready.as_ref().map_or(0, |b| b.len() as u64);
-        match self.state {
-            State::Length(n) => SizeHint::with_exact(n + ready),
-            State::Done => SizeHint::with_exact(ready),
-            _ => SizeHint::default(),
+        match self.decoder.remaining() {
+            Some(n) => SizeHint::with_exact(n + ready),
+            None => SizeHint::default(),
         }
     }
 }

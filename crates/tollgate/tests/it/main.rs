@@ -6,6 +6,7 @@ mod cli;
 mod cli_admin;
 mod common;
 mod headers;
+mod http1;
 mod identity;
 mod limits;
 mod observability;

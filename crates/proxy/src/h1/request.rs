@@ -1,0 +1,344 @@
+//! Request heads: parsed with httparse into `http` types whose header values share the head's
+//! bytes, and the body framing RFC 9112 §6 derives from them, refusing the ambiguous cases
+//! request smuggling lives on.
+
+use crate::framing::{Framing, parse_length};
+use bytes::BytesMut;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+use std::mem::MaybeUninit;
+use tollgate_core::{GatewayError, Kind};
+
+/// Fields parsed in a stack array; a config allowing more parses on the heap.
+const INLINE_FIELDS: usize = 100;
+
+/// Request fields the proxy adds before forwarding.
+const ADDED_FIELDS: usize = 6;
+
+/// What bounds a head before it is even parsed. The configured (lower) limits are checked by
+/// the pipeline, which answers them with specific problems; these keep the buffer bounded.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeadLimits {
+    /// Bytes a head may take in the buffer.
+    pub(crate) max_head: usize,
+    /// Fields httparse may return.
+    pub(crate) max_fields: usize,
+}
+
+pub(super) struct Head {
+    pub(super) request: Request<()>,
+    /// `None`: the request has no body.
+    pub(super) framing: Option<Framing>,
+    /// The client lets the connection carry another request after this one.
+    pub(super) keep_alive: bool,
+    /// `Expect: 100-continue`: the client waits for our go before sending the body.
+    pub(super) expect_continue: bool,
+    /// `TE: trailers`: the client accepts trailer fields in a chunked response.
+    pub(super) trailers: bool,
+}
+
+/// Byte ranges of one header field within the head.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Field {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+fn range(base: &[u8], part: &[u8]) -> (u32, u32) {
+    if part.is_empty() {
+        return (0, 0);
+    }
+    // httparse hands out subslices of `base`; their offsets are all a head needs to survive
+    // the buffer being split and frozen. Heads are bounded well below 4 GiB.
+    let start = (part.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
+    (start as u32, (start + part.len()) as u32)
+}
+
+fn bad(detail: &str) -> GatewayError {
+    GatewayError::new(Kind::BadRequest, detail.to_string())
+}
+
+/// Parses a complete request head at the front of `buf` and removes it. `Ok(None)`: more
+/// bytes are needed. `fields` is scratch space kept by the connection.
+pub(super) fn parse(
+    buf: &mut BytesMut,
+    limits: HeadLimits,
+    fields: &mut Vec<Field>,
+) -> Result<Option<Head>, GatewayError> {
+    fields.clear();
+    let parsed = if limits.max_fields <= INLINE_FIELDS {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; INLINE_FIELDS];
+        scan(buf, &mut slots[..limits.max_fields], fields)
+    } else {
+        let mut slots = Vec::new();
+        slots.resize_with(limits.max_fields, MaybeUninit::uninit);
+        scan(buf, &mut slots, fields)
+    };
+    let scan = match parsed {
+        Ok(Some(s)) => s,
+        Ok(None) if buf.len() >= limits.max_head => {
+            // Still inside the request line: the target is what is too long.
+            return Err(if !buf.contains(&b'\n') {
+                GatewayError::new(Kind::UriTooLong, "the request line is too long")
+            } else {
+                GatewayError::new(Kind::HeadersTooLarge, "the request head is too large")
+            });
+        }
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if scan.len > limits.max_head {
+        return Err(GatewayError::new(
+            Kind::HeadersTooLarge,
+            "the request head is too large",
+        ));
+    }
+
+    let head = buf.split_to(scan.len).freeze();
+    let method = Method::from_bytes(&head[scan.method.0 as usize..scan.method.1 as usize])
+        .map_err(|_| bad("invalid method"))?;
+    let uri = Uri::from_maybe_shared(head.slice(scan.target.0 as usize..scan.target.1 as usize))
+        .map_err(|_| bad("invalid request target"))?;
+    // Room for the fields the pipeline adds (X-Forwarded-*, X-Request-ID, traceparent):
+    // growing a map rehashes it.
+    let mut headers = HeaderMap::with_capacity(fields.len() + ADDED_FIELDS);
+    for f in fields.iter() {
+        let name = HeaderName::from_bytes(&head[f.name.0 as usize..f.name.1 as usize])
+            .map_err(|_| bad("invalid header field name"))?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(f.value.0 as usize..f.value.1 as usize))
+                .map_err(|_| bad("invalid header field value"))?;
+        headers.append(name, value);
+    }
+
+    let http10 = scan.version == 0;
+    let framing = if scan.transfer_encoding {
+        // RFC 9112 §6.1: chunked must be the final coding, and a request cannot carry both
+        // framings (the classic smuggling vector); HTTP/1.0 has no transfer codings at all.
+        if scan.content_length.is_some() {
+            return Err(bad(
+                "both Transfer-Encoding and Content-Length in one request",
+            ));
+        }
+        if http10 {
+            return Err(bad("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        if !scan.chunked {
+            return Err(bad("the final transfer coding is not chunked"));
+        }
+        Some(Framing::Chunked)
+    } else {
+        match scan.content_length {
+            Some(0) | None => None,
+            Some(n) => Some(Framing::Length(n)),
+        }
+    };
+    let keep_alive = if http10 {
+        scan.keep_alive && !scan.close
+    } else {
+        !scan.close
+    };
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = if http10 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    *request.headers_mut() = headers;
+    Ok(Some(Head {
+        request,
+        framing,
+        keep_alive,
+        expect_continue: scan.expect_continue && !http10 && framing.is_some(),
+        trailers: scan.trailers,
+    }))
+}
+
+/// What one pass over the raw head found.
+struct Scan {
+    len: usize,
+    version: u8,
+    method: (u32, u32),
+    target: (u32, u32),
+    content_length: Option<u64>,
+    transfer_encoding: bool,
+    chunked: bool,
+    close: bool,
+    keep_alive: bool,
+    expect_continue: bool,
+    trailers: bool,
+}
+
+fn scan<'b>(
+    buf: &'b [u8],
+    slots: &mut [MaybeUninit<httparse::Header<'b>>],
+    fields: &mut Vec<Field>,
+) -> Result<Option<Scan>, GatewayError> {
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, slots) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(GatewayError::new(
+                Kind::HeadersTooLarge,
+                "too many request header fields",
+            ));
+        }
+        Err(httparse::Error::Version) => {
+            return Err(bad("unsupported HTTP version"));
+        }
+        Err(_) => return Err(bad("malformed request head")),
+    };
+    let mut s = Scan {
+        len,
+        version: req.version.unwrap_or(1),
+        method: range(buf, req.method.unwrap_or("").as_bytes()),
+        target: range(buf, req.path.unwrap_or("").as_bytes()),
+        content_length: None,
+        transfer_encoding: false,
+        chunked: false,
+        close: false,
+        keep_alive: false,
+        expect_continue: false,
+        trailers: false,
+    };
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            for part in h.value.split(|b| *b == b',') {
+                let n =
+                    parse_length(part.trim_ascii()).ok_or_else(|| bad("invalid Content-Length"))?;
+                if s.content_length.is_some_and(|c| c != n) {
+                    return Err(bad("conflicting Content-Length values"));
+                }
+                s.content_length = Some(n);
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            s.transfer_encoding = true;
+            // Only the final coding counts, and a later field comes after an earlier.
+            s.chunked = h
+                .value
+                .rsplit(|b| *b == b',')
+                .next()
+                .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in h.value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                s.close |= token.eq_ignore_ascii_case(b"close");
+                s.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            s.expect_continue |= h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        } else if name.eq_ignore_ascii_case(b"te") {
+            s.trailers |= h
+                .value
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+        }
+        fields.push(Field {
+            name: range(buf, name),
+            value: range(buf, h.value),
+        });
+    }
+    Ok(Some(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_head: 16 * 1024,
+        max_fields: 100,
+    };
+
+    fn parse_str(s: &str) -> Result<Option<Head>, GatewayError> {
+        let mut buf = BytesMut::from(s.as_bytes());
+        parse(&mut buf, LIMITS, &mut Vec::new())
+    }
+
+    #[test]
+    fn a_head_becomes_a_request_sharing_its_bytes_and_leaves_the_rest() {
+        let mut buf = BytesMut::from(
+            &b"POST /pay/1?x=2 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhelloGET"[..],
+        );
+        let head = parse(&mut buf, LIMITS, &mut Vec::new())
+            .expect("valid")
+            .expect("complete");
+        let r = &head.request;
+        assert_eq!(r.method(), Method::POST);
+        assert_eq!(r.uri().path(), "/pay/1");
+        assert_eq!(r.uri().query(), Some("x=2"));
+        assert_eq!(r.headers().get_all("x-a").iter().count(), 2);
+        assert_eq!(head.framing, Some(Framing::Length(5)));
+        assert!(head.keep_alive);
+        assert_eq!(&buf[..], b"helloGET");
+    }
+
+    #[test]
+    fn partial_heads_wait_and_oversized_ones_are_refused() {
+        assert!(
+            parse_str("GET / HTTP/1.1\r\nHost: a\r\n")
+                .expect("ok")
+                .is_none()
+        );
+        let mut buf = BytesMut::from(format!("GET /{} HTTP/1.1", "a".repeat(20_000)).as_bytes());
+        let e = parse(&mut buf, LIMITS, &mut Vec::new())
+            .err()
+            .expect("refused");
+        assert_eq!(e.kind, Kind::UriTooLong);
+        let mut buf =
+            BytesMut::from(format!("GET / HTTP/1.1\r\nx: {}", "a".repeat(20_000)).as_bytes());
+        let e = parse(&mut buf, LIMITS, &mut Vec::new())
+            .err()
+            .expect("refused");
+        assert_eq!(e.kind, Kind::HeadersTooLarge);
+    }
+
+    #[test]
+    fn ambiguous_framing_is_a_400() {
+        for bad in [
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            "GET / HTTP/2.0\r\n\r\n",
+        ] {
+            let e = parse_str(bad)
+                .err()
+                .unwrap_or_else(|| panic!("accepted {bad:?}"));
+            assert_eq!(e.kind, Kind::BadRequest, "{bad:?}");
+        }
+        let h = parse_str("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n")
+            .expect("same value twice is one length")
+            .expect("complete");
+        assert_eq!(h.framing, Some(Framing::Length(5)));
+    }
+
+    #[test]
+    fn connection_options_decide_persistence_and_hop_by_hop_fields() {
+        let h = parse_str("GET / HTTP/1.0\r\n\r\n")
+            .expect("ok")
+            .expect("complete");
+        assert!(!h.keep_alive);
+        let h = parse_str("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .expect("ok")
+            .expect("complete");
+        assert!(h.keep_alive);
+        let h = parse_str("GET / HTTP/1.1\r\nConnection: close\r\nTE: trailers\r\n\r\n")
+            .expect("ok")
+            .expect("complete");
+        assert!(!h.keep_alive && h.trailers);
+        let h = parse_str("PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+            .expect("ok")
+            .expect("complete");
+        assert!(h.expect_continue);
+        let h = parse_str("GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n")
+            .expect("ok")
+            .expect("complete");
+        assert!(!h.expect_continue, "nothing to continue without a body");
+    }
+}

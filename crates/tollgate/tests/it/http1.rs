@@ -1,0 +1,208 @@
+//! Our HTTP/1.1 server on the wire: `Expect: 100-continue`, pipelining, unread bodies drained
+//! so the connection lives on, ambiguous framing refused, HTTP/1.0 clients, and a client that
+//! hangs up cancelling its request.
+
+use crate::common::*;
+use anyhow::Result;
+use std::time::Duration;
+use tollgate_testkit::raw::{RawConn, raw_request};
+use tollgate_testkit::{ConfigBuilder, RouteSpec, Upstream, assert_problem};
+
+async fn upload_gateway() -> Result<(Upstream, tollgate_testkit::Gateway)> {
+    let sink = Upstream::sink().await;
+    let gw = start(
+        &ConfigBuilder::new()
+            .upstream("sink", &sink.url())
+            .route(
+                RouteSpec::new("upload", "/upload", "sink")
+                    .methods(&["POST"])
+                    .max_body_bytes(1000),
+            )
+            .route(RouteSpec::new("read", "/read/{id}", "sink").methods(&["GET"])),
+    )
+    .await?;
+    Ok((sink, gw))
+}
+
+#[tokio::test]
+async fn continue_is_sent_only_when_the_body_is_wanted() -> Result<()> {
+    let (sink, gw) = upload_gateway().await?;
+    let addr = gw.public_addr();
+    let mut conn = RawConn::connect(addr).await?;
+    conn.send(
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 5\r\n\
+             Expect: 100-continue\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    assert_eq!(conn.read_response(SHORT).await?.status, 100);
+    conn.send(b"hello").await?;
+    let r = conn.read_response(SHORT).await?;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()?["bytes"], 5);
+    assert_eq!(sink.body_bytes(), 5);
+
+    // Declared over the route's limit: refused at once, without inviting the body. The client
+    // may still send it, so the connection is not reused.
+    conn.send(
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 5000\r\n\
+             Expect: 100-continue\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let r = conn.read_response(SHORT).await?;
+    assert_problem(r.status_code(), &r.headers, &r.body, 413);
+    assert_eq!(r.header("connection"), Some("close"));
+    conn.wait_closed(SHORT).await?;
+    assert_eq!(sink.hits(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() -> Result<()> {
+    let (_up, gw) = echo_gateway("up").await?;
+    let addr = gw.public_addr();
+    let mut conn = RawConn::connect(addr).await?;
+    let mut batch = String::new();
+    for id in 1..=5 {
+        batch.push_str(&format!("GET /e/{id} HTTP/1.1\r\nHost: {addr}\r\n\r\n"));
+    }
+    conn.send(batch.as_bytes()).await?;
+    for id in 1..=5 {
+        let r = conn.read_response(SHORT).await?;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()?["path"], format!("/e/{id}"));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refused_body_is_read_off_and_the_connection_carries_on() -> Result<()> {
+    let (sink, gw) = upload_gateway().await?;
+    let addr = gw.public_addr();
+    let mut conn = RawConn::connect(addr).await?;
+    let body = "x".repeat(3000);
+    // Over the limit, declared and then chunked: both refused, both bodies drained.
+    conn.send(
+        format!("POST /upload HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 3000\r\n\r\n{body}")
+            .as_bytes(),
+    )
+    .await?;
+    assert_eq!(conn.read_response(SHORT).await?.status, 413);
+    conn.send(
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n\
+             bb8\r\n{body}\r\n0\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    assert_eq!(conn.read_response(SHORT).await?.status, 413);
+    // A body on a route that never reads it (an unknown path): drained too.
+    conn.send(
+        format!("POST /nowhere HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 4\r\n\r\nabcd")
+            .as_bytes(),
+    )
+    .await?;
+    assert_eq!(conn.read_response(SHORT).await?.status, 404);
+    conn.send(format!("GET /read/1 HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let r = conn.read_response(SHORT).await?;
+    assert_eq!(
+        r.status, 200,
+        "the connection still works after three refusals"
+    );
+    assert!(sink.body_bytes() <= 1000);
+    Ok(())
+}
+
+#[tokio::test]
+async fn ambiguous_or_malformed_heads_are_400_problems_and_close() -> Result<()> {
+    let (up, gw) = upload_gateway().await?;
+    let addr = gw.public_addr();
+    for (what, req) in [
+        (
+            "both framings",
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 4\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            ),
+        ),
+        (
+            "two lengths",
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 4\r\n\
+                 Content-Length: 5\r\n\r\nabcde"
+            ),
+        ),
+        (
+            "unknown coding",
+            format!("POST /upload HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: gzip\r\n\r\n"),
+        ),
+        ("garbage", "HELLO THERE\r\n\r\n".to_string()),
+        (
+            "bad field",
+            format!("GET /read/1 HTTP/1.1\r\nHost: {addr}\r\nBad Field: x\r\n\r\n"),
+        ),
+    ] {
+        let r = raw_request(addr, req.as_bytes(), SHORT).await?;
+        assert_eq!(r.status, 400, "{what}");
+        assert_problem(r.status_code(), &r.headers, &r.body, 400);
+        assert!(r.header("x-request-id").is_some(), "{what}");
+    }
+    assert_eq!(up.hits(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn http10_clients_are_answered_and_closed() -> Result<()> {
+    let (_up, gw) = echo_gateway("up").await?;
+    let addr = gw.public_addr();
+    let r = raw_request(addr, b"GET /e/1 HTTP/1.0\r\n\r\n", SHORT).await?;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()?["path"], "/e/1");
+    assert!(r.header("transfer-encoding").is_none());
+    // Keep-alive when asked for.
+    let mut conn = RawConn::connect(addr).await?;
+    for id in 1..=2 {
+        conn.send(format!("GET /e/{id} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").as_bytes())
+            .await?;
+        let r = conn.read_response(SHORT).await?;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("connection"), Some("keep-alive"));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_cancels_its_request() -> Result<()> {
+    // A slow upstream behind a route that admits one request at a time: the slot comes back
+    // when the waiting client goes away, not when the upstream would have answered.
+    let up = Upstream::slow("slow", Duration::from_secs(3)).await;
+    let gw = start(&ConfigBuilder::new().upstream("up", &up.url()).route(
+        RouteSpec::new("slow", "/slow/{id}", "up").limits("{ concurrency: { max: 1, per: all } }"),
+    ))
+    .await?;
+    let addr = gw.public_addr();
+    let mut first = RawConn::connect(addr).await?;
+    first
+        .send(format!("GET /slow/1 HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = gw.client().get(gw.url("/slow/2")).send().await?;
+    assert_eq!(r.status(), 429, "the first request holds the slot");
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Still within the first request's 3 s: only its cancellation frees the slot.
+    let r = gw.client().get(gw.url("/slow/3")).send().await?;
+    assert_eq!(
+        r.status(),
+        200,
+        "the slot came back when the client hung up"
+    );
+    Ok(())
+}
