@@ -378,7 +378,7 @@ async fn chunked_trailers_are_yielded_as_a_frame() {
     let head = loop {
         conn.rbuf.reserve(1024);
         conn.stream.read_buf(&mut conn.rbuf).await.unwrap();
-        if let Some(h) = response::parse_head(&mut conn.rbuf, false).unwrap() {
+        if let Some(h) = response::parse_head(&mut conn.rbuf, false, &mut Vec::new()).unwrap() {
             break h;
         }
     };

@@ -347,7 +347,11 @@ fn watch(conn: &mut Conn, seen: &mut bool, head_request: bool) -> Result<Option<
         Ok(0) => Err(Failure::Closed),
         Ok(_) => {
             *seen = true;
-            Ok(response::parse_head(&mut conn.rbuf, head_request)?)
+            Ok(response::parse_head(
+                &mut conn.rbuf,
+                head_request,
+                &mut conn.fields,
+            )?)
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
         Err(e) => Err(Failure::Read(e)),
@@ -357,7 +361,8 @@ fn watch(conn: &mut Conn, seen: &mut bool, head_request: bool) -> Result<Option<
 async fn read_head(conn: &mut Conn, seen: &mut bool, head_request: bool) -> Result<Head, Failure> {
     loop {
         if !conn.rbuf.is_empty()
-            && let Some(head) = response::parse_head(&mut conn.rbuf, head_request)?
+            && let Some(head) =
+                response::parse_head(&mut conn.rbuf, head_request, &mut conn.fields)?
         {
             return Ok(head);
         }

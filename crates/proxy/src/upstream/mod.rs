@@ -17,9 +17,13 @@ use exchange::{Failure, Outgoing};
 use http::uri::Authority;
 use http::{HeaderValue, Request, Response};
 use pool::{Conn, Idle};
+use std::future::{Future, poll_fn};
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
+use tokio::time::{Instant, sleep_until};
 use tollgate_config as config;
 use tollgate_core::{GatewayError, Kind};
 
@@ -178,38 +182,51 @@ impl Upstream {
         target: &Arc<Target>,
         req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
-        match tokio::time::timeout(self.response_timeout, self.exchange(target, req)).await {
-            Ok(r) => r,
-            Err(_) => Err(GatewayError::new(
-                Kind::UpstreamTimeout,
-                format!(
-                    "the upstream did not answer within {} ms",
-                    self.response_timeout.as_millis()
-                ),
-            )
-            .with_cause(format!(
-                "upstream {} target {}: response timeout",
-                self.name, target.label
-            ))),
-        }
-    }
-
-    async fn exchange(
-        &self,
-        target: &Arc<Target>,
-        req: Request<RequestBody>,
-    ) -> Result<Response<UpstreamBody>, GatewayError> {
+        // One deadline for the whole send: a fresh connection and a retry fit inside it.
+        let deadline = Instant::now() + self.response_timeout;
         let mut out = Outgoing::new(req);
         let mut pooled = target.idle.checkout();
         loop {
             let reused = pooled.is_some();
             let mut conn = match pooled.take() {
                 Some(c) => c,
-                None => target.connect(&self.name).await?,
+                None => match tokio::time::timeout_at(deadline, target.connect(&self.name)).await {
+                    Ok(c) => c?,
+                    Err(_) => return Err(self.timed_out(target)),
+                },
             };
+            // The connection's own timer, moved forward: tokio extends a registered timer
+            // without touching the timer wheel, where a new timeout per request would
+            // register and cancel an entry each time.
+            let mut timer = conn
+                .timer
+                .take()
+                .unwrap_or_else(|| Box::pin(sleep_until(deadline)));
+            timer.as_mut().reset(deadline);
             let mut seen = false;
-            match exchange::exchange(&mut conn, &mut out, &target.host, reused, &mut seen).await {
-                Ok(answer) => {
+            let result = {
+                let mut exchange = pin!(exchange::exchange(
+                    &mut conn,
+                    &mut out,
+                    &target.host,
+                    reused,
+                    &mut seen
+                ));
+                poll_fn(|cx| {
+                    if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
+                        return Poll::Ready(Some(r));
+                    }
+                    match timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(None),
+                        Poll::Pending => Poll::Pending,
+                    }
+                })
+                .await
+            };
+            conn.timer = Some(timer);
+            match result {
+                None => return Err(self.timed_out(target)),
+                Some(Ok(answer)) => {
                     let reuse = answer.request_complete && answer.head.keep_alive;
                     let (parts, ()) = answer.head.response.into_parts();
                     let body = UpstreamBody::new(conn, target.clone(), answer.head.framing, reuse);
@@ -217,12 +234,26 @@ impl Upstream {
                 }
                 // The upstream may have closed a pooled connection just as we took it; the
                 // request never reached it, so one fresh connection gets to try.
-                Err(f) if reused && !seen && f.is_connection() && out.replayable() => {
+                Some(Err(f)) if reused && !seen && f.is_connection() && out.replayable() => {
                     tracing::debug!(error = %f, "pooled upstream connection failed; retrying");
                 }
-                Err(f) => return Err(classify(&self.name, target, f)),
+                Some(Err(f)) => return Err(classify(&self.name, target, f)),
             }
         }
+    }
+
+    fn timed_out(&self, target: &Target) -> GatewayError {
+        GatewayError::new(
+            Kind::UpstreamTimeout,
+            format!(
+                "the upstream did not answer within {} ms",
+                self.response_timeout.as_millis()
+            ),
+        )
+        .with_cause(format!(
+            "upstream {} target {}: response timeout",
+            self.name, target.label
+        ))
     }
 }
 

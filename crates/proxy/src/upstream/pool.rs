@@ -21,6 +21,10 @@ pub(crate) struct Conn {
     pub(super) rbuf: BytesMut,
     /// The request head (and chunk prefixes) being written.
     pub(super) wbuf: Vec<u8>,
+    /// Scratch space for the response head parser.
+    pub(super) fields: Vec<super::response::Field>,
+    /// The response timeout of the request on this connection, re-armed per request.
+    pub(super) timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Conn {
@@ -31,6 +35,8 @@ impl Conn {
             stream,
             rbuf: BytesMut::with_capacity(READ_BUF),
             wbuf: Vec::with_capacity(1024),
+            fields: Vec::new(),
+            timer: None,
         }
     }
 

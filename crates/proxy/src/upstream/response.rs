@@ -49,7 +49,7 @@ pub(super) struct Head {
 
 /// Byte ranges of one header field within the head.
 #[derive(Clone, Copy, Default)]
-struct Field {
+pub(crate) struct Field {
     name: (u32, u32),
     value: (u32, u32),
 }
@@ -66,14 +66,15 @@ fn range(base: &[u8], part: &[u8]) -> (u32, u32) {
 }
 
 /// Parses a complete response head at the front of `buf` and removes it, skipping 1xx
-/// interim responses. `Ok(None)`: more bytes are needed.
+/// interim responses. `Ok(None)`: more bytes are needed. `fields` is scratch space the
+/// connection keeps, so a parse neither allocates nor zeroes a table of offsets.
 pub(super) fn parse_head(
     buf: &mut BytesMut,
     head_request: bool,
+    fields: &mut Vec<Field>,
 ) -> Result<Option<Head>, InvalidHead> {
     loop {
-        let mut fields = [Field::default(); MAX_HEADERS];
-        let mut count = 0;
+        fields.clear();
         let mut reason = (0, 0);
         let mut content_length: Option<u64> = None;
         let mut transfer_encoding = false;
@@ -143,11 +144,10 @@ pub(super) fn parse_head(
                 if is_hop_by_hop_name(name) && !names_others {
                     continue;
                 }
-                fields[count] = Field {
+                fields.push(Field {
                     name: range(buf, name),
                     value: range(buf, h.value),
-                };
-                count += 1;
+                });
             }
             (len, code, resp.version.unwrap_or(1))
         };
@@ -156,8 +156,8 @@ pub(super) fn parse_head(
         let status = StatusCode::from_u16(code).map_err(|_| InvalidHead::Status(code))?;
         // Room for what the gateway adds (X-Request-ID, RateLimit fields): growing a map
         // rehashes it.
-        let mut headers = HeaderMap::with_capacity(count + 4);
-        for f in &fields[..count] {
+        let mut headers = HeaderMap::with_capacity(fields.len() + 4);
+        for f in fields.iter() {
             let name = HeaderName::from_bytes(&head[f.name.0 as usize..f.name.1 as usize])
                 .map_err(|_| InvalidHead::Header)?;
             let value =
