@@ -13,6 +13,7 @@ pub mod forward;
 mod framing;
 mod gateway;
 pub mod h1;
+mod heads;
 pub mod metrics;
 mod pipeline;
 pub mod router;

@@ -77,7 +77,7 @@ pub(crate) async fn serve(
             eof: false,
         }),
         handoff: None,
-        fields: Vec::new(),
+        scratch: request::Scratch::default(),
         out: Vec::with_capacity(1024),
         settings,
     };
@@ -181,8 +181,8 @@ struct Conn {
     side: Option<ReadSide>,
     /// Shared with the current request's body; made for the first request that has one.
     handoff: Option<Arc<Handoff>>,
-    /// Scratch space for the head parser's field offsets.
-    fields: Vec<request::Field>,
+    /// What the head parser keeps between requests.
+    scratch: request::Scratch,
     /// The response being written.
     out: Vec<u8>,
     settings: Settings,
@@ -204,7 +204,7 @@ impl Conn {
         poll_fn(|cx| {
             loop {
                 if !side.buf.is_empty() {
-                    match request::parse(&mut side.buf, limits, &mut self.fields) {
+                    match request::parse(&mut side.buf, limits, &mut self.scratch) {
                         Ok(Some(head)) => return Poll::Ready(Next::Head(head)),
                         Ok(None) => {}
                         Err(e) => return Poll::Ready(Next::Refused(e)),

@@ -3,8 +3,9 @@
 //! request smuggling lives on.
 
 use crate::framing::{Framing, parse_length};
+use crate::heads::{NameCache, NameKind, range};
 use bytes::BytesMut;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version};
 use std::mem::MaybeUninit;
 use tollgate_core::{GatewayError, Kind};
 
@@ -36,21 +37,20 @@ pub(super) struct Head {
     pub(super) trailers: bool,
 }
 
-/// Byte ranges of one header field within the head.
-#[derive(Clone, Copy, Default)]
-pub(super) struct Field {
-    name: (u32, u32),
+/// One header field: its name's slot in the name cache and its value's byte range within the
+/// head.
+#[derive(Clone, Copy)]
+struct Field {
+    name: u32,
     value: (u32, u32),
 }
 
-fn range(base: &[u8], part: &[u8]) -> (u32, u32) {
-    if part.is_empty() {
-        return (0, 0);
-    }
-    // httparse hands out subslices of `base`; their offsets are all a head needs to survive
-    // the buffer being split and frozen. Heads are bounded well below 4 GiB.
-    let start = (part.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
-    (start as u32, (start + part.len()) as u32)
+/// What a connection keeps between request heads, so that parsing one allocates nothing and
+/// mostly compares bytes.
+#[derive(Default)]
+pub(super) struct Scratch {
+    fields: Vec<Field>,
+    names: NameCache,
 }
 
 fn bad(detail: &str) -> GatewayError {
@@ -58,20 +58,20 @@ fn bad(detail: &str) -> GatewayError {
 }
 
 /// Parses a complete request head at the front of `buf` and removes it. `Ok(None)`: more
-/// bytes are needed. `fields` is scratch space kept by the connection.
+/// bytes are needed. `scratch` is the connection's.
 pub(super) fn parse(
     buf: &mut BytesMut,
     limits: HeadLimits,
-    fields: &mut Vec<Field>,
+    scratch: &mut Scratch,
 ) -> Result<Option<Head>, GatewayError> {
-    fields.clear();
+    scratch.fields.clear();
     let parsed = if limits.max_fields <= INLINE_FIELDS {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; INLINE_FIELDS];
-        scan(buf, &mut slots[..limits.max_fields], fields)
+        scan(buf, &mut slots[..limits.max_fields], scratch)
     } else {
         let mut slots = Vec::new();
         slots.resize_with(limits.max_fields, MaybeUninit::uninit);
-        scan(buf, &mut slots, fields)
+        scan(buf, &mut slots, scratch)
     };
     let scan = match parsed {
         Ok(Some(s)) => s,
@@ -100,10 +100,13 @@ pub(super) fn parse(
         .map_err(|_| bad("invalid request target"))?;
     // Room for the fields the pipeline adds (X-Forwarded-*, X-Request-ID, traceparent):
     // growing a map rehashes it.
-    let mut headers = HeaderMap::with_capacity(fields.len() + ADDED_FIELDS);
-    for f in fields.iter() {
-        let name = HeaderName::from_bytes(&head[f.name.0 as usize..f.name.1 as usize])
-            .map_err(|_| bad("invalid header field name"))?;
+    let mut headers = HeaderMap::with_capacity(scratch.fields.len() + ADDED_FIELDS);
+    for f in scratch.fields.iter() {
+        let name = scratch
+            .names
+            .name(f.name as usize)
+            .ok_or_else(|| bad("invalid header field name"))?
+            .clone();
         let value =
             HeaderValue::from_maybe_shared(head.slice(f.value.0 as usize..f.value.1 as usize))
                 .map_err(|_| bad("invalid header field value"))?;
@@ -173,7 +176,7 @@ struct Scan {
 fn scan<'b>(
     buf: &'b [u8],
     slots: &mut [MaybeUninit<httparse::Header<'b>>],
-    fields: &mut Vec<Field>,
+    scratch: &mut Scratch,
 ) -> Result<Option<Scan>, GatewayError> {
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, slots) {
@@ -203,41 +206,51 @@ fn scan<'b>(
         expect_continue: false,
         trailers: false,
     };
-    for h in req.headers.iter() {
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            for part in h.value.split(|b| *b == b',') {
-                let n =
-                    parse_length(part.trim_ascii()).ok_or_else(|| bad("invalid Content-Length"))?;
-                if s.content_length.is_some_and(|c| c != n) {
-                    return Err(bad("conflicting Content-Length values"));
+    for (pos, h) in req.headers.iter().enumerate() {
+        let kind = scratch
+            .names
+            .classify(pos, h.name.as_bytes())
+            .ok_or_else(|| bad("invalid header field name"))?;
+        match kind {
+            NameKind::ContentLength => {
+                for part in h.value.split(|b| *b == b',') {
+                    let n = parse_length(part.trim_ascii())
+                        .ok_or_else(|| bad("invalid Content-Length"))?;
+                    if s.content_length.is_some_and(|c| c != n) {
+                        return Err(bad("conflicting Content-Length values"));
+                    }
+                    s.content_length = Some(n);
                 }
-                s.content_length = Some(n);
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            s.transfer_encoding = true;
-            // Only the final coding counts, and a later field comes after an earlier.
-            s.chunked = h
-                .value
-                .rsplit(|b| *b == b',')
-                .next()
-                .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in h.value.split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                s.close |= token.eq_ignore_ascii_case(b"close");
-                s.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            NameKind::TransferEncoding => {
+                s.transfer_encoding = true;
+                // Only the final coding counts, and a later field comes after an earlier.
+                s.chunked = h
+                    .value
+                    .rsplit(|b| *b == b',')
+                    .next()
+                    .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             }
-        } else if name.eq_ignore_ascii_case(b"expect") {
-            s.expect_continue |= h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
-        } else if name.eq_ignore_ascii_case(b"te") {
-            s.trailers |= h
-                .value
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+            NameKind::Connection => {
+                for token in h.value.split(|b| *b == b',') {
+                    let token = token.trim_ascii();
+                    s.close |= token.eq_ignore_ascii_case(b"close");
+                    s.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
+            NameKind::Expect => {
+                s.expect_continue |= h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+            }
+            NameKind::Te => {
+                s.trailers |= h
+                    .value
+                    .split(|b| *b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+            }
+            NameKind::HopByHop | NameKind::Plain => {}
         }
-        fields.push(Field {
-            name: range(buf, name),
+        scratch.fields.push(Field {
+            name: pos as u32,
             value: range(buf, h.value),
         });
     }
@@ -255,7 +268,7 @@ mod tests {
 
     fn parse_str(s: &str) -> Result<Option<Head>, GatewayError> {
         let mut buf = BytesMut::from(s.as_bytes());
-        parse(&mut buf, LIMITS, &mut Vec::new())
+        parse(&mut buf, LIMITS, &mut Scratch::default())
     }
 
     #[test]
@@ -263,7 +276,7 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"POST /pay/1?x=2 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhelloGET"[..],
         );
-        let head = parse(&mut buf, LIMITS, &mut Vec::new())
+        let head = parse(&mut buf, LIMITS, &mut Scratch::default())
             .expect("valid")
             .expect("complete");
         let r = &head.request;
@@ -284,13 +297,13 @@ mod tests {
                 .is_none()
         );
         let mut buf = BytesMut::from(format!("GET /{} HTTP/1.1", "a".repeat(20_000)).as_bytes());
-        let e = parse(&mut buf, LIMITS, &mut Vec::new())
+        let e = parse(&mut buf, LIMITS, &mut Scratch::default())
             .err()
             .expect("refused");
         assert_eq!(e.kind, Kind::UriTooLong);
         let mut buf =
             BytesMut::from(format!("GET / HTTP/1.1\r\nx: {}", "a".repeat(20_000)).as_bytes());
-        let e = parse(&mut buf, LIMITS, &mut Vec::new())
+        let e = parse(&mut buf, LIMITS, &mut Scratch::default())
             .err()
             .expect("refused");
         assert_eq!(e.kind, Kind::HeadersTooLarge);

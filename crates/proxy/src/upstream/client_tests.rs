@@ -378,7 +378,9 @@ async fn chunked_trailers_are_yielded_as_a_frame() {
     let head = loop {
         conn.rbuf.reserve(1024);
         conn.stream.read_buf(&mut conn.rbuf).await.unwrap();
-        if let Some(h) = response::parse_head(&mut conn.rbuf, false, &mut Vec::new()).unwrap() {
+        if let Some(h) =
+            response::parse_head(&mut conn.rbuf, false, &mut Default::default()).unwrap()
+        {
             break h;
         }
     };
@@ -850,4 +852,53 @@ async fn an_early_response_during_a_large_upload_is_returned() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "nope");
     assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn field_names_are_recognised_again_and_replaced_when_they_change() {
+    let mut scratch = response::Scratch::default();
+    let heads: [&[u8]; 3] = [
+        b"HTTP/1.1 200 OK\r\nServer: a\r\nX-Custom: 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nServer: b\r\nX-Custom: 2\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        // Same positions, other names: the framing and hop-by-hop rules still apply.
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nKeep-Alive: 5\r\nX-Other: 3\r\nServer: c\r\n\r\n",
+    ];
+    let mut seen = Vec::new();
+    for raw in heads {
+        let mut buf = bytes::BytesMut::from(raw);
+        let head = response::parse_head(&mut buf, false, &mut scratch)
+            .unwrap()
+            .unwrap();
+        let h = head.response.headers();
+        assert!(h.get("connection").is_none() && h.get("keep-alive").is_none());
+        assert_eq!(h.get("content-length").unwrap(), "0");
+        seen.push((
+            head.keep_alive,
+            h.get("server").unwrap().clone(),
+            h.get("x-custom").cloned(),
+            h.get("x-other").cloned(),
+        ));
+    }
+    assert_eq!(
+        seen[0],
+        (
+            false,
+            "a".parse().unwrap(),
+            Some("1".parse().unwrap()),
+            None
+        )
+    );
+    assert_eq!(
+        seen[1],
+        (
+            false,
+            "b".parse().unwrap(),
+            Some("2".parse().unwrap()),
+            None
+        )
+    );
+    assert_eq!(
+        seen[2],
+        (true, "c".parse().unwrap(), None, Some("3".parse().unwrap()))
+    );
 }

@@ -350,7 +350,7 @@ fn watch(conn: &mut Conn, seen: &mut bool, head_request: bool) -> Result<Option<
             Ok(response::parse_head(
                 &mut conn.rbuf,
                 head_request,
-                &mut conn.fields,
+                &mut conn.scratch,
             )?)
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
@@ -362,7 +362,7 @@ async fn read_head(conn: &mut Conn, seen: &mut bool, head_request: bool) -> Resu
     loop {
         if !conn.rbuf.is_empty()
             && let Some(head) =
-                response::parse_head(&mut conn.rbuf, head_request, &mut conn.fields)?
+                response::parse_head(&mut conn.rbuf, head_request, &mut conn.scratch)?
         {
             return Ok(head);
         }

@@ -21,8 +21,8 @@ pub(crate) struct Conn {
     pub(super) rbuf: BytesMut,
     /// The request head (and chunk prefixes) being written.
     pub(super) wbuf: Vec<u8>,
-    /// Scratch space for the response head parser.
-    pub(super) fields: Vec<super::response::Field>,
+    /// What the response head parser keeps between heads.
+    pub(super) scratch: super::response::Scratch,
     /// The response timeout of the request on this connection, re-armed per request.
     pub(super) timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
@@ -35,7 +35,7 @@ impl Conn {
             stream,
             rbuf: BytesMut::with_capacity(READ_BUF),
             wbuf: Vec::with_capacity(1024),
-            fields: Vec::new(),
+            scratch: Default::default(),
             timer: None,
         }
     }

@@ -7,8 +7,9 @@ use super::pool::Conn;
 use crate::forward::is_hop_by_hop_name;
 pub(crate) use crate::framing::Framing;
 use crate::framing::{Decoder, FramingError, parse_length};
+use crate::heads::{NameCache, NameKind, range};
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -47,34 +48,31 @@ pub(super) struct Head {
     pub(super) keep_alive: bool,
 }
 
-/// Byte ranges of one header field within the head.
+/// One kept header field: its name's slot in the name cache and its value's byte range
+/// within the head.
 #[derive(Clone, Copy, Default)]
-pub(crate) struct Field {
-    name: (u32, u32),
+struct Field {
+    name: u32,
     value: (u32, u32),
 }
 
-fn range(base: &[u8], part: &[u8]) -> (u32, u32) {
-    if part.is_empty() {
-        // An empty slice need not point into `base`.
-        return (0, 0);
-    }
-    // httparse hands out subslices of `base`; their offsets are all a head needs to survive
-    // the buffer being split and frozen. Heads are capped at 64 KiB, so u32 suffices.
-    let start = (part.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
-    (start as u32, (start + part.len()) as u32)
+/// What a connection keeps between response heads so that parsing one allocates nothing and
+/// mostly compares bytes.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    fields: Vec<Field>,
+    names: NameCache,
 }
 
 /// Parses a complete response head at the front of `buf` and removes it, skipping 1xx
-/// interim responses. `Ok(None)`: more bytes are needed. `fields` is scratch space the
-/// connection keeps, so a parse neither allocates nor zeroes a table of offsets.
+/// interim responses. `Ok(None)`: more bytes are needed. `scratch` is the connection's.
 pub(super) fn parse_head(
     buf: &mut BytesMut,
     head_request: bool,
-    fields: &mut Vec<Field>,
+    scratch: &mut Scratch,
 ) -> Result<Option<Head>, InvalidHead> {
     loop {
-        fields.clear();
+        scratch.fields.clear();
         let mut reason = (0, 0);
         let mut content_length: Option<u64> = None;
         let mut transfer_encoding = false;
@@ -110,42 +108,51 @@ pub(super) fn parse_head(
             if let Some(r) = resp.reason {
                 reason = range(buf, r.as_bytes());
             }
-            for h in resp.headers.iter() {
-                let name = h.name.as_bytes();
-                if name.eq_ignore_ascii_case(b"content-length") {
-                    for part in h.value.split(|b| *b == b',') {
-                        let n =
-                            parse_length(part.trim_ascii()).ok_or(InvalidHead::ContentLength)?;
-                        if content_length.is_some_and(|c| c != n) {
-                            return Err(InvalidHead::ContentLength);
+            for (pos, h) in resp.headers.iter().enumerate() {
+                let kind = scratch
+                    .names
+                    .classify(pos, h.name.as_bytes())
+                    .ok_or(InvalidHead::Header)?;
+                match kind {
+                    NameKind::ContentLength => {
+                        for part in h.value.split(|b| *b == b',') {
+                            let n = parse_length(part.trim_ascii())
+                                .ok_or(InvalidHead::ContentLength)?;
+                            if content_length.is_some_and(|c| c != n) {
+                                return Err(InvalidHead::ContentLength);
+                            }
+                            content_length = Some(n);
                         }
-                        content_length = Some(n);
                     }
-                } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                    transfer_encoding = true;
-                    // Only the final coding counts, and a later field comes after an earlier.
-                    chunked = h
-                        .value
-                        .rsplit(|b| *b == b',')
-                        .next()
-                        .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-                } else if name.eq_ignore_ascii_case(b"connection") {
-                    for token in h.value.split(|b| *b == b',') {
-                        let token = token.trim_ascii();
-                        let is_close = token.eq_ignore_ascii_case(b"close");
-                        close |= is_close;
-                        keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-                        names_others |=
-                            !is_close && !token.is_empty() && !is_hop_by_hop_name(token);
+                    NameKind::TransferEncoding => {
+                        transfer_encoding = true;
+                        // Only the final coding counts, and a later field comes after an
+                        // earlier.
+                        chunked = h
+                            .value
+                            .rsplit(|b| *b == b',')
+                            .next()
+                            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
                     }
+                    NameKind::Connection => {
+                        for token in h.value.split(|b| *b == b',') {
+                            let token = token.trim_ascii();
+                            let is_close = token.eq_ignore_ascii_case(b"close");
+                            close |= is_close;
+                            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                            names_others |=
+                                !is_close && !token.is_empty() && !is_hop_by_hop_name(token);
+                        }
+                    }
+                    _ => {}
                 }
                 // Hop-by-hop fields (RFC 9110 §7.6.1) are for this connection only: they are
                 // read above and never enter the map the client's response is built from.
-                if is_hop_by_hop_name(name) && !names_others {
+                if kind.is_hop_by_hop() && !names_others {
                     continue;
                 }
-                fields.push(Field {
-                    name: range(buf, name),
+                scratch.fields.push(Field {
+                    name: pos as u32,
                     value: range(buf, h.value),
                 });
             }
@@ -156,10 +163,13 @@ pub(super) fn parse_head(
         let status = StatusCode::from_u16(code).map_err(|_| InvalidHead::Status(code))?;
         // Room for what the gateway adds (X-Request-ID, RateLimit fields): growing a map
         // rehashes it.
-        let mut headers = HeaderMap::with_capacity(fields.len() + 4);
-        for f in fields.iter() {
-            let name = HeaderName::from_bytes(&head[f.name.0 as usize..f.name.1 as usize])
-                .map_err(|_| InvalidHead::Header)?;
+        let mut headers = HeaderMap::with_capacity(scratch.fields.len() + 4);
+        for f in scratch.fields.iter() {
+            let name = scratch
+                .names
+                .name(f.name as usize)
+                .ok_or(InvalidHead::Header)?
+                .clone();
             let value =
                 HeaderValue::from_maybe_shared(head.slice(f.value.0 as usize..f.value.1 as usize))
                     .map_err(|_| InvalidHead::Header)?;

@@ -1,0 +1,131 @@
+//! What the two HTTP/1.1 head parsers (requests in `h1`, responses in `upstream`) share: byte
+//! ranges of parsed parts, and field names recognised by position across the heads of one
+//! connection. A peer sends the same fields in the same order message after message (an
+//! upstream its response fields, a client SDK its request fields), so a parser can usually
+//! recognise a name with one byte comparison instead of looking it up as a `HeaderName` and
+//! checking it against the names that frame a message or are hop-by-hop.
+
+use crate::forward::is_hop_by_hop_name;
+use http::HeaderName;
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TE, TRANSFER_ENCODING};
+
+/// The byte range of `part` within `base`. httparse hands out subslices of the buffer it
+/// parsed; their offsets are all a head needs to survive the buffer being split and frozen.
+/// Heads are bounded well below 4 GiB, so `u32` suffices.
+pub(crate) fn range(base: &[u8], part: &[u8]) -> (u32, u32) {
+    if part.is_empty() {
+        // An empty slice need not point into `base`.
+        return (0, 0);
+    }
+    let start = (part.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
+    (start as u32, (start + part.len()) as u32)
+}
+
+/// What a field name means to HTTP/1.1 message handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NameKind {
+    Plain,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Expect,
+    Te,
+    /// Any other hop-by-hop field (RFC 9110 §7.6.1).
+    HopByHop,
+}
+
+impl NameKind {
+    /// Meant for this connection only, never forwarded.
+    pub(crate) fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            NameKind::TransferEncoding | NameKind::Connection | NameKind::Te | NameKind::HopByHop
+        )
+    }
+}
+
+struct Known {
+    /// The name exactly as the peer sent it (case included).
+    raw: Vec<u8>,
+    name: HeaderName,
+    kind: NameKind,
+}
+
+/// The names a connection's last head had, by position. Bounded by the parser's field limit.
+#[derive(Default)]
+pub(crate) struct NameCache(Vec<Known>);
+
+impl NameCache {
+    /// The kind of the field at position `pos` named `raw`, remembered for the next head.
+    /// `None`: not a valid field name.
+    pub(crate) fn classify(&mut self, pos: usize, raw: &[u8]) -> Option<NameKind> {
+        if let Some(k) = self.0.get(pos)
+            && k.raw == raw
+        {
+            return Some(k.kind);
+        }
+        let name = HeaderName::from_bytes(raw).ok()?;
+        let kind = if name == CONTENT_LENGTH {
+            NameKind::ContentLength
+        } else if name == TRANSFER_ENCODING {
+            NameKind::TransferEncoding
+        } else if name == CONNECTION {
+            NameKind::Connection
+        } else if name == EXPECT {
+            NameKind::Expect
+        } else if name == TE {
+            NameKind::Te
+        } else if is_hop_by_hop_name(raw) {
+            NameKind::HopByHop
+        } else {
+            NameKind::Plain
+        };
+        match self.0.get_mut(pos) {
+            Some(k) => {
+                k.raw.clear();
+                k.raw.extend_from_slice(raw);
+                k.name = name;
+                k.kind = kind;
+            }
+            None => {
+                // Positions are classified in order, so `pos` is the next slot.
+                debug_assert_eq!(pos, self.0.len());
+                self.0.push(Known {
+                    raw: raw.to_vec(),
+                    name,
+                    kind,
+                });
+            }
+        }
+        Some(kind)
+    }
+
+    /// The name classified last at `pos`.
+    pub(crate) fn name(&self, pos: usize) -> Option<&HeaderName> {
+        self.0.get(pos).map(|k| &k.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_classified_once_and_replaced_when_they_change() {
+        let mut c = NameCache::default();
+        assert_eq!(
+            c.classify(0, b"Content-Length"),
+            Some(NameKind::ContentLength)
+        );
+        assert_eq!(c.classify(1, b"X-Custom"), Some(NameKind::Plain));
+        assert_eq!(c.classify(2, b"keep-alive"), Some(NameKind::HopByHop));
+        assert_eq!(
+            c.classify(0, b"Content-Length"),
+            Some(NameKind::ContentLength)
+        );
+        assert_eq!(c.classify(1, b"TE"), Some(NameKind::Te));
+        assert_eq!(c.name(1), Some(&TE));
+        assert_eq!(c.classify(2, b"bad name"), None);
+        assert!(NameKind::Te.is_hop_by_hop() && !NameKind::Expect.is_hop_by_hop());
+    }
+}
