@@ -285,3 +285,82 @@ async fn random_and_mangled_heads_get_an_answer_or_a_close_never_a_crash() -> Re
     assert_eq!(up.hits(), before + 1);
     Ok(())
 }
+
+/// An upstream that answers every request with a chunked body and a trailer field.
+async fn trailer_upstream() -> Result<std::net::SocketAddr> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\
+                                      Trailer: x-sum\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 7\r\n\r\n";
+                        if s.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+#[tokio::test]
+async fn response_trailers_reach_clients_that_accept_them_only() -> Result<()> {
+    let up = trailer_upstream().await?;
+    let gw = start(
+        &ConfigBuilder::new()
+            .upstream("up", &format!("http://{up}"))
+            .get("t", "/t", "up"),
+    )
+    .await?;
+    let addr = gw.public_addr();
+    let with = raw_request(
+        addr,
+        format!("GET /t HTTP/1.1\r\nHost: {addr}\r\nTE: trailers\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+        SHORT,
+    )
+    .await?;
+    assert_eq!(with.status, 200);
+    assert_eq!(with.body, b"abc");
+    // Without `TE: trailers` the body still ends cleanly and the connection carries on.
+    let mut conn = RawConn::connect(addr).await?;
+    for _ in 0..2 {
+        conn.send(format!("GET /t HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await?;
+        let r = conn.read_response(SHORT).await?;
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"abc"[..]));
+    }
+    // The raw readers drop trailer fields, so look at the bytes on the wire.
+    let wire = raw_bytes(addr, "TE: trailers\r\n").await?;
+    assert!(wire.ends_with("\r\n0\r\nx-sum: 7\r\n\r\n"), "{wire:?}");
+    let wire = raw_bytes(addr, "").await?;
+    assert!(!wire.contains("x-sum"), "{wire:?}");
+    assert!(wire.ends_with("\r\n0\r\n\r\n"), "{wire:?}");
+    Ok(())
+}
+
+/// The raw response to `GET /t` with extra header lines, as text.
+async fn raw_bytes(addr: std::net::SocketAddr, extra: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("GET /t HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(SHORT, s.read_to_end(&mut out)).await??;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
