@@ -6,6 +6,7 @@
 //! checking it against the names that frame a message or are hop-by-hop.
 
 use crate::forward::is_hop_by_hop_name;
+use crate::framing::parse_length;
 use http::HeaderName;
 use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TE, TRANSFER_ENCODING};
 
@@ -41,6 +42,65 @@ impl NameKind {
             self,
             NameKind::TransferEncoding | NameKind::Connection | NameKind::Te | NameKind::HopByHop
         )
+    }
+}
+
+/// What a head's framing and connection fields say (RFC 9112 §6, RFC 9110 §7.6.1), read the
+/// same way for requests and responses.
+#[derive(Debug, Default)]
+pub(crate) struct FramingFields {
+    pub(crate) content_length: Option<u64>,
+    pub(crate) transfer_encoding: bool,
+    /// The final transfer coding is chunked.
+    pub(crate) chunked: bool,
+    pub(crate) close: bool,
+    pub(crate) keep_alive: bool,
+    /// `Connection` names a field beyond the fixed hop-by-hop set.
+    pub(crate) names_others: bool,
+}
+
+/// A `Content-Length` that cannot frame a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BadLength {
+    Invalid,
+    /// Two different values (a list, or several fields).
+    Conflicting,
+}
+
+impl FramingFields {
+    /// Takes in one field of the given kind; other kinds are ignored.
+    pub(crate) fn add(&mut self, kind: NameKind, value: &[u8]) -> Result<(), BadLength> {
+        match kind {
+            NameKind::ContentLength => {
+                for part in value.split(|b| *b == b',') {
+                    let n = parse_length(part.trim_ascii()).ok_or(BadLength::Invalid)?;
+                    if self.content_length.is_some_and(|c| c != n) {
+                        return Err(BadLength::Conflicting);
+                    }
+                    self.content_length = Some(n);
+                }
+            }
+            NameKind::TransferEncoding => {
+                self.transfer_encoding = true;
+                // Only the final coding counts, and a later field comes after an earlier.
+                self.chunked = value
+                    .rsplit(|b| *b == b',')
+                    .next()
+                    .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+            NameKind::Connection => {
+                for token in value.split(|b| *b == b',') {
+                    let token = token.trim_ascii();
+                    let is_close = token.eq_ignore_ascii_case(b"close");
+                    self.close |= is_close;
+                    self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                    self.names_others |=
+                        !is_close && !token.is_empty() && !is_hop_by_hop_name(token);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 

@@ -2,8 +2,8 @@
 //! bytes, and the body framing RFC 9112 §6 derives from them, refusing the ambiguous cases
 //! request smuggling lives on.
 
-use crate::framing::{Framing, parse_length};
-use crate::heads::{NameCache, NameKind, range};
+use crate::framing::Framing;
+use crate::heads::{BadLength, FramingFields, NameCache, NameKind, range};
 use bytes::BytesMut;
 use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version};
 use std::mem::MaybeUninit;
@@ -114,10 +114,11 @@ pub(super) fn parse(
     }
 
     let http10 = scan.version == 0;
-    let framing = if scan.transfer_encoding {
+    let f = &scan.framing;
+    let framing = if f.transfer_encoding {
         // RFC 9112 §6.1: chunked must be the final coding, and a request cannot carry both
         // framings (the classic smuggling vector); HTTP/1.0 has no transfer codings at all.
-        if scan.content_length.is_some() {
+        if f.content_length.is_some() {
             return Err(bad(
                 "both Transfer-Encoding and Content-Length in one request",
             ));
@@ -125,20 +126,20 @@ pub(super) fn parse(
         if http10 {
             return Err(bad("Transfer-Encoding in an HTTP/1.0 request"));
         }
-        if !scan.chunked {
+        if !f.chunked {
             return Err(bad("the final transfer coding is not chunked"));
         }
         Some(Framing::Chunked)
     } else {
-        match scan.content_length {
+        match f.content_length {
             Some(0) | None => None,
             Some(n) => Some(Framing::Length(n)),
         }
     };
     let keep_alive = if http10 {
-        scan.keep_alive && !scan.close
+        f.keep_alive && !f.close
     } else {
-        !scan.close
+        !f.close
     };
     let mut request = Request::new(());
     *request.method_mut() = method;
@@ -164,11 +165,7 @@ struct Scan {
     version: u8,
     method: (u32, u32),
     target: (u32, u32),
-    content_length: Option<u64>,
-    transfer_encoding: bool,
-    chunked: bool,
-    close: bool,
-    keep_alive: bool,
+    framing: FramingFields,
     expect_continue: bool,
     trailers: bool,
 }
@@ -198,11 +195,7 @@ fn scan<'b>(
         version: req.version.unwrap_or(1),
         method: range(buf, req.method.unwrap_or("").as_bytes()),
         target: range(buf, req.path.unwrap_or("").as_bytes()),
-        content_length: None,
-        transfer_encoding: false,
-        chunked: false,
-        close: false,
-        keep_alive: false,
+        framing: FramingFields::default(),
         expect_continue: false,
         trailers: false,
     };
@@ -211,33 +204,11 @@ fn scan<'b>(
             .names
             .classify(pos, h.name.as_bytes())
             .ok_or_else(|| bad("invalid header field name"))?;
+        s.framing.add(kind, h.value).map_err(|e| match e {
+            BadLength::Invalid => bad("invalid Content-Length"),
+            BadLength::Conflicting => bad("conflicting Content-Length values"),
+        })?;
         match kind {
-            NameKind::ContentLength => {
-                for part in h.value.split(|b| *b == b',') {
-                    let n = parse_length(part.trim_ascii())
-                        .ok_or_else(|| bad("invalid Content-Length"))?;
-                    if s.content_length.is_some_and(|c| c != n) {
-                        return Err(bad("conflicting Content-Length values"));
-                    }
-                    s.content_length = Some(n);
-                }
-            }
-            NameKind::TransferEncoding => {
-                s.transfer_encoding = true;
-                // Only the final coding counts, and a later field comes after an earlier.
-                s.chunked = h
-                    .value
-                    .rsplit(|b| *b == b',')
-                    .next()
-                    .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            }
-            NameKind::Connection => {
-                for token in h.value.split(|b| *b == b',') {
-                    let token = token.trim_ascii();
-                    s.close |= token.eq_ignore_ascii_case(b"close");
-                    s.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-                }
-            }
             NameKind::Expect => {
                 s.expect_continue |= h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
             }
@@ -247,7 +218,7 @@ fn scan<'b>(
                     .split(|b| *b == b',')
                     .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
             }
-            NameKind::HopByHop | NameKind::Plain => {}
+            _ => {}
         }
         scratch.fields.push(Field {
             name: pos as u32,

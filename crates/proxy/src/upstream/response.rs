@@ -4,10 +4,9 @@
 
 use super::Target;
 use super::pool::Conn;
-use crate::forward::is_hop_by_hop_name;
 pub(crate) use crate::framing::Framing;
-use crate::framing::{Decoder, FramingError, parse_length};
-use crate::heads::{NameCache, NameKind, range};
+use crate::framing::{Decoder, FramingError};
+use crate::heads::{FramingFields, NameCache, range};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -74,14 +73,7 @@ pub(super) fn parse_head(
     loop {
         scratch.fields.clear();
         let mut reason = (0, 0);
-        let mut content_length: Option<u64> = None;
-        let mut transfer_encoding = false;
-        let mut chunked = false;
-        let mut close = false;
-        let mut keep_alive = false;
-        // `Connection` named a field beyond the fixed hop-by-hop set: rare, left to the
-        // general removal once the map is built.
-        let mut names_others = false;
+        let mut framing_fields = FramingFields::default();
         let (len, code, version) = {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut resp = httparse::Response::new(&mut headers);
@@ -113,42 +105,14 @@ pub(super) fn parse_head(
                     .names
                     .classify(pos, h.name.as_bytes())
                     .ok_or(InvalidHead::Header)?;
-                match kind {
-                    NameKind::ContentLength => {
-                        for part in h.value.split(|b| *b == b',') {
-                            let n = parse_length(part.trim_ascii())
-                                .ok_or(InvalidHead::ContentLength)?;
-                            if content_length.is_some_and(|c| c != n) {
-                                return Err(InvalidHead::ContentLength);
-                            }
-                            content_length = Some(n);
-                        }
-                    }
-                    NameKind::TransferEncoding => {
-                        transfer_encoding = true;
-                        // Only the final coding counts, and a later field comes after an
-                        // earlier.
-                        chunked = h
-                            .value
-                            .rsplit(|b| *b == b',')
-                            .next()
-                            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-                    }
-                    NameKind::Connection => {
-                        for token in h.value.split(|b| *b == b',') {
-                            let token = token.trim_ascii();
-                            let is_close = token.eq_ignore_ascii_case(b"close");
-                            close |= is_close;
-                            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-                            names_others |=
-                                !is_close && !token.is_empty() && !is_hop_by_hop_name(token);
-                        }
-                    }
-                    _ => {}
-                }
+                framing_fields
+                    .add(kind, h.value)
+                    .map_err(|_| InvalidHead::ContentLength)?;
                 // Hop-by-hop fields (RFC 9110 §7.6.1) are for this connection only: they are
                 // read above and never enter the map the client's response is built from.
-                if kind.is_hop_by_hop() && !names_others {
+                // `Connection` naming a field beyond the fixed set is rare: those are left to
+                // the general removal once the map is built.
+                if kind.is_hop_by_hop() && !framing_fields.names_others {
                     continue;
                 }
                 scratch.fields.push(Field {
@@ -175,6 +139,14 @@ pub(super) fn parse_head(
                     .map_err(|_| InvalidHead::Header)?;
             headers.append(name, value);
         }
+        let FramingFields {
+            content_length,
+            transfer_encoding,
+            chunked,
+            close,
+            keep_alive,
+            names_others,
+        } = framing_fields;
         if names_others {
             crate::forward::strip_hop_by_hop(&mut headers);
         }
