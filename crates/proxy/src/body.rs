@@ -183,7 +183,7 @@ impl Body for ResponseBody {
 /// answer. Closing with unread data makes the kernel reset the connection, and a client still
 /// writing its body would see a broken pipe instead of the 4xx we sent (nginx's lingering close).
 pub const LINGER_MAX_BYTES: u64 = 1024 * 1024;
-const LINGER_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+pub const LINGER_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Reads and discards what remains of a request body in the background, within limits. An
 /// HTTP/1.1 connection drains its own body after the response, so only HTTP/2 needs a task.

@@ -17,7 +17,7 @@ pub use body::{H1Body, H1BodyError};
 pub(crate) use io::Transport;
 pub(crate) use request::HeadLimits;
 
-use crate::body::ClientBody;
+use crate::body::{ClientBody, LINGER_MAX_BYTES, LINGER_MAX_TIME};
 use crate::framing::{Decoder, chunk_size_line, parse_length};
 use crate::gateway::Shared;
 use crate::pipeline::{ConnMeta, LoggedBody, handle};
@@ -44,10 +44,6 @@ const COPY_MAX: usize = 16 * 1024;
 /// While a request runs we keep reading, to notice a client that hangs up; pipelined bytes
 /// beyond this wait in the socket.
 const WATCH_MAX: usize = 64 * 1024;
-/// What a refused request body may still be read for, so the client sees our answer rather
-/// than a reset (nginx's lingering close); beyond it the connection closes.
-const DRAIN_MAX_BYTES: u64 = crate::body::LINGER_MAX_BYTES;
-const DRAIN_MAX_TIME: Duration = Duration::from_secs(5);
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Connection settings, fixed when the listeners start.
@@ -245,14 +241,13 @@ impl Conn {
         mut request: Pin<&mut F>,
         writer: &mut Writer,
     ) -> Option<F::Output> {
-        let handoff = self.handoff.clone();
         let mut continue_sent = 0;
         poll_fn(|cx| {
             loop {
                 if let Poll::Ready(r) = request.as_mut().poll(cx) {
                     return Poll::Ready(Some(r));
                 }
-                if let Some(h) = handoff.as_deref()
+                if let Some(h) = self.handoff.as_deref()
                     && h.wants_continue()
                 {
                     match writer.poll_write(cx, &CONTINUE[continue_sent..]) {
@@ -285,7 +280,9 @@ impl Conn {
         .await
     }
 
-    /// Reads and discards the rest of a body the request did not consume, within bounds.
+    /// Reads and discards the rest of a body the request did not consume, within the same
+    /// bounds as HTTP/2's lingering reads (`crate::body::linger`): the client then sees our
+    /// answer rather than a reset, and the connection can carry on.
     /// `true`: the connection is at the next request's first byte and can go on.
     async fn drain(&mut self, mut decoder: Decoder) -> bool {
         let Some(side) = self.side.as_mut() else {
@@ -293,14 +290,14 @@ impl Conn {
         };
         let mut seen = 0u64;
         let drained = tokio::time::timeout(
-            DRAIN_MAX_TIME,
+            LINGER_MAX_TIME,
             poll_fn(|cx| {
                 loop {
                     match decoder.decode(&mut side.buf, side.eof) {
                         Ok(Some(frame)) => {
                             if let Some(d) = frame.data_ref() {
                                 seen += d.len() as u64;
-                                if seen > DRAIN_MAX_BYTES {
+                                if seen > LINGER_MAX_BYTES {
                                     return Poll::Ready(false);
                                 }
                             }
@@ -330,12 +327,7 @@ impl Conn {
         resp.headers_mut().insert(crate::pipeline::X_REQUEST_ID, id);
         let (parts, body) = resp.into_parts();
         self.out.clear();
-        let fields = encode_fields_of(
-            &mut self.out,
-            parts.status,
-            &parts.extensions,
-            &parts.headers,
-        );
+        let fields = encode_fields_of(&mut self.out, &parts);
         end_head(
             &mut self.out,
             Some(body.len() as u64),
@@ -362,12 +354,7 @@ impl Conn {
         let code = parts.status.as_u16();
         let bodyless = head_request || code < 200 || code == 204 || code == 304;
         self.out.clear();
-        let fields = encode_fields_of(
-            &mut self.out,
-            parts.status,
-            &parts.extensions,
-            &parts.headers,
-        );
+        let fields = encode_fields_of(&mut self.out, &parts);
         // The body's own length when the response does not declare one.
         let computed = if bodyless || fields.length.is_some() {
             None
@@ -517,17 +504,13 @@ struct Written {
 
 /// Status line and fields. Framing and connection fields are ours to write: any the response
 /// carries are left out, so the message can only be read one way.
-fn encode_fields_of(
-    out: &mut Vec<u8>,
-    status: http::StatusCode,
-    extensions: &http::Extensions,
-    headers: &HeaderMap,
-) -> Written {
+fn encode_fields_of(out: &mut Vec<u8>, parts: &http::response::Parts) -> Written {
+    let status = parts.status;
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     // A non-standard reason phrase from the upstream goes back as sent.
-    match extensions.get::<hyper::ext::ReasonPhrase>() {
+    match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
         Some(r) => out.extend_from_slice(r.as_bytes()),
         None => out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
     }
@@ -536,7 +519,7 @@ fn encode_fields_of(
         length: None,
         date: false,
     };
-    for (name, value) in headers {
+    for (name, value) in &parts.headers {
         if name == CONNECTION || name == TRANSFER_ENCODING {
             continue;
         }
