@@ -62,6 +62,14 @@ pub trait Policy: Send + Sync + 'static {
     }
 
     /// Runs on every response once the route is known: upstream responses, gateway errors and
-    /// policy answers alike.
+    /// policy answers alike. A policy whose hook reads or changes fields the response already
+    /// has must say so in [`Policy::edits_response`]; adding fields needs nothing more.
     fn on_response(&self, _ctx: &RequestCtx, _resp: &mut http::response::Parts) {}
+
+    /// Whether `on_response` needs the upstream's response fields in `resp.headers`. Without
+    /// such a policy on the route they are passed to HTTP/1.1 clients as they arrived, never
+    /// parsed into the map, and the map holds only what the gateway adds.
+    fn edits_response(&self) -> bool {
+        false
+    }
 }

@@ -209,6 +209,11 @@ impl Policy for Versioning {
         Step::Continue
     }
 
+    /// `Deprecation` and `Sunset` replace whatever the upstream said.
+    fn edits_response(&self) -> bool {
+        true
+    }
+
     fn on_response(&self, ctx: &RequestCtx, resp: &mut http::response::Parts) {
         if let Some(sel) = &self.selector {
             resp.headers.append(VARY, sel.vary.clone());

@@ -20,11 +20,15 @@ const LINE_ESTIMATE: usize = 512;
 
 /// Everything one access log line says.
 pub struct Record<'a> {
+    /// When the request finished, by the gateway's clock.
+    pub at: SystemTime,
     pub request_id: &'a str,
     pub client_ip: IpAddr,
+    /// Ours, like `protocol`, `error` and `fault`: logged without escaping.
     pub listener: &'static str,
     pub protocol: &'static str,
-    pub method: &'a str,
+    /// A token by type: logged without escaping.
+    pub method: &'a http::Method,
     pub path: &'a str,
     pub tenant: Option<&'a str>,
     pub api: Option<&'a str>,
@@ -202,6 +206,22 @@ fn field_str(out: &mut Vec<u8>, key: &str, v: Option<&str>) {
     }
 }
 
+/// For values that cannot need escaping by their type: our own constants, and methods (RFC 9110
+/// tokens, which `http::Method` enforces).
+#[inline(always)]
+fn field_plain(out: &mut Vec<u8>, key: &str, v: Option<&str>) {
+    out.extend_from_slice(key.as_bytes());
+    match v {
+        Some(v) => {
+            debug_assert!(!v.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20));
+            out.push(b'"');
+            out.extend_from_slice(v.as_bytes());
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
 #[inline(always)]
 fn field_num(out: &mut Vec<u8>, key: &str, v: Option<u64>) {
     out.extend_from_slice(key.as_bytes());
@@ -284,13 +304,13 @@ pub(crate) fn format_record(out: &mut Vec<u8>, r: &Record<'_>) {
     // A line is a few hundred bytes: one capacity check up front, not one per field.
     out.reserve(LINE_ESTIMATE + r.path.len());
     out.extend_from_slice(b"{\"ts\":\"");
-    push_timestamp(out, SystemTime::now());
+    push_timestamp(out, r.at);
     field_str(out, "\",\"request_id\":", Some(r.request_id));
     out.extend_from_slice(b",\"client_ip\":\"");
     push_ip(out, r.client_ip);
-    field_str(out, "\",\"listener\":", Some(r.listener));
-    field_str(out, ",\"protocol\":", Some(r.protocol));
-    field_str(out, ",\"method\":", Some(r.method));
+    field_plain(out, "\",\"listener\":", Some(r.listener));
+    field_plain(out, ",\"protocol\":", Some(r.protocol));
+    field_plain(out, ",\"method\":", Some(r.method.as_str()));
     field_str(out, ",\"path\":", Some(r.path));
     field_str(out, ",\"tenant\":", r.tenant);
     field_str(out, ",\"api\":", r.api);
@@ -302,8 +322,8 @@ pub(crate) fn format_record(out: &mut Vec<u8>, r: &Record<'_>) {
     field_str(out, ",\"upstream\":", r.upstream);
     field_num(out, ",\"bytes_in\":", r.bytes_in);
     field_num(out, ",\"bytes_out\":", Some(r.bytes_out));
-    field_str(out, ",\"error\":", r.error);
-    field_str(out, ",\"fault\":", r.fault);
+    field_plain(out, ",\"error\":", r.error);
+    field_plain(out, ",\"fault\":", r.fault);
     if r.aborted {
         out.extend_from_slice(b",\"aborted\":true");
     }
@@ -320,11 +340,12 @@ mod tests {
         format_record(
             &mut s,
             &Record {
+                at: SystemTime::now(),
                 request_id: "abc\"\\",
                 client_ip: [10, 0, 0, 1].into(),
                 listener: "public",
                 protocol: "HTTP/1.1",
-                method: "GET",
+                method: &http::Method::GET,
                 path: "/a\u{1}b",
                 tenant: Some("retail"),
                 api: None,
@@ -374,11 +395,12 @@ mod tests {
         let mem = Arc::new(Mutex::new(Vec::new()));
         let log = AccessLog::start(Sink::Memory(mem.clone()), Counter::default());
         let rec = Record {
+            at: SystemTime::now(),
             request_id: "x",
             client_ip: [127, 0, 0, 1].into(),
             listener: "public",
             protocol: "HTTP/1.1",
-            method: "GET",
+            method: &http::Method::GET,
             path: "/",
             tenant: None,
             api: None,

@@ -1,7 +1,7 @@
 //! Body types of the proxy path. Both are concrete enums rather than boxed trait objects, so a
 //! proxied request allocates no body wrapper; both stream frame by frame and never buffer.
 
-use crate::upstream::{UpstreamBody, UpstreamBodyError};
+use crate::upstream::{RawFields, UpstreamBody, UpstreamBodyError};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -137,6 +137,9 @@ impl Body for RequestBody {
 }
 
 /// The response body sent to the client: an upstream's stream or a gateway-made document.
+// Unboxed on purpose: the upstream variant is the common one, and a box would be an
+// allocation per proxied request to save a few moves of the rare gateway-made one.
+#[allow(clippy::large_enum_variant)]
 pub enum ResponseBody {
     /// The upstream's body; it owns its connection and returns it to the pool itself.
     Upstream(UpstreamBody),
@@ -146,6 +149,28 @@ pub enum ResponseBody {
 impl ResponseBody {
     pub fn full(b: Bytes) -> Self {
         ResponseBody::Full(Some(b))
+    }
+
+    /// An upstream response's fields kept as they arrived (not in the response's map).
+    pub fn raw_fields(&self) -> Option<&RawFields> {
+        match self {
+            ResponseBody::Upstream(b) => b.raw_fields(),
+            ResponseBody::Full(_) => None,
+        }
+    }
+
+    pub fn take_raw_fields(&mut self) -> Option<RawFields> {
+        match self {
+            ResponseBody::Upstream(b) => b.take_raw_fields(),
+            ResponseBody::Full(_) => None,
+        }
+    }
+}
+
+/// Moves fields kept raw into the response's map, for whatever needs them there.
+pub fn materialize(resp: &mut http::Response<ResponseBody>) {
+    if let Some(raw) = resp.body_mut().take_raw_fields() {
+        raw.into_map(resp.headers_mut());
     }
 }
 

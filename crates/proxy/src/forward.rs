@@ -5,10 +5,13 @@ use http::header::{CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use std::net::IpAddr;
+use tollgate_core::trace::TraceParent;
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
@@ -161,17 +164,42 @@ fn parse_xff_entry(s: &str) -> Option<IpAddr> {
     s.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())
 }
 
-/// Sets `X-Forwarded-For/-Proto/-Host` for the upstream. A trusted peer's values are extended;
-/// an untrusted client's are replaced, so the upstream never sees a forged chain as ours.
-/// `peer` is the peer address already rendered as a header value (once per connection).
-pub fn set_forwarded(
-    h: &mut HeaderMap,
-    peer: &HeaderValue,
-    peer_trusted: bool,
-    proto: &'static str,
-    host: Option<HeaderValue>,
-) {
-    if peer_trusted {
+/// The fields the gateway sets on every request it forwards: `X-Forwarded-For/-Proto/-Host`,
+/// `X-Request-ID` and `traceparent`. They never enter the request's header map: the upstream
+/// client leaves the request's own fields of these names out ([`Forwarded::owns`]) and writes
+/// these after the rest, which saves five map insertions per request.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    pub xff: HeaderValue,
+    pub proto: HeaderValue,
+    pub host: Option<HeaderValue>,
+    pub request_id: HeaderValue,
+    pub traceparent: TraceParent,
+}
+
+impl Forwarded {
+    /// A trusted peer's `X-Forwarded-*` values are extended; an untrusted client's are
+    /// replaced, so the upstream never sees a forged chain as ours. `peer` is the peer address
+    /// already rendered as a header value (once per connection).
+    pub fn new(
+        h: &HeaderMap,
+        peer: &HeaderValue,
+        peer_trusted: bool,
+        proto: &'static str,
+        host: Option<HeaderValue>,
+        request_id: HeaderValue,
+        traceparent: TraceParent,
+    ) -> Self {
+        let proto = HeaderValue::from_static(proto);
+        if !peer_trusted {
+            return Self {
+                xff: peer.clone(),
+                proto,
+                host,
+                request_id,
+                traceparent,
+            };
+        }
         let mut lines = h.get_all(X_FORWARDED_FOR).iter().peekable();
         let xff = if lines.peek().is_some() {
             // Fold multiple lines into one list, then append the peer.
@@ -185,26 +213,53 @@ pub fn set_forwarded(
         } else {
             peer.clone()
         };
-        h.insert(X_FORWARDED_FOR, xff);
-        if !h.contains_key(X_FORWARDED_PROTO) {
-            h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        Self {
+            xff,
+            proto: h.get(X_FORWARDED_PROTO).cloned().unwrap_or(proto),
+            host: h.get(X_FORWARDED_HOST).cloned().or(host),
+            request_id,
+            traceparent,
         }
-        if !h.contains_key(X_FORWARDED_HOST)
-            && let Some(v) = host
-        {
-            h.insert(X_FORWARDED_HOST, v);
+    }
+
+    /// Whether a request field of this name is replaced by ours.
+    pub fn owns(name: &HeaderName) -> bool {
+        // Standard names compare by tag alone; these five are all custom, so this is a few
+        // length comparisons for almost every field.
+        name == X_FORWARDED_FOR
+            || name == X_FORWARDED_PROTO
+            || name == X_FORWARDED_HOST
+            || name == X_REQUEST_ID
+            || name == TRACEPARENT
+    }
+
+    /// The fields as HTTP/1.1 field lines.
+    pub fn encode(&self, w: &mut Vec<u8>) {
+        w.extend_from_slice(b"x-forwarded-for: ");
+        w.extend_from_slice(self.xff.as_bytes());
+        w.extend_from_slice(b"\r\nx-forwarded-proto: ");
+        w.extend_from_slice(self.proto.as_bytes());
+        if let Some(host) = &self.host {
+            w.extend_from_slice(b"\r\nx-forwarded-host: ");
+            w.extend_from_slice(host.as_bytes());
         }
-    } else {
-        h.insert(X_FORWARDED_FOR, peer.clone());
-        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-        match host {
-            Some(v) => {
-                h.insert(X_FORWARDED_HOST, v);
-            }
-            None => {
-                h.remove(X_FORWARDED_HOST);
-            }
-        }
+        w.extend_from_slice(b"\r\nx-request-id: ");
+        w.extend_from_slice(self.request_id.as_bytes());
+        w.extend_from_slice(b"\r\ntraceparent: ");
+        w.extend_from_slice(&self.traceparent.encode());
+        w.extend_from_slice(b"\r\n");
+    }
+
+    /// The same fields set in a header map, replacing any the map had.
+    pub fn apply(&self, h: &mut HeaderMap) {
+        h.insert(X_FORWARDED_FOR, self.xff.clone());
+        h.insert(X_FORWARDED_PROTO, self.proto.clone());
+        match &self.host {
+            Some(v) => h.insert(X_FORWARDED_HOST, v.clone()),
+            None => h.remove(X_FORWARDED_HOST),
+        };
+        h.insert(X_REQUEST_ID, self.request_id.clone());
+        h.insert(TRACEPARENT, self.traceparent.to_header());
     }
 }
 
@@ -297,36 +352,87 @@ mod tests {
         );
     }
 
+    fn forwarded(
+        h: &HeaderMap,
+        peer: &str,
+        trusted: bool,
+        host: Option<&'static str>,
+    ) -> HeaderMap {
+        let tp = TraceParent {
+            trace_id: 1,
+            parent_id: 2,
+            flags: 0,
+        };
+        let f = Forwarded::new(
+            h,
+            &peer_value(peer.parse().expect("ip")),
+            trusted,
+            "http",
+            host.map(HeaderValue::from_static),
+            HeaderValue::from_static("rid"),
+            tp,
+        );
+        // What the upstream client sends: the request's fields minus ours, then ours.
+        let mut wire = Vec::new();
+        for (k, v) in h {
+            if !Forwarded::owns(k) {
+                wire.extend_from_slice(k.as_str().as_bytes());
+                wire.extend_from_slice(b": ");
+                wire.extend_from_slice(v.as_bytes());
+                wire.extend_from_slice(b"\r\n");
+            }
+        }
+        f.encode(&mut wire);
+        let mut parsed = HeaderMap::new();
+        for line in wire.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let line = std::str::from_utf8(line).expect("utf8").trim_end();
+            let (k, v) = line.split_once(": ").expect("field line");
+            parsed.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("n"),
+                HeaderValue::from_str(v).expect("v"),
+            );
+        }
+        // The map form says the same.
+        let mut applied = h.clone();
+        f.apply(&mut applied);
+        assert_eq!(applied, parsed);
+        parsed
+    }
+
     #[test]
     fn forwarded_headers_are_replaced_for_untrusted_and_extended_for_trusted() {
-        let mut h = hm(&[
+        let h = hm(&[
             ("x-forwarded-for", "6.6.6.6"),
             ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.test"),
+            ("x-request-id", "forged"),
+            ("traceparent", "forged"),
             ("host", "api.bank.test"),
         ]);
-        set_forwarded(
-            &mut h,
-            &peer_value("198.51.100.1".parse().expect("ip")),
-            false,
-            "http",
-            Some(HeaderValue::from_static("api.bank.test")),
+        let out = forwarded(&h, "198.51.100.1", false, Some("api.bank.test"));
+        assert_eq!(out["x-forwarded-for"], "198.51.100.1");
+        assert_eq!(out["x-forwarded-proto"], "http");
+        assert_eq!(out["x-forwarded-host"], "api.bank.test");
+        assert_eq!(out["x-request-id"], "rid");
+        assert_eq!(
+            out["traceparent"],
+            "00-00000000000000000000000000000001-0000000000000002-00"
         );
-        assert_eq!(h["x-forwarded-for"], "198.51.100.1");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "api.bank.test");
+        assert_eq!(out["host"], "api.bank.test");
+        assert_eq!(out.len(), 6, "{out:?}");
 
-        let mut h = hm(&[
+        // No host to forward: a client's X-Forwarded-Host does not pass either.
+        let out = forwarded(&h, "198.51.100.1", false, None);
+        assert!(!out.contains_key("x-forwarded-host"));
+
+        let h = hm(&[
             ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "7.7.7.7"),
             ("x-forwarded-proto", "https"),
         ]);
-        set_forwarded(
-            &mut h,
-            &peer_value("::ffff:127.0.0.1".parse().expect("ip")),
-            true,
-            "http",
-            None,
-        );
-        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "https");
+        let out = forwarded(&h, "::ffff:127.0.0.1", true, None);
+        assert_eq!(out["x-forwarded-for"], "6.6.6.6, 7.7.7.7, 127.0.0.1");
+        assert_eq!(out["x-forwarded-proto"], "https");
+        assert!(!out.contains_key("x-forwarded-host"));
     }
 }

@@ -8,7 +8,7 @@
 use crate::forward::is_hop_by_hop_name;
 use crate::framing::parse_length;
 use http::HeaderName;
-use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TE, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TE, TRANSFER_ENCODING};
 
 /// The byte range of `part` within `base`. httparse hands out subslices of the buffer it
 /// parsed; their offsets are all a head needs to survive the buffer being split and frozen.
@@ -33,6 +33,9 @@ pub(crate) enum NameKind {
     Te,
     /// Any other hop-by-hop field (RFC 9110 §7.6.1).
     HopByHop,
+    Date,
+    /// `X-Request-ID`: on responses, the gateway's own replaces the upstream's.
+    RequestId,
 }
 
 impl NameKind {
@@ -137,6 +140,10 @@ impl NameCache {
             NameKind::Te
         } else if is_hop_by_hop_name(raw) {
             NameKind::HopByHop
+        } else if name == DATE {
+            NameKind::Date
+        } else if name == crate::forward::X_REQUEST_ID {
+            NameKind::RequestId
         } else {
             NameKind::Plain
         };
@@ -187,5 +194,13 @@ mod tests {
         assert_eq!(c.name(1), Some(&TE));
         assert_eq!(c.classify(2, b"bad name"), None);
         assert!(NameKind::Te.is_hop_by_hop() && !NameKind::Expect.is_hop_by_hop());
+    }
+
+    #[test]
+    fn date_and_request_id_are_recognised_in_any_case() {
+        let mut c = NameCache::default();
+        assert_eq!(c.classify(0, b"DATE"), Some(NameKind::Date));
+        assert_eq!(c.classify(1, b"X-Request-Id"), Some(NameKind::RequestId));
+        assert!(!NameKind::Date.is_hop_by_hop() && !NameKind::RequestId.is_hop_by_hop());
     }
 }

@@ -12,7 +12,7 @@ use crate::router::{Builtin, CompiledRoute, Lookup};
 use crate::upstream::Target;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
-use http::{HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use tollgate_core::trace::{TraceParent, new_request_id, sane_request_id};
 use tollgate_core::{Decision, GatewayError, Kind, Listener, RequestCtx, RouteMeta, Step};
 
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+use forward::TRACEPARENT;
+pub use forward::X_REQUEST_ID;
 
 /// What the accept loop knows about a connection, computed once per connection.
 #[derive(Debug, Clone)]
@@ -92,7 +92,13 @@ pub(crate) async fn handle(
     };
 
     // Response hooks run for every response once the route is known, whatever produced it.
-    if let Some(r) = &route {
+    if let Some(r) = &route
+        && !r.policies.is_empty()
+    {
+        // A policy that reads or changes response fields needs them all in the map.
+        if r.policies.iter().any(|p| p.edits_response()) {
+            crate::body::materialize(&mut resp);
+        }
         let (mut head, body) = resp.into_parts();
         for p in r.policies.iter().rev() {
             p.on_response(&ctx, &mut head);
@@ -103,7 +109,8 @@ pub(crate) async fn handle(
     for (k, v) in ctx.response_headers.drain(..) {
         headers.append(k, v);
     }
-    headers.insert(X_REQUEST_ID, ctx.request_id.clone());
+    // `X-Request-ID` is not set here: it travels with the body ([`LoggedBody::request_id`])
+    // and the protocol writes it, replacing any the response has.
 
     let status = resp.status().as_u16();
     let completion = Completion {
@@ -223,16 +230,16 @@ async fn run(
         Listener::Public => "http",
         Listener::Tls => "https",
     };
-    forward::set_forwarded(
-        &mut parts.headers,
+    let traceparent = TraceParent::child_or_new(parts.headers.get(TRACEPARENT), &*shared.ids);
+    let forwarded = forward::Forwarded::new(
+        &parts.headers,
         &conn.peer_value,
         peer_trusted,
         proto,
         host,
+        ctx.request_id.clone(),
+        traceparent,
     );
-    parts.headers.insert(X_REQUEST_ID, ctx.request_id.clone());
-    let tp = TraceParent::child_or_new(parts.headers.get(TRACEPARENT), &*shared.ids);
-    parts.headers.insert(TRACEPARENT, tp.to_header());
 
     let Some(body) = body.take() else {
         return Err(GatewayError::new(
@@ -243,7 +250,7 @@ async fn run(
     let req = Request::from_parts(parts, RequestBody::new(body, route.max_body_bytes));
     let sent = Instant::now();
     info.target = Some(target.clone());
-    let result = upstream.send(&target, req).await;
+    let result = upstream.send(&target, req, Some(forwarded), sent).await;
     info.duration = Some(sent.elapsed());
     let resp = result.inspect_err(|e| {
         if e.fault() == tollgate_core::Fault::Upstream {
@@ -421,6 +428,8 @@ impl Completion {
         }
         // The response is over: give back concurrency slots.
         drop(self.held);
+        // One read of the wall clock stamps both the usage minute and the log line.
+        let at = self.shared.policy_env.clock.now();
         if let Some(m) = &self.meta {
             self.shared.usage.record(
                 &m.tenant,
@@ -429,6 +438,7 @@ impl Completion {
                 self.status,
                 self.throttled.is_some(),
                 elapsed,
+                at,
             );
         }
         if !self.log {
@@ -436,6 +446,7 @@ impl Completion {
         }
         let meta = self.meta.as_deref();
         self.shared.access_log.log(&Record {
+            at,
             request_id: self.request_id.to_str().unwrap_or("-"),
             client_ip: self.client_ip,
             listener: match self.listener {
@@ -447,7 +458,7 @@ impl Completion {
                 Version::HTTP_10 => "HTTP/1.0",
                 _ => "HTTP/1.1",
             },
-            method: self.method.as_str(),
+            method: &self.method,
             path: self.uri.path(),
             tenant: meta.map(|m| &*m.tenant),
             api: meta.map(|m| &*m.api),
@@ -470,6 +481,30 @@ impl Completion {
 pub struct LoggedBody {
     inner: ResponseBody,
     done: Option<Completion>,
+}
+
+impl LoggedBody {
+    /// The upstream's fields when they were kept as they arrived; the response's map holds
+    /// only what the gateway added. See [`crate::upstream::RawFields`].
+    pub(crate) fn raw_fields(&self) -> Option<&crate::upstream::RawFields> {
+        self.inner.raw_fields()
+    }
+
+    /// The response's `X-Request-ID`, which is not in its map (until the request is recorded).
+    pub(crate) fn request_id(&self) -> Option<&HeaderValue> {
+        self.done.as_ref().map(|c| &c.request_id)
+    }
+}
+
+/// Puts everything [`handle`] leaves to the protocol into the response's map: fields kept raw
+/// and `X-Request-ID`. For clients whose responses are written from the map alone (HTTP/2).
+pub(crate) fn materialize(resp: &mut Response<LoggedBody>) {
+    if let Some(raw) = resp.body_mut().inner.take_raw_fields() {
+        raw.into_map(resp.headers_mut());
+    }
+    if let Some(id) = resp.body().request_id().cloned() {
+        resp.headers_mut().insert(X_REQUEST_ID, id);
+    }
 }
 
 impl Body for LoggedBody {

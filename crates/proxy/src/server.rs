@@ -323,7 +323,13 @@ impl Protocols {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            handle(shared.clone(), conn.clone(), req.map(ClientBody::Hyper))
+            let response = handle(shared.clone(), conn.clone(), req.map(ClientBody::Hyper));
+            async move {
+                // hyper writes HEADERS frames from the map alone.
+                let mut response = response.await?;
+                crate::pipeline::materialize(&mut response);
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
         let connection = self.http2.serve_connection(TokioIo::new(io), service);
         let mut connection = std::pin::pin!(connection);

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tollgate_core::Clock;
 use tollgate_core::usage::{LATENCY_BUCKETS, latency_bucket};
 
@@ -109,6 +109,11 @@ impl std::fmt::Debug for Usage {
     }
 }
 
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -124,13 +129,12 @@ impl Usage {
     }
 
     fn now_ms(&self) -> i64 {
-        self.clock
-            .now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64)
+        unix_ms(self.clock.now())
     }
 
-    /// Counts one finished request.
+    /// Counts one request, finished at `at` by the injected clock (read once per request by the
+    /// caller, which also stamps the access log line with it).
+    #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
         tenant: &Arc<str>,
@@ -139,8 +143,9 @@ impl Usage {
         status: u16,
         throttled: bool,
         elapsed: Duration,
+        at: SystemTime,
     ) {
-        let now = self.now_ms();
+        let now = unix_ms(at);
         let consumer = consumer.unwrap_or(&self.anonymous);
         let key = Key {
             minute_ms: now - now.rem_euclid(60_000),
@@ -266,12 +271,44 @@ mod tests {
         let (t, a): (Arc<str>, Arc<str>) = (Arc::from("retail"), Arc::from("accounts"));
         let gold: Arc<str> = Arc::from("partner-gold");
         for _ in 0..3 {
-            u.record(&t, &a, Some(&gold), 200, false, Duration::from_millis(4));
+            u.record(
+                &t,
+                &a,
+                Some(&gold),
+                200,
+                false,
+                Duration::from_millis(4),
+                clock.now(),
+            );
         }
-        u.record(&t, &a, Some(&gold), 429, true, Duration::from_micros(300));
-        u.record(&t, &a, None, 401, false, Duration::from_millis(1));
+        u.record(
+            &t,
+            &a,
+            Some(&gold),
+            429,
+            true,
+            Duration::from_micros(300),
+            clock.now(),
+        );
+        u.record(
+            &t,
+            &a,
+            None,
+            401,
+            false,
+            Duration::from_millis(1),
+            clock.now(),
+        );
         clock.advance(Duration::from_secs(60));
-        u.record(&t, &a, Some(&gold), 502, false, Duration::from_millis(20));
+        u.record(
+            &t,
+            &a,
+            Some(&gold),
+            502,
+            false,
+            Duration::from_millis(20),
+            clock.now(),
+        );
 
         let mut d = u.drain();
         d.sort_by_key(|d| (d.minute_ms, d.consumer.clone()));
@@ -306,15 +343,15 @@ mod tests {
         let (t, a): (Arc<str>, Arc<str>) = (Arc::from("t"), Arc::from("a"));
         let (x, y): (Arc<str>, Arc<str>) = (Arc::from("x"), Arc::from("y"));
         for _ in 0..50 {
-            u.record(&t, &a, Some(&x), 200, false, Duration::ZERO);
+            u.record(&t, &a, Some(&x), 200, false, Duration::ZERO, clock.now());
         }
         clock.advance(Duration::from_secs(120));
         for _ in 0..5 {
-            u.record(&t, &a, Some(&y), 200, false, Duration::ZERO);
-            u.record(&t, &a, Some(&x), 200, false, Duration::ZERO);
+            u.record(&t, &a, Some(&y), 200, false, Duration::ZERO, clock.now());
+            u.record(&t, &a, Some(&x), 200, false, Duration::ZERO, clock.now());
         }
-        u.record(&t, &a, Some(&y), 200, false, Duration::ZERO);
-        u.record(&t, &a, None, 200, false, Duration::ZERO);
+        u.record(&t, &a, Some(&y), 200, false, Duration::ZERO, clock.now());
+        u.record(&t, &a, None, 200, false, Duration::ZERO, clock.now());
         let top = u.top_consumers(Duration::from_secs(60));
         assert_eq!(top, vec![(y.clone(), 6), (x.clone(), 5)]);
         let top = u.top_consumers(Duration::from_secs(600));

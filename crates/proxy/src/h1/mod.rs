@@ -18,6 +18,7 @@ pub(crate) use io::Transport;
 pub(crate) use request::HeadLimits;
 
 use crate::body::{ClientBody, LINGER_MAX_BYTES, LINGER_MAX_TIME};
+use crate::forward::X_REQUEST_ID;
 use crate::framing::{Decoder, chunk_size_line, parse_length};
 use crate::gateway::Shared;
 use crate::pipeline::{ConnMeta, LoggedBody, handle};
@@ -25,7 +26,7 @@ use crate::server::Shutdown;
 use body::{Handoff, ReadSide};
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
-use http::{HeaderMap, Method, Request, Response, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Version};
 use http_body::Body;
 use io::Writer;
 use std::future::{Future, poll_fn};
@@ -323,11 +324,10 @@ impl Conn {
     async fn refuse(&mut self, writer: &mut Writer, shared: &Shared, e: GatewayError) {
         tracing::debug!(kind = e.kind.slug(), detail = %e.detail, "request head refused");
         let id = tollgate_core::trace::new_request_id(&*shared.ids);
-        let mut resp = e.to_response(id.to_str().unwrap_or("-"));
-        resp.headers_mut().insert(crate::pipeline::X_REQUEST_ID, id);
+        let resp = e.to_response(id.to_str().unwrap_or("-"));
         let (parts, body) = resp.into_parts();
         self.out.clear();
-        let fields = encode_fields_of(&mut self.out, &parts);
+        let fields = encode_fields_of(&mut self.out, &parts, Some(&id));
         end_head(
             &mut self.out,
             Some(body.len() as u64),
@@ -354,7 +354,19 @@ impl Conn {
         let code = parts.status.as_u16();
         let bodyless = head_request || code < 200 || code == 204 || code == 304;
         self.out.clear();
-        let fields = encode_fields_of(&mut self.out, &parts);
+        let mut fields = encode_fields_of(&mut self.out, &parts, body.request_id());
+        if let Some(raw) = body.raw_fields() {
+            // The upstream's fields as they arrived; the map held only the gateway's.
+            raw.encode(&mut self.out);
+            if let Some(n) = raw.length {
+                self.out.extend_from_slice(b"content-length: ");
+                self.out
+                    .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                self.out.extend_from_slice(b"\r\n");
+                fields.length = Some(n);
+            }
+            fields.date |= raw.date;
+        }
         // The body's own length when the response does not declare one.
         let computed = if bodyless || fields.length.is_some() {
             None
@@ -503,8 +515,13 @@ struct Written {
 }
 
 /// Status line and fields. Framing and connection fields are ours to write: any the response
-/// carries are left out, so the message can only be read one way.
-fn encode_fields_of(out: &mut Vec<u8>, parts: &http::response::Parts) -> Written {
+/// carries are left out, so the message can only be read one way. So is `X-Request-ID` when
+/// `request_id` is given: the request's own id replaces whatever the map says.
+fn encode_fields_of(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    request_id: Option<&HeaderValue>,
+) -> Written {
     let status = parts.status;
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -519,8 +536,16 @@ fn encode_fields_of(out: &mut Vec<u8>, parts: &http::response::Parts) -> Written
         length: None,
         date: false,
     };
+    if let Some(id) = request_id {
+        out.extend_from_slice(b"x-request-id: ");
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     for (name, value) in &parts.headers {
-        if name == CONNECTION || name == TRANSFER_ENCODING {
+        if name == CONNECTION
+            || name == TRANSFER_ENCODING
+            || request_id.is_some() && name == X_REQUEST_ID
+        {
             continue;
         }
         if name == CONTENT_LENGTH {

@@ -9,11 +9,13 @@ use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version};
 use std::mem::MaybeUninit;
 use tollgate_core::{GatewayError, Kind};
 
-/// Fields parsed in a stack array; a config allowing more parses on the heap.
-const INLINE_FIELDS: usize = 100;
+/// Fields parsed in a stack array (uninitialised, so its size costs nothing); a config
+/// allowing more parses on the heap. The parse bound is twice `max_headers` (64 by default).
+const INLINE_FIELDS: usize = 256;
 
-/// Request fields the proxy adds before forwarding.
-const ADDED_FIELDS: usize = 6;
+/// Request fields policies may add before forwarding (identity's `X-Consumer-*`); the
+/// forwarding fields are written by the upstream client and never enter the map.
+const ADDED_FIELDS: usize = 4;
 
 /// What bounds a head before it is even parsed. The configured (lower) limits are checked by
 /// the pipeline, which answers them with specific problems; these keep the buffer bounded.
@@ -98,8 +100,7 @@ pub(super) fn parse(
         .map_err(|_| bad("invalid method"))?;
     let uri = Uri::from_maybe_shared(head.slice(scan.target.0 as usize..scan.target.1 as usize))
         .map_err(|_| bad("invalid request target"))?;
-    // Room for the fields the pipeline adds (X-Forwarded-*, X-Request-ID, traceparent):
-    // growing a map rehashes it.
+    // Room for fields policies add: growing a map rehashes it.
     let mut headers = HeaderMap::with_capacity(scratch.fields.len() + ADDED_FIELDS);
     for f in scratch.fields.iter() {
         let name = scratch

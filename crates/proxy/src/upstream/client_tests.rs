@@ -161,15 +161,22 @@ async fn front_with_pool(upstream: SocketAddr, limit: Option<u64>) -> (SocketAdd
                         let (parts, body) = req.into_parts();
                         let body = crate::body::ClientBody::Hyper(body);
                         let req = Request::from_parts(parts, RequestBody::new(body, limit));
-                        Ok::<_, Infallible>(match up.send(&target, req).await {
-                            Ok(r) => r.map(ResponseBody::Upstream),
-                            Err(e) => {
-                                let mut r = e.to_response("test").map(ResponseBody::full);
-                                r.headers_mut()
-                                    .insert(KIND, HeaderValue::from_static(e.kind.slug()));
-                                r
-                            }
-                        })
+                        Ok::<_, Infallible>(
+                            match up.send(&target, req, None, std::time::Instant::now()).await {
+                                Ok(r) => {
+                                    // hyper's server writes fields from the map alone.
+                                    let mut r = r.map(ResponseBody::Upstream);
+                                    crate::body::materialize(&mut r);
+                                    r
+                                }
+                                Err(e) => {
+                                    let mut r = e.to_response("test").map(ResponseBody::full);
+                                    r.headers_mut()
+                                        .insert(KIND, HeaderValue::from_static(e.kind.slug()));
+                                    r
+                                }
+                            },
+                        )
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -384,7 +391,13 @@ async fn chunked_trailers_are_yielded_as_a_frame() {
             break h;
         }
     };
-    let mut body = UpstreamBody::new(conn, up.pick().clone(), head.framing, head.keep_alive);
+    let mut body = UpstreamBody::new(
+        conn,
+        up.pick().clone(),
+        head.framing,
+        head.keep_alive,
+        head.raw,
+    );
     let mut data = Vec::new();
     let mut trailers = None;
     while let Some(f) = body.frame().await {
@@ -869,11 +882,12 @@ fn field_names_are_recognised_again_and_replaced_when_they_change() {
         let head = response::parse_head(&mut buf, false, &mut scratch)
             .unwrap()
             .unwrap();
-        let h = head.response.headers();
+        let keep_alive = head.keep_alive;
+        let h = &fields_of(head);
         assert!(h.get("connection").is_none() && h.get("keep-alive").is_none());
         assert_eq!(h.get("content-length").unwrap(), "0");
         seen.push((
-            head.keep_alive,
+            keep_alive,
             h.get("server").unwrap().clone(),
             h.get("x-custom").cloned(),
             h.get("x-other").cloned(),
@@ -901,4 +915,86 @@ fn field_names_are_recognised_again_and_replaced_when_they_change() {
         seen[2],
         (true, "c".parse().unwrap(), None, Some("3".parse().unwrap()))
     );
+}
+
+/// A parsed head's fields as a map, wherever the parser kept them.
+fn fields_of(head: response::Head) -> http::HeaderMap {
+    let mut map = head.response.headers().clone();
+    if let Some(raw) = head.raw {
+        raw.into_map(&mut map);
+    }
+    map
+}
+
+fn parse_one(raw: &[u8]) -> response::Head {
+    let mut buf = bytes::BytesMut::from(raw);
+    let head = response::parse_head(&mut buf, false, &mut Default::default())
+        .unwrap()
+        .unwrap();
+    assert!(buf.is_empty());
+    head
+}
+
+#[test]
+fn fields_pass_verbatim_without_the_ones_the_gateway_writes() {
+    let head = parse_one(
+        b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sat, 28 Nov 2026 15:00:00 GMT\r\n\
+          Content-Type: application/json\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\
+          X-Request-ID: upstream-id\r\nCache-Control: no-store\r\nX-Empty:\r\n\r\n",
+    );
+    assert!(head.response.headers().is_empty());
+    let raw = head.raw.as_ref().expect("kept raw");
+    let mut out = Vec::new();
+    raw.encode(&mut out);
+    assert_eq!(
+        out,
+        b"Server: nginx\r\nDate: Sat, 28 Nov 2026 15:00:00 GMT\r\n\
+          Content-Type: application/json\r\nCache-Control: no-store\r\nX-Empty:\r\n"
+    );
+    assert_eq!((raw.length, raw.date), (Some(2), true));
+    let map = fields_of(head);
+    let mut want = http::HeaderMap::new();
+    for (k, v) in [
+        ("server", "nginx"),
+        ("date", "Sat, 28 Nov 2026 15:00:00 GMT"),
+        ("content-type", "application/json"),
+        ("cache-control", "no-store"),
+        ("x-empty", ""),
+        ("content-length", "2"),
+    ] {
+        want.append(k, v.parse().unwrap());
+    }
+    assert_eq!(map, want);
+}
+
+#[test]
+fn heads_the_verbatim_path_does_not_take_are_parsed_into_a_map() {
+    // Bare LF line endings: legal to read, not to pass on.
+    let head = parse_one(b"HTTP/1.1 200 OK\nServer: a\nContent-Length: 0\n\n");
+    assert!(head.raw.is_none());
+    assert_eq!(head.response.headers()["server"], "a");
+    // `Connection` naming another field: removed from the map.
+    let head = parse_one(
+        b"HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\nA: 2\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(head.raw.is_none());
+    assert!(head.response.headers().get("x-hop").is_none());
+    assert_eq!(head.response.headers()["a"], "2");
+    // Kept fields in more runs than tracked (separated by left-out ones).
+    let head = parse_one(
+        b"HTTP/1.1 200 OK\r\nA: 1\r\nKeep-Alive: 5\r\nB: 2\r\nKeep-Alive: 5\r\nC: 3\r\n\
+          Keep-Alive: 5\r\nD: 4\r\nKeep-Alive: 5\r\nE: 5\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(head.raw.is_none());
+    let h = head.response.headers();
+    assert_eq!(h.len(), 6);
+    assert_eq!(h["e"], "5");
+    // Four runs still pass verbatim.
+    let head = parse_one(
+        b"HTTP/1.1 200 OK\r\nA: 1\r\nKeep-Alive: 5\r\nB: 2\r\nKeep-Alive: 5\r\nC: 3\r\n\
+          Keep-Alive: 5\r\nD: 4\r\nContent-Length: 0\r\n\r\n",
+    );
+    let mut out = Vec::new();
+    head.raw.as_ref().expect("kept raw").encode(&mut out);
+    assert_eq!(out, b"A: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n");
 }

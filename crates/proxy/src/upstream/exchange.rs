@@ -5,6 +5,7 @@
 use super::pool::{Conn, READ_BUF};
 use super::response::{self, Head, InvalidHead};
 use crate::body::{RequestBody, RequestBodyError};
+use crate::forward::Forwarded;
 use crate::framing::chunk_size_line;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
@@ -53,6 +54,7 @@ pub(super) struct Outgoing {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    forwarded: Option<Forwarded>,
     body: RequestBody,
     framing: Framing,
     prefetched: bool,
@@ -66,7 +68,7 @@ pub(super) struct Outgoing {
 }
 
 impl Outgoing {
-    pub(super) fn new(req: Request<RequestBody>) -> Self {
+    pub(super) fn new(req: Request<RequestBody>, forwarded: Option<Forwarded>) -> Self {
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers;
         let framing = if body.is_end_stream() {
@@ -89,6 +91,7 @@ impl Outgoing {
             method: parts.method,
             uri: parts.uri,
             headers,
+            forwarded,
             body,
             framing,
             prefetched: false,
@@ -115,13 +118,16 @@ impl Outgoing {
         w.extend_from_slice(host.as_bytes());
         w.extend_from_slice(b"\r\n");
         for (name, value) in &self.headers {
-            if name == HOST {
+            if name == HOST || self.forwarded.is_some() && Forwarded::owns(name) {
                 continue;
             }
             w.extend_from_slice(name.as_str().as_bytes());
             w.extend_from_slice(b": ");
             w.extend_from_slice(value.as_bytes());
             w.extend_from_slice(b"\r\n");
+        }
+        if let Some(f) = &self.forwarded {
+            f.encode(w);
         }
         if self.framing == Framing::Chunked {
             w.extend_from_slice(b"transfer-encoding: chunked\r\n");

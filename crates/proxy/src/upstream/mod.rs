@@ -10,9 +10,10 @@ mod exchange;
 mod pool;
 mod response;
 
-pub use response::{UpstreamBody, UpstreamBodyError};
+pub use response::{RawFields, UpstreamBody, UpstreamBodyError};
 
 use crate::body::{RequestBody, RequestBodyError};
+use crate::forward::Forwarded;
 use exchange::{Failure, Outgoing};
 use http::uri::Authority;
 use http::{HeaderValue, Request, Response};
@@ -176,16 +177,19 @@ impl Upstream {
     }
 
     /// Sends the request to `target` and waits for the response head within the response
-    /// timeout. The request keeps its path and query (origin form); `Host` becomes the target's.
+    /// timeout, counted from `now`. The request keeps its path and query (origin form); `Host`
+    /// becomes the target's, and `forwarded` replaces the request's fields of its names.
     pub async fn send(
         &self,
         target: &Arc<Target>,
         req: Request<RequestBody>,
+        forwarded: Option<Forwarded>,
+        now: std::time::Instant,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
         // One deadline for the whole send: a fresh connection and a retry fit inside it.
-        let deadline = Instant::now() + self.response_timeout;
-        let mut out = Outgoing::new(req);
-        let mut pooled = target.idle.checkout();
+        let deadline = Instant::from_std(now) + self.response_timeout;
+        let mut out = Outgoing::new(req, forwarded);
+        let mut pooled = target.idle.checkout(now);
         loop {
             let reused = pooled.is_some();
             let mut conn = match pooled.take() {
@@ -203,6 +207,7 @@ impl Upstream {
                 .take()
                 .unwrap_or_else(|| Box::pin(sleep_until(deadline)));
             timer.as_mut().reset(deadline);
+            conn.used = now;
             let mut seen = false;
             let result = {
                 let mut exchange = pin!(exchange::exchange(
@@ -229,7 +234,13 @@ impl Upstream {
                 Some(Ok(answer)) => {
                     let reuse = answer.request_complete && answer.head.keep_alive;
                     let (parts, ()) = answer.head.response.into_parts();
-                    let body = UpstreamBody::new(conn, target.clone(), answer.head.framing, reuse);
+                    let body = UpstreamBody::new(
+                        conn,
+                        target.clone(),
+                        answer.head.framing,
+                        reuse,
+                        answer.head.raw,
+                    );
                     return Ok(Response::from_parts(parts, body));
                 }
                 // The upstream may have closed a pooled connection just as we took it; the

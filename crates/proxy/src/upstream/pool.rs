@@ -25,6 +25,10 @@ pub(crate) struct Conn {
     pub(super) scratch: super::response::Scratch,
     /// The response timeout of the request on this connection, re-armed per request.
     pub(super) timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// When the connection's last request was sent. Back in the pool it counts as idle from
+    /// then: a little early by the response's duration, which errs towards closing it before
+    /// the upstream does, and saves a clock read per request.
+    pub(super) used: Instant,
 }
 
 impl Conn {
@@ -37,6 +41,7 @@ impl Conn {
             wbuf: Vec::with_capacity(1024),
             scratch: Default::default(),
             timer: None,
+            used: Instant::now(),
         }
     }
 
@@ -61,7 +66,7 @@ impl Conn {
 }
 
 pub(super) struct Idle {
-    stack: Mutex<Vec<(Conn, Instant)>>,
+    stack: Mutex<Vec<Conn>>,
     max: usize,
     timeout: Duration,
 }
@@ -75,14 +80,14 @@ impl Idle {
         }
     }
 
-    /// The most recently used connection that is still usable, if any. Stale ones are closed
-    /// outside the lock.
-    pub(super) fn checkout(&self) -> Option<Conn> {
+    /// The most recently used connection that is still usable at `now`, if any. Stale ones
+    /// are closed outside the lock.
+    pub(super) fn checkout(&self, now: Instant) -> Option<Conn> {
         loop {
             let conn = {
                 let mut stack = self.stack.lock().unwrap_or_else(|p| p.into_inner());
-                let (conn, since) = stack.pop()?;
-                if since.elapsed() >= self.timeout {
+                let conn = stack.pop()?;
+                if now.saturating_duration_since(conn.used) >= self.timeout {
                     // The stack is ordered by idle time: everything below is older still.
                     let stale = std::mem::take(&mut *stack);
                     drop(stack);
@@ -104,11 +109,12 @@ impl Idle {
         let stale: Vec<Conn> = {
             let mut stack = self.stack.lock().unwrap_or_else(|p| p.into_inner());
             let timeout = self.timeout;
+            let now = Instant::now();
             let (keep, stale): (Vec<_>, Vec<_>) = std::mem::take(&mut *stack)
                 .into_iter()
-                .partition(|(c, since)| since.elapsed() < timeout && c.is_usable());
+                .partition(|c| now.saturating_duration_since(c.used) < timeout && c.is_usable());
             *stack = keep;
-            stale.into_iter().map(|(c, _)| c).collect()
+            stale
         };
         // Closed outside the lock.
         drop(stale);
@@ -124,7 +130,7 @@ impl Idle {
         conn.wbuf.clear();
         let mut stack = self.stack.lock().unwrap_or_else(|p| p.into_inner());
         if stack.len() < self.max {
-            stack.push((conn, Instant::now()));
+            stack.push(conn);
             return;
         }
         // Full: the connection is closed once the lock is released.

@@ -6,10 +6,12 @@ use super::Target;
 use super::pool::Conn;
 pub(crate) use crate::framing::Framing;
 use crate::framing::{Decoder, FramingError};
-use crate::heads::{FramingFields, NameCache, range};
+use crate::heads::{FramingFields, NameCache, NameKind, range};
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, Response, StatusCode, Version};
+use http::header::CONTENT_LENGTH;
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -41,10 +43,131 @@ pub(super) enum InvalidHead {
 }
 
 pub(super) struct Head {
+    /// With an empty header map when the fields are kept raw.
     pub(super) response: Response<()>,
+    pub(super) raw: Option<RawFields>,
     pub(super) framing: Framing,
     /// The upstream lets the connection carry another request once this one is over.
     pub(super) keep_alive: bool,
+}
+
+/// How many runs of field lines a response keeps verbatim. A head whose kept fields are more
+/// scattered than this (between fields that are left out) is parsed into a map instead.
+const RAW_SPANS: usize = 4;
+
+/// An upstream response's end-to-end fields as they arrived: runs of whole field lines of the
+/// head, written to an HTTP/1.1 client as they are. Parsing them into a `HeaderMap` (names
+/// looked up, values checked again, every field hashed and inserted) and encoding them back
+/// out was the largest single cost of a proxied request, so they become a map only when
+/// something must read or change them: a response policy, or an HTTP/2 client
+/// ([`RawFields::into_map`]).
+///
+/// Left out, because the gateway writes its own: hop-by-hop fields, `Content-Length` (its
+/// value is `length`) and `X-Request-ID`.
+pub struct RawFields {
+    head: Bytes,
+    spans: [(u32, u32); RAW_SPANS],
+    n: u8,
+    /// The response's `Content-Length`.
+    pub(crate) length: Option<u64>,
+    /// The response has a `Date` field.
+    pub(crate) date: bool,
+}
+
+impl RawFields {
+    /// The field lines, each ending in CRLF.
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        for &(a, b) in &self.spans[..usize::from(self.n)] {
+            out.extend_from_slice(&self.head[a as usize..b as usize]);
+        }
+    }
+
+    /// Appends the fields, and `Content-Length`, to `map`.
+    pub fn into_map(self, map: &mut HeaderMap) {
+        map.reserve(usize::from(self.n) * 4);
+        for &(a, b) in &self.spans[..usize::from(self.n)] {
+            let run = self.head.slice(a as usize..b as usize);
+            let mut at = 0;
+            // httparse checked every line when it parsed the head: `name: value CRLF`.
+            while let Some(eol) = run[at..].iter().position(|c| *c == b'\n') {
+                let line = at..at + eol + 1;
+                at = line.end;
+                let Some(colon) = run[line.clone()].iter().position(|c| *c == b':') else {
+                    continue;
+                };
+                let Ok(name) = HeaderName::from_bytes(&run[line.start..line.start + colon]) else {
+                    continue;
+                };
+                let value = run[line.start + colon + 1..line.end].trim_ascii();
+                if let Ok(value) = HeaderValue::from_maybe_shared(run.slice_ref(value)) {
+                    map.append(name, value);
+                }
+            }
+        }
+        if let Some(n) = self.length {
+            map.append(CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+}
+
+/// Collects the runs of field lines to keep while the head is parsed; gives up (`None`) on
+/// anything the verbatim path does not handle, and the head is parsed into a map.
+struct SpanBuilder {
+    spans: [(u32, u32); RAW_SPANS],
+    n: usize,
+    /// The line seen last: its start and whether it is kept. Its end is the next line's start.
+    open: Option<(u32, bool)>,
+    ok: bool,
+}
+
+impl SpanBuilder {
+    fn new() -> Self {
+        Self {
+            spans: [(0, 0); RAW_SPANS],
+            n: 0,
+            open: None,
+            ok: true,
+        }
+    }
+
+    /// The next field line starts at `start`.
+    fn line(&mut self, head: &[u8], start: u32, keep: bool) {
+        self.close(head, start);
+        self.open = Some((start, keep));
+    }
+
+    /// Ends the open line at `end`, which must follow a CRLF: a bare LF line ending is legal
+    /// for httparse but not something to pass on.
+    fn close(&mut self, head: &[u8], end: u32) {
+        let Some((start, keep)) = self.open.take() else {
+            return;
+        };
+        let e = end as usize;
+        if e < 2 || e > head.len() || &head[e - 2..e] != b"\r\n" {
+            self.ok = false;
+            return;
+        }
+        if !keep {
+            return;
+        }
+        match self.n {
+            n if n > 0 && self.spans[n - 1].1 == start => self.spans[n - 1].1 = end,
+            n if n < RAW_SPANS => {
+                self.spans[n] = (start, end);
+                self.n += 1;
+            }
+            _ => self.ok = false,
+        }
+    }
+
+    /// Closes the last line at the end of the head (`len` includes the blank line).
+    fn finish(mut self, head: &[u8], len: usize) -> Option<([(u32, u32); RAW_SPANS], u8)> {
+        if len < 4 || &head[len - 4..len] != b"\r\n\r\n" {
+            return None;
+        }
+        self.close(head, (len - 2) as u32);
+        self.ok.then_some((self.spans, self.n as u8))
+    }
 }
 
 /// One kept header field: its name's slot in the name cache and its value's byte range
@@ -74,10 +197,16 @@ pub(super) fn parse_head(
         scratch.fields.clear();
         let mut reason = (0, 0);
         let mut framing_fields = FramingFields::default();
+        let mut spans = SpanBuilder::new();
+        let mut date = false;
+        let raw_spans;
         let (len, code, version) = {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut headers);
-            let len = match resp.parse(buf) {
+            // Uninitialised: filling 100 empty fields per response costs more than parsing.
+            let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut []);
+            let parsed = httparse::ParserConfig::default()
+                .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
+            let len = match parsed {
                 Ok(httparse::Status::Complete(n)) => n,
                 Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
                     return Err(InvalidHead::TooLarge);
@@ -108,6 +237,11 @@ pub(super) fn parse_head(
                 framing_fields
                     .add(kind, h.value)
                     .map_err(|_| InvalidHead::ContentLength)?;
+                date |= kind == NameKind::Date;
+                let keep = !kind.is_hop_by_hop()
+                    && kind != NameKind::ContentLength
+                    && kind != NameKind::RequestId;
+                spans.line(buf, range(buf, h.name.as_bytes()).0, keep);
                 // Hop-by-hop fields (RFC 9110 §7.6.1) are for this connection only: they are
                 // read above and never enter the map the client's response is built from.
                 // `Connection` naming a field beyond the fixed set is rare: those are left to
@@ -120,15 +254,31 @@ pub(super) fn parse_head(
                     value: range(buf, h.value),
                 });
             }
+            raw_spans = spans.finish(buf, len);
             (len, code, resp.version.unwrap_or(1))
         };
 
         let head = buf.split_to(len).freeze();
         let status = StatusCode::from_u16(code).map_err(|_| InvalidHead::Status(code))?;
+        // `Connection` naming other fields needs the general removal, on a map.
+        let raw = match raw_spans {
+            Some((spans, n)) if !framing_fields.names_others => Some(RawFields {
+                head: head.clone(),
+                spans,
+                n,
+                length: framing_fields.content_length,
+                date,
+            }),
+            _ => None,
+        };
         // Room for what the gateway adds (X-Request-ID, RateLimit fields): growing a map
-        // rehashes it.
-        let mut headers = HeaderMap::with_capacity(scratch.fields.len() + 4);
-        for f in scratch.fields.iter() {
+        // rehashes it. A raw head's map holds only those.
+        let mut headers = match raw {
+            // Empty maps do not allocate; most stay empty.
+            Some(_) => HeaderMap::new(),
+            None => HeaderMap::with_capacity(scratch.fields.len() + 4),
+        };
+        for f in scratch.fields.iter().filter(|_| raw.is_none()) {
             let name = scratch
                 .names
                 .name(f.name as usize)
@@ -190,6 +340,7 @@ pub(super) fn parse_head(
             && !(transfer_encoding && content_length.is_some());
         return Ok(Some(Head {
             response,
+            raw,
             framing,
             keep_alive,
         }));
@@ -218,13 +369,22 @@ pub struct UpstreamBody {
     /// The whole body, when it was already in the buffer with the head.
     ready: Option<Bytes>,
     read_size: usize,
+    /// The response's fields, when they were kept as they arrived.
+    raw: Option<RawFields>,
 }
 
 impl UpstreamBody {
-    pub(super) fn new(conn: Conn, target: Arc<Target>, framing: Framing, reuse: bool) -> Self {
+    pub(super) fn new(
+        conn: Conn,
+        target: Arc<Target>,
+        framing: Framing,
+        reuse: bool,
+        raw: Option<RawFields>,
+    ) -> Self {
         let mut body = Self {
             conn: Some(conn),
             target,
+            raw,
             decoder: Decoder::new(framing),
             // A body delimited by the upstream closing leaves nothing to reuse.
             reuse: reuse && framing != Framing::Close,
@@ -300,6 +460,16 @@ impl UpstreamBody {
 }
 
 impl UpstreamBody {
+    /// The response's fields when they were kept raw: the response's header map does not have
+    /// them. See [`RawFields`].
+    pub fn raw_fields(&self) -> Option<&RawFields> {
+        self.raw.as_ref()
+    }
+
+    pub fn take_raw_fields(&mut self) -> Option<RawFields> {
+        self.raw.take()
+    }
+
     /// Ends the body after an error: the connection is in an unknown state and is closed.
     fn fail(&mut self) {
         self.conn = None;

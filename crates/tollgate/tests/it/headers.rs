@@ -72,6 +72,81 @@ async fn hop_by_hop_response_headers_are_not_forwarded() -> Result<()> {
     Ok(())
 }
 
+/// Upstream fields reach HTTP/1.1 clients as they arrived (never parsed into a map) and
+/// HTTP/2 clients through the map: both must see the same end-to-end fields, our request id
+/// instead of the upstream's, and one framing of their own.
+#[tokio::test]
+async fn upstream_fields_reach_both_protocols_once() -> Result<()> {
+    let up = Upstream::builder()
+        .name("up")
+        .header("x-up-kept", "yes")
+        .header("cache-control", "no-store")
+        .header("x-request-id", "upstream-id")
+        .header("keep-alive", "timeout=5")
+        .spawn()
+        .await;
+    let gw = start(&echo_config(&up)).await?;
+
+    let r = raw_get(gw.public_addr(), "/e/1", &[("x-request-id", "raw-1")]).await?;
+    assert_eq!(r.status, 200);
+    let h = &r.headers;
+    assert_eq!(r.header("x-up-kept"), Some("yes"));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(
+        h.get_all("x-request-id").iter().collect::<Vec<_>>(),
+        ["raw-1"]
+    );
+    assert_eq!(h.get_all("content-length").iter().count(), 1, "{h:?}");
+    assert_eq!(h.get_all("date").iter().count(), 1, "{h:?}");
+    assert!(h.get("keep-alive").is_none(), "{h:?}");
+    assert_eq!(
+        r.header("content-length")
+            .and_then(|v| v.parse::<usize>().ok()),
+        Some(r.body.len())
+    );
+
+    // HEAD: the upstream's length goes back, and no body.
+    let mut s = tokio::net::TcpStream::connect(gw.public_addr()).await?;
+    let req = format!(
+        "HEAD /e/1 HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        gw.public_addr()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes()).await?;
+    let mut wire = Vec::new();
+    tokio::time::timeout(
+        SHORT,
+        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut wire),
+    )
+    .await??;
+    let wire = String::from_utf8(wire)?;
+    let (head, rest) = wire.split_once("\r\n\r\n").expect("a complete head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(rest.is_empty(), "a body after a HEAD response: {rest:?}");
+    let lines: Vec<String> = head.lines().map(str::to_ascii_lowercase).collect();
+    assert!(lines.iter().any(|l| l == "x-up-kept: yes"), "{head}");
+    let lengths = lines
+        .iter()
+        .filter(|l| l.starts_with("content-length:"))
+        .count();
+    assert_eq!(lengths, 1, "{head}");
+
+    let r = gw
+        .h2c_client()
+        .get(gw.url("/e/1"))
+        .header("x-request-id", "h2-1")
+        .send()
+        .await?;
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let h = r.headers();
+    assert_eq!(h.get("x-up-kept").map(|v| v.as_bytes()), Some(&b"yes"[..]));
+    assert_eq!(
+        h.get_all("x-request-id").iter().collect::<Vec<_>>(),
+        ["h2-1"]
+    );
+    assert!(h.get("keep-alive").is_none(), "{h:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn forwarded_headers_from_an_untrusted_peer_are_replaced() -> Result<()> {
     let (_up, gw) = echo_gateway("up").await?;
