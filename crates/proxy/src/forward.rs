@@ -249,18 +249,6 @@ impl Forwarded {
         w.extend_from_slice(&self.traceparent.encode());
         w.extend_from_slice(b"\r\n");
     }
-
-    /// The same fields set in a header map, replacing any the map had.
-    pub fn apply(&self, h: &mut HeaderMap) {
-        h.insert(X_FORWARDED_FOR, self.xff.clone());
-        h.insert(X_FORWARDED_PROTO, self.proto.clone());
-        match &self.host {
-            Some(v) => h.insert(X_FORWARDED_HOST, v.clone()),
-            None => h.remove(X_FORWARDED_HOST),
-        };
-        h.insert(X_REQUEST_ID, self.request_id.clone());
-        h.insert(TRACEPARENT, self.traceparent.to_header());
-    }
 }
 
 /// The peer address as it appears in `X-Forwarded-For`.
@@ -392,10 +380,6 @@ mod tests {
                 HeaderValue::from_str(v).expect("v"),
             );
         }
-        // The map form says the same.
-        let mut applied = h.clone();
-        f.apply(&mut applied);
-        assert_eq!(applied, parsed);
         parsed
     }
 

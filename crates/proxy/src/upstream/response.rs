@@ -84,7 +84,6 @@ impl RawFields {
 
     /// Appends the fields, and `Content-Length`, to `map`.
     pub fn into_map(self, map: &mut HeaderMap) {
-        map.reserve(usize::from(self.n) * 4);
         for &(a, b) in &self.spans[..usize::from(self.n)] {
             let run = self.head.slice(a as usize..b as usize);
             let mut at = 0;
@@ -271,23 +270,24 @@ pub(super) fn parse_head(
             }),
             _ => None,
         };
-        // Room for what the gateway adds (X-Request-ID, RateLimit fields): growing a map
-        // rehashes it. A raw head's map holds only those.
-        let mut headers = match raw {
-            // Empty maps do not allocate; most stay empty.
-            Some(_) => HeaderMap::new(),
-            None => HeaderMap::with_capacity(scratch.fields.len() + 4),
-        };
-        for f in scratch.fields.iter().filter(|_| raw.is_none()) {
-            let name = scratch
-                .names
-                .name(f.name as usize)
-                .ok_or(InvalidHead::Header)?
-                .clone();
-            let value =
-                HeaderValue::from_maybe_shared(head.slice(f.value.0 as usize..f.value.1 as usize))
-                    .map_err(|_| InvalidHead::Header)?;
-            headers.append(name, value);
+        // A raw head's map holds only what the gateway adds (RateLimit fields), and an empty
+        // map does not allocate: on most routes it stays empty.
+        let mut headers = HeaderMap::new();
+        if raw.is_none() {
+            // Room for what the gateway adds: growing a map rehashes it.
+            headers.reserve(scratch.fields.len() + 4);
+            for f in scratch.fields.iter() {
+                let name = scratch
+                    .names
+                    .name(f.name as usize)
+                    .ok_or(InvalidHead::Header)?
+                    .clone();
+                let value = HeaderValue::from_maybe_shared(
+                    head.slice(f.value.0 as usize..f.value.1 as usize),
+                )
+                .map_err(|_| InvalidHead::Header)?;
+                headers.append(name, value);
+            }
         }
         let FramingFields {
             content_length,
