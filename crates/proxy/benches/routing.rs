@@ -120,19 +120,30 @@ fn headers(c: &mut Criterion) {
     let trusted: Vec<ipnet::IpNet> = vec!["127.0.0.0/8".parse().expect("net")];
     let peer: std::net::IpAddr = [127, 0, 0, 1].into();
     let peer_value = tollgate_proxy::forward::peer_value(peer);
+    let request_id = HeaderValue::from_static("0123456789abcdef0123456789abcdef");
+    let tp = tollgate_core::trace::TraceParent {
+        trace_id: 1,
+        parent_id: 2,
+        flags: 0,
+    };
+    // What the request path does: the client IP, hop-by-hop removal, and the forwarding fields
+    // encoded as the upstream client writes them.
     c.bench_function("forward_headers", |b| {
         b.iter_batched_ref(
-            || base.clone(),
-            |h| {
+            || (base.clone(), Vec::with_capacity(256)),
+            |(h, wire)| {
                 let ip = tollgate_proxy::forward::client_ip(peer, h, &trusted);
                 tollgate_proxy::forward::strip_hop_by_hop(h);
-                tollgate_proxy::forward::set_forwarded(
+                let f = tollgate_proxy::forward::Forwarded::new(
                     h,
                     &peer_value,
                     true,
                     "http",
                     h.get("host").cloned(),
+                    request_id.clone(),
+                    tp,
                 );
+                f.encode(wire);
                 ip
             },
             criterion::BatchSize::SmallInput,
@@ -146,7 +157,7 @@ fn headers(c: &mut Criterion) {
             let id = tollgate_core::trace::new_request_id(&ids);
             let tp =
                 tollgate_core::trace::TraceParent::child_or_new(Some(black_box(&parent)), &ids)
-                    .to_header();
+                    .encode();
             (id, tp)
         })
     });
