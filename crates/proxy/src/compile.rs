@@ -186,20 +186,22 @@ pub fn compile(
                     .iter()
                     .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
                     .collect();
+                let policies: Box<[_]> = tollgate_policy::chain_for(
+                    policy_env,
+                    &shared,
+                    tollgate_policy::RouteIds {
+                        api_scope: &format!("{tname}/{aname}"),
+                        route_id: &route_id,
+                    },
+                    api,
+                    route,
+                )
+                .into();
                 let compiled = Arc::new(CompiledRoute {
                     meta,
                     upstreams: ups.into(),
-                    policies: tollgate_policy::chain_for(
-                        policy_env,
-                        &shared,
-                        tollgate_policy::RouteIds {
-                            api_scope: &format!("{tname}/{aname}"),
-                            route_id: &route_id,
-                        },
-                        api,
-                        route,
-                    )
-                    .into(),
+                    edits_response: policies.iter().any(|p| p.edits_response()),
+                    policies,
                     builtin: None,
                     max_body_bytes: route.max_body_bytes.or(cfg.server.max_body_bytes),
                     metrics: metrics.route(tname, aname, &route_id),
@@ -240,6 +242,7 @@ pub fn compile(
                 }),
                 upstreams: Box::new([]),
                 policies: Box::new([]),
+                edits_response: false,
                 max_body_bytes: Some(
                     tollgate_policy::auth::token_endpoint::MAX_TOKEN_REQUEST_BYTES as u64,
                 ),

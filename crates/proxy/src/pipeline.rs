@@ -96,7 +96,7 @@ pub(crate) async fn handle(
         && !r.policies.is_empty()
     {
         // A policy that reads or changes response fields needs them all in the map.
-        if r.policies.iter().any(|p| p.edits_response()) {
+        if r.edits_response {
             crate::body::materialize(&mut resp);
         }
         let (mut head, body) = resp.into_parts();

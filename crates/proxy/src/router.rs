@@ -14,6 +14,9 @@ pub struct CompiledRoute {
     /// route, which never reaches an upstream.
     pub upstreams: Box<[Arc<Upstream>]>,
     pub policies: Box<[Arc<dyn Policy>]>,
+    /// A policy's response hook needs the upstream's fields in the map
+    /// ([`Policy::edits_response`]), decided once here rather than per response.
+    pub edits_response: bool,
     pub max_body_bytes: Option<u64>,
     pub metrics: Arc<RouteMetrics>,
     /// Answered by the gateway itself instead of an upstream.
