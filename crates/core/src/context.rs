@@ -42,6 +42,9 @@ pub struct Consumer {
     pub scopes: Box<[String]>,
     /// `id` as a header value, rendered once (ids are validated header-safe at load).
     pub id_header: Option<HeaderValue>,
+    /// `tenant` and `plan` as header values, rendered once.
+    pub tenant_header: Option<HeaderValue>,
+    pub plan_header: Option<HeaderValue>,
 }
 
 impl Consumer {
@@ -52,6 +55,8 @@ impl Consumer {
             plan: plan.map(Arc::from),
             scopes: scopes.into(),
             id_header: HeaderValue::from_str(id).ok(),
+            tenant_header: tenant.and_then(|t| HeaderValue::from_str(t).ok()),
+            plan_header: plan.and_then(|p| HeaderValue::from_str(p).ok()),
         }
     }
 }
@@ -97,6 +102,10 @@ pub struct RequestCtx {
     pub variant: usize,
     /// Headers that policies want on the response, whatever produced it.
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Fields the gateway adds to the upstream request (`X-Consumer-*`), written by the
+    /// upstream client after the request's own. Only for names a client cannot send us: those
+    /// are stripped from every request before the policies run.
+    pub upstream_headers: Vec<(HeaderName, HeaderValue)>,
     /// The verified client certificate of the connection (TLS listener with mTLS).
     pub client_cert: Option<Arc<ClientCert>>,
     /// Set by authentication.
@@ -126,6 +135,7 @@ impl RequestCtx {
             route: None,
             variant: 0,
             response_headers: Vec::new(),
+            upstream_headers: Vec::new(),
             client_cert: None,
             consumer: None,
             scopes: None,

@@ -169,15 +169,18 @@ fn parse_xff_entry(s: &str) -> Option<IpAddr> {
 /// client leaves the request's own fields of these names out ([`Forwarded::owns`]) and writes
 /// these after the rest, which saves five map insertions per request.
 #[derive(Debug, Clone)]
-pub struct Forwarded {
+pub struct Forwarded<'a> {
     pub xff: HeaderValue,
     pub proto: HeaderValue,
     pub host: Option<HeaderValue>,
     pub request_id: HeaderValue,
     pub traceparent: TraceParent,
+    /// What the policies add ([`tollgate_core::RequestCtx::upstream_headers`]), borrowed from
+    /// the request's context, which outlives the send.
+    pub extra: &'a [(HeaderName, HeaderValue)],
 }
 
-impl Forwarded {
+impl Forwarded<'_> {
     /// A trusted peer's `X-Forwarded-*` values are extended; an untrusted client's are
     /// replaced, so the upstream never sees a forged chain as ours. `peer` is the peer address
     /// already rendered as a header value (once per connection).
@@ -198,6 +201,7 @@ impl Forwarded {
                 host,
                 request_id,
                 traceparent,
+                extra: &[],
             };
         }
         let mut lines = h.get_all(X_FORWARDED_FOR).iter().peekable();
@@ -219,6 +223,7 @@ impl Forwarded {
             host: h.get(X_FORWARDED_HOST).cloned().or(host),
             request_id,
             traceparent,
+            extra: &[],
         }
     }
 
@@ -248,6 +253,12 @@ impl Forwarded {
         w.extend_from_slice(b"\r\ntraceparent: ");
         w.extend_from_slice(&self.traceparent.encode());
         w.extend_from_slice(b"\r\n");
+        for (name, value) in self.extra {
+            w.extend_from_slice(name.as_str().as_bytes());
+            w.extend_from_slice(b": ");
+            w.extend_from_slice(value.as_bytes());
+            w.extend_from_slice(b"\r\n");
+        }
     }
 }
 

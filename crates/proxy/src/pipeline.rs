@@ -12,7 +12,7 @@ use crate::router::{Builtin, CompiledRoute, Lookup};
 use crate::upstream::Target;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
-use http::{HeaderValue, Method, Request, Response, Uri, Version};
+use http::{HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -105,12 +105,10 @@ pub(crate) async fn handle(
         }
         resp = Response::from_parts(head, body);
     }
-    let headers = resp.headers_mut();
-    for (k, v) in ctx.response_headers.drain(..) {
-        headers.append(k, v);
-    }
-    // `X-Request-ID` is not set here: it travels with the body ([`LoggedBody::request_id`])
-    // and the protocol writes it, replacing any the response has.
+    // Neither the policies' fields nor `X-Request-ID` go into the map here: they travel with
+    // the body ([`LoggedBody::added_fields`], [`LoggedBody::request_id`]) and the protocol
+    // writes them, which spares the map its first allocation on a limited route.
+    let added = std::mem::take(&mut ctx.response_headers);
 
     let status = resp.status().as_u16();
     let completion = Completion {
@@ -139,6 +137,7 @@ pub(crate) async fn handle(
     };
     Ok(resp.map(|inner| LoggedBody {
         inner,
+        added,
         done: Some(completion),
     }))
 }
@@ -231,7 +230,7 @@ async fn run(
         Listener::Tls => "https",
     };
     let traceparent = TraceParent::child_or_new(parts.headers.get(TRACEPARENT), &*shared.ids);
-    let forwarded = forward::Forwarded::new(
+    let mut forwarded = forward::Forwarded::new(
         &parts.headers,
         &conn.peer_value,
         peer_trusted,
@@ -240,6 +239,7 @@ async fn run(
         ctx.request_id.clone(),
         traceparent,
     );
+    forwarded.extra = &ctx.upstream_headers;
 
     let Some(body) = body.take() else {
         return Err(GatewayError::new(
@@ -480,6 +480,8 @@ impl Completion {
 /// The response body as sent to the client; records the request when it ends or is dropped.
 pub struct LoggedBody {
     inner: ResponseBody,
+    /// Fields the policies add to every response (`RateLimit`, ...), after the response's own.
+    added: Vec<(HeaderName, HeaderValue)>,
     done: Option<Completion>,
 }
 
@@ -494,13 +496,24 @@ impl LoggedBody {
     pub(crate) fn request_id(&self) -> Option<&HeaderValue> {
         self.done.as_ref().map(|c| &c.request_id)
     }
+
+    /// Fields the policies add, written after the response's own; not in its map either.
+    pub(crate) fn added_fields(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.added
+    }
 }
 
-/// Puts everything [`handle`] leaves to the protocol into the response's map: fields kept raw
-/// and `X-Request-ID`. For clients whose responses are written from the map alone (HTTP/2).
+/// Puts everything [`handle`] leaves to the protocol into the response's map: fields kept raw,
+/// the policies' fields and `X-Request-ID`. For clients whose responses are written from the
+/// map alone (HTTP/2).
 pub(crate) fn materialize(resp: &mut Response<LoggedBody>) {
     if let Some(raw) = resp.body_mut().inner.take_raw_fields() {
         raw.into_map(resp.headers_mut());
+    }
+    let added = std::mem::take(&mut resp.body_mut().added);
+    let map = resp.headers_mut();
+    for (k, v) in added {
+        map.append(k, v);
     }
     if let Some(id) = resp.body().request_id().cloned() {
         resp.headers_mut().insert(X_REQUEST_ID, id);

@@ -444,25 +444,22 @@ impl Auth {
         if self.schemes.contains(&AuthScheme::ApiKey) {
             req.headers.remove(&self.identity.api_key_header);
         }
-        if let Some(v) = &found.consumer.id_header {
-            req.headers.insert(X_CONSUMER_ID, v.clone());
+        // Written by the upstream client rather than inserted into the request's map: any
+        // `X-Consumer-*` a client sent is already gone (`forward::strip_identity`).
+        let c = &found.consumer;
+        let fields = &mut ctx.upstream_headers;
+        // A second authenticating policy on the same request replaces the first one's fields.
+        fields
+            .retain(|(n, _)| n != X_CONSUMER_ID && n != X_CONSUMER_TENANT && n != X_CONSUMER_PLAN);
+        if let Some(v) = &c.id_header {
+            fields.push((X_CONSUMER_ID, v.clone()));
         }
         if self.identity.forward_tenant_and_plan {
-            if let Some(v) = found
-                .consumer
-                .tenant
-                .as_deref()
-                .and_then(|t| HeaderValue::from_str(t).ok())
-            {
-                req.headers.insert(X_CONSUMER_TENANT, v);
+            if let Some(v) = &c.tenant_header {
+                fields.push((X_CONSUMER_TENANT, v.clone()));
             }
-            if let Some(v) = found
-                .consumer
-                .plan
-                .as_deref()
-                .and_then(|t| HeaderValue::from_str(t).ok())
-            {
-                req.headers.insert(X_CONSUMER_PLAN, v);
+            if let Some(v) = &c.plan_header {
+                fields.push((X_CONSUMER_PLAN, v.clone()));
             }
         }
         for (k, v) in found.headers {

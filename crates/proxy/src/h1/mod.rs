@@ -367,6 +367,12 @@ impl Conn {
             }
             fields.date |= raw.date;
         }
+        for (name, value) in body.added_fields() {
+            self.out.extend_from_slice(name.as_str().as_bytes());
+            self.out.extend_from_slice(b": ");
+            self.out.extend_from_slice(value.as_bytes());
+            self.out.extend_from_slice(b"\r\n");
+        }
         // The body's own length when the response does not declare one.
         let computed = if bodyless || fields.length.is_some() {
             None

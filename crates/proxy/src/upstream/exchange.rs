@@ -50,11 +50,11 @@ enum Framing {
 
 /// A request on its way upstream, kept whole enough to be sent again on another connection
 /// as long as no body byte beyond `first` was taken from the client.
-pub(super) struct Outgoing {
+pub(super) struct Outgoing<'a> {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    forwarded: Option<Forwarded>,
+    forwarded: Option<Forwarded<'a>>,
     body: RequestBody,
     framing: Framing,
     prefetched: bool,
@@ -67,8 +67,8 @@ pub(super) struct Outgoing {
     taken: bool,
 }
 
-impl Outgoing {
-    pub(super) fn new(req: Request<RequestBody>, forwarded: Option<Forwarded>) -> Self {
+impl<'a> Outgoing<'a> {
+    pub(super) fn new(req: Request<RequestBody>, forwarded: Option<Forwarded<'a>>) -> Self {
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers;
         let framing = if body.is_end_stream() {
@@ -169,7 +169,7 @@ pub(super) struct Answer {
 /// arrived: from then on the upstream has acted on the request and it must not be repeated.
 pub(super) async fn exchange(
     conn: &mut Conn,
-    out: &mut Outgoing,
+    out: &mut Outgoing<'_>,
     host: &HeaderValue,
     reused: bool,
     seen: &mut bool,
@@ -204,7 +204,7 @@ pub(super) async fn exchange(
 /// Writes the request. `Ok(Some)`: a complete response head arrived before the body was sent.
 async fn send(
     conn: &mut Conn,
-    out: &mut Outgoing,
+    out: &mut Outgoing<'_>,
     host: &HeaderValue,
     seen: &mut bool,
     head_request: bool,

@@ -183,7 +183,7 @@ impl Upstream {
         &self,
         target: &Arc<Target>,
         req: Request<RequestBody>,
-        forwarded: Option<Forwarded>,
+        forwarded: Option<Forwarded<'_>>,
         now: std::time::Instant,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
         // One deadline for the whole send: a fresh connection and a retry fit inside it.

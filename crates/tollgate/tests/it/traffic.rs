@@ -144,6 +144,63 @@ async fn a_plan_bucket_admits_its_burst_per_consumer_and_says_so() -> Result<()>
     Ok(())
 }
 
+/// The RateLimit fields travel beside the response's map and the `X-Consumer-*` fields beside
+/// the request's: both protocols must still see each exactly once, forged copies never.
+#[tokio::test]
+async fn limit_and_consumer_fields_appear_once_on_both_protocols() -> Result<()> {
+    let up = Upstream::echo("up").await;
+    let dir = TempDir::new("traffic")?;
+    let cfg = config(&dir, &up, "").replace(
+        "identity:\n",
+        "identity:\n  forward_tenant_and_plan: true\n",
+    );
+    let gw = Gateway::start(BIN, &cfg).await?;
+    for client in [gw.client(), gw.h2c_client()] {
+        let r = client
+            .get(gw.url("/p/1"))
+            .header("x-api-key", "key-carol")
+            .header("x-consumer-id", "mallory")
+            .header("x-consumer-plan", "gold")
+            .send()
+            .await?;
+        assert_eq!(r.status(), 200);
+        let version = r.version();
+        for name in ["ratelimit-policy", "ratelimit", "x-request-id"] {
+            let n = r.headers().get_all(name).iter().count();
+            assert_eq!(n, 1, "{name} on {version:?}: {:?}", r.headers());
+        }
+        assert!(
+            r.headers()["ratelimit-policy"]
+                .to_str()?
+                .contains("\"plan-roomy\";q=1000")
+        );
+        let echo: serde_json::Value = r.json().await?;
+        assert_eq!(echoed(&echo, "x-consumer-id"), Some("carol"), "{echo}");
+        assert_eq!(echoed(&echo, "x-consumer-plan"), Some("roomy"), "{echo}");
+        assert_eq!(echoed(&echo, "x-api-key"), None, "{echo}");
+    }
+    // A refusal carries them too, beside its own `Retry-After`, on both protocols.
+    for client in [gw.client(), gw.h2c_client()] {
+        let mut last = None;
+        for _ in 0..5 {
+            let r = client
+                .get(gw.url("/shared/1"))
+                .header("x-api-key", "key-carol")
+                .send()
+                .await?;
+            if r.status() == 429 {
+                last = Some(r);
+                break;
+            }
+        }
+        let r = last.expect("the shared route refuses after its burst");
+        for name in ["ratelimit-policy", "ratelimit", "retry-after"] {
+            assert_eq!(r.headers().get_all(name).iter().count(), 1, "{name}");
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_quota_counts_admitted_requests_only_and_a_business_limit_is_per_consumer() -> Result<()>
 {
