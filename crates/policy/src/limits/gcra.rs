@@ -8,7 +8,7 @@
 //! (no TAT, or a TAT in the past) therefore admits `burst` requests back to back and then one
 //! per `T`, exactly like a bucket of `burst` tokens refilled at `rate`.
 
-use super::store::{Expiring, Store};
+use super::store::{Expiring, Keyed, Store};
 use super::tiers::Tier;
 use super::{Outcome, unix_nanos};
 use std::hash::Hash;
@@ -161,11 +161,12 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     /// Checks one request for `key` under `limit` and, if admitted, records it.
     pub fn check(&self, key: &K, limit: &Limit, now: SystemTime) -> Outcome {
         let now = unix_nanos(now);
-        let guard = self.store.lock(self.store.shard_of(key));
-        let tat = Store::get(&guard, key, now).map(|t| t.0);
+        let key = self.store.keyed(key);
+        let guard = self.store.lock(self.store.shard_of(&key));
+        let tat = Store::get(&guard, &key, now).map(|t| t.0);
         let (outcome, new_tat) = limit.decide(tat, now);
         if outcome.is_admit() {
-            self.store.put(&guard, key, Tat(new_tat), now);
+            self.store.put(&guard, &key, Tat(new_tat), now);
         }
         outcome
     }
@@ -173,19 +174,21 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     /// What [`check`](Self::check) would answer, without recording anything.
     pub fn peek(&self, key: &K, limit: &Limit, now: SystemTime) -> Outcome {
         let now = unix_nanos(now);
-        let guard = self.store.lock(self.store.shard_of(key));
+        let key = self.store.keyed(key);
+        let guard = self.store.lock(self.store.shard_of(&key));
         limit
-            .decide(Store::get(&guard, key, now).map(|t| t.0), now)
+            .decide(Store::get(&guard, &key, now).map(|t| t.0), now)
             .0
     }
 
     /// This limiter as one tier of a [`check_all`](super::check_all).
     pub fn tier<'a>(&'a self, key: &'a K, limit: &'a Limit) -> RateTier<'a, K> {
+        let key = self.store.keyed(key);
         RateTier {
             limiter: self,
-            key,
             limit,
-            shard: self.store.shard_of(key),
+            shard: self.store.shard_of(&key),
+            key,
         }
     }
 
@@ -216,7 +219,7 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
 /// One rate-limit tier of a multi-tier check; see [`KeyedLimiter::tier`].
 pub struct RateTier<'a, K> {
     limiter: &'a KeyedLimiter<K>,
-    key: &'a K,
+    key: Keyed<'a, K>,
     limit: &'a Limit,
     shard: usize,
 }
@@ -229,11 +232,11 @@ impl<K: Hash + Eq + Clone> Tier for RateTier<'_, K> {
     fn enter(&self, now: u64, inner: &mut dyn FnMut(Outcome) -> bool) -> bool {
         let store = &self.limiter.store;
         let guard = store.lock(self.shard);
-        let tat = Store::get(&guard, self.key, now).map(|t| t.0);
+        let tat = Store::get(&guard, &self.key, now).map(|t| t.0);
         let (outcome, new_tat) = self.limit.decide(tat, now);
         let commit = inner(outcome);
         if commit && outcome.is_admit() {
-            store.put(&guard, self.key, Tat(new_tat), now);
+            store.put(&guard, &self.key, Tat(new_tat), now);
         }
         commit
     }

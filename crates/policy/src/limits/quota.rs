@@ -5,7 +5,7 @@
 //! Windows are fixed, not sliding, because that is what usage plans sell ("10,000 per day")
 //! and what AWS API Gateway and Apigee do; the count resets exactly at the boundary.
 
-use super::store::{Expiring, Store};
+use super::store::{Expiring, Keyed, Store};
 use super::tiers::Tier;
 use super::{Outcome, unix_nanos};
 use std::hash::Hash;
@@ -236,10 +236,11 @@ impl<K: Hash + Eq + Clone> KeyedQuota<K> {
     /// Counts one request for `key` if the quota admits it.
     pub fn check_and_count(&self, key: &K, limit: &QuotaLimit, now: SystemTime) -> QuotaOutcome {
         let now = unix_nanos(now);
-        let guard = self.store.lock(self.store.shard_of(key));
-        let (outcome, window) = decide(limit, Store::get(&guard, key, now), now);
+        let key = self.store.keyed(key);
+        let guard = self.store.lock(self.store.shard_of(&key));
+        let (outcome, window) = decide(limit, Store::get(&guard, &key, now), now);
         if outcome.is_admit() {
-            self.store.put(&guard, key, window, now);
+            self.store.put(&guard, &key, window, now);
         }
         to_quota_outcome(outcome, now)
     }
@@ -247,18 +248,20 @@ impl<K: Hash + Eq + Clone> KeyedQuota<K> {
     /// What [`check_and_count`](Self::check_and_count) would answer, without counting.
     pub fn peek(&self, key: &K, limit: &QuotaLimit, now: SystemTime) -> QuotaOutcome {
         let now = unix_nanos(now);
-        let guard = self.store.lock(self.store.shard_of(key));
-        to_quota_outcome(decide(limit, Store::get(&guard, key, now), now).0, now)
+        let key = self.store.keyed(key);
+        let guard = self.store.lock(self.store.shard_of(&key));
+        to_quota_outcome(decide(limit, Store::get(&guard, &key, now), now).0, now)
     }
 
     /// This quota as one tier of a [`check_all`](super::check_all): counted only if every
     /// tier admits.
     pub fn tier<'a>(&'a self, key: &'a K, limit: &'a QuotaLimit) -> QuotaTier<'a, K> {
+        let key = self.store.keyed(key);
         QuotaTier {
             quota: self,
-            key,
             limit,
-            shard: self.store.shard_of(key),
+            shard: self.store.shard_of(&key),
+            key,
         }
     }
 
@@ -288,7 +291,7 @@ impl<K: Hash + Eq + Clone> KeyedQuota<K> {
 /// One quota tier of a multi-tier check; see [`KeyedQuota::tier`].
 pub struct QuotaTier<'a, K> {
     quota: &'a KeyedQuota<K>,
-    key: &'a K,
+    key: Keyed<'a, K>,
     limit: &'a QuotaLimit,
     shard: usize,
 }
@@ -301,10 +304,10 @@ impl<K: Hash + Eq + Clone> Tier for QuotaTier<'_, K> {
     fn enter(&self, now: u64, inner: &mut dyn FnMut(Outcome) -> bool) -> bool {
         let store = &self.quota.store;
         let guard = store.lock(self.shard);
-        let (outcome, window) = decide(self.limit, Store::get(&guard, self.key, now), now);
+        let (outcome, window) = decide(self.limit, Store::get(&guard, &self.key, now), now);
         let commit = inner(outcome);
         if commit && outcome.is_admit() {
-            store.put(&guard, self.key, window, now);
+            store.put(&guard, &self.key, window, now);
         }
         commit
     }

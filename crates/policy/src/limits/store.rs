@@ -7,9 +7,9 @@
 //! tier, so the re-entrant path cannot trip it.
 
 use foldhash::quality::RandomState;
+use hashbrown::HashTable;
 use parking_lot::{ReentrantMutex, ReentrantMutexGuard};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -22,9 +22,8 @@ pub(crate) trait Expiring: Copy {
 }
 
 pub(crate) struct Shard<K, V> {
-    // foldhash, randomly seeded per store: keys include client addresses, so the hash must not
-    // be predictable, and SipHash cost more than the limiter itself on the hot path.
-    map: HashMap<K, V, RandomState>,
+    /// Entries under the store's hash ([`Keyed`]), which picks the shard and the bucket both.
+    map: HashTable<(K, V)>,
     /// No entry expires before this instant, so a sweep before it would free nothing. Keeps a
     /// full shard of live keys from being rescanned on every new key.
     next_sweep: u64,
@@ -36,8 +35,17 @@ pub(crate) type Guard<'a, K, V> = ReentrantMutexGuard<'a, RefCell<Shard<K, V>>>;
 /// Distinguishes stores in the global lock order.
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
+/// A key with its hash, computed once per check: choosing the shard, reading and writing
+/// would otherwise hash it three times.
+pub(crate) struct Keyed<'a, K> {
+    key: &'a K,
+    hash: u64,
+}
+
 pub(crate) struct Store<K, V> {
     id: u64,
+    // foldhash, randomly seeded per store: keys include client addresses, so the hash must not
+    // be predictable, and SipHash cost more than the limiter itself on the hot path.
     hasher: RandomState,
     shards: Box<[Locked<K, V>]>,
     shard_cap: usize,
@@ -56,7 +64,7 @@ impl<K: Hash + Eq + Clone, V: Expiring> Store<K, V> {
             shards: (0..shards)
                 .map(|_| {
                     ReentrantMutex::new(RefCell::new(Shard {
-                        map: HashMap::with_hasher(RandomState::default()),
+                        map: HashTable::new(),
                         next_sweep: 0,
                     }))
                 })
@@ -74,9 +82,18 @@ impl<K: Hash + Eq + Clone, V: Expiring> Store<K, V> {
         self.shard_cap * self.shards.len()
     }
 
-    pub(crate) fn shard_of(&self, key: &K) -> usize {
-        // Shard count is small; the modulo of a 64-bit hash is uniform enough.
-        (self.hasher.hash_one(key) % self.shards.len() as u64) as usize
+    pub(crate) fn keyed<'a>(&self, key: &'a K) -> Keyed<'a, K> {
+        Keyed {
+            key,
+            hash: self.hasher.hash_one(key),
+        }
+    }
+
+    pub(crate) fn shard_of(&self, k: &Keyed<'_, K>) -> usize {
+        // The table's buckets come from the hash's low bits and its tags from the top seven,
+        // so the shard takes bits from the middle: the keys of one shard must not share the
+        // bits that spread them inside it.
+        ((k.hash >> 32) as u32 as usize) % self.shards.len()
     }
 
     pub(crate) fn lock(&self, shard: usize) -> Guard<'_, K, V> {
@@ -84,31 +101,36 @@ impl<K: Hash + Eq + Clone, V: Expiring> Store<K, V> {
     }
 
     /// The live value of `key`, or `None` when absent or expired (the two are equivalent).
-    pub(crate) fn get(guard: &Guard<'_, K, V>, key: &K, now: u64) -> Option<V> {
+    pub(crate) fn get(guard: &Guard<'_, K, V>, k: &Keyed<'_, K>, now: u64) -> Option<V> {
         guard
             .borrow()
             .map
-            .get(key)
-            .copied()
+            .find(k.hash, |(key, _)| key == k.key)
+            .map(|(_, v)| *v)
             .filter(|v| v.expires_at() > now)
     }
 
     /// Stores `value` for `key`. A new key in a full shard first evicts expired entries; if
     /// none are expired the key is not stored and the write is counted as an overflow.
-    pub(crate) fn put(&self, guard: &Guard<'_, K, V>, key: &K, value: V, now: u64) {
+    pub(crate) fn put(&self, guard: &Guard<'_, K, V>, k: &Keyed<'_, K>, value: V, now: u64) {
         let mut shard = guard.borrow_mut();
         // An entry that expires earlier than the recorded horizon moves it, or a full shard
         // would skip a sweep that could free space.
         shard.next_sweep = shard.next_sweep.min(value.expires_at());
-        if let Some(slot) = shard.map.get_mut(key) {
+        if let Some((_, slot)) = shard.map.find_mut(k.hash, |(key, _)| key == k.key) {
             *slot = value;
             return;
         }
         if shard.map.len() >= self.shard_cap && now >= shard.next_sweep {
-            sweep(&mut shard, now);
+            self.sweep(&mut shard, now);
         }
         if shard.map.len() < self.shard_cap {
-            shard.map.insert(key.clone(), value);
+            let hasher = &self.hasher;
+            shard
+                .map
+                .insert_unique(k.hash, (k.key.clone(), value), |(key, _)| {
+                    hasher.hash_one(key)
+                });
         } else {
             self.overflows.fetch_add(1, Ordering::Relaxed);
         }
@@ -118,7 +140,7 @@ impl<K: Hash + Eq + Clone, V: Expiring> Store<K, V> {
     pub(crate) fn evict_expired(&self, now: u64) {
         for shard in self.shards.iter() {
             let guard = shard.lock();
-            sweep(&mut guard.borrow_mut(), now);
+            self.sweep(&mut guard.borrow_mut(), now);
         }
     }
 
@@ -132,18 +154,22 @@ impl<K: Hash + Eq + Clone, V: Expiring> Store<K, V> {
     pub(crate) fn overflows(&self) -> u64 {
         self.overflows.load(Ordering::Relaxed)
     }
-}
 
-fn sweep<K: Hash + Eq, V: Expiring>(shard: &mut Shard<K, V>, now: u64) {
-    let mut next = u64::MAX;
-    shard.map.retain(|_, v| {
-        let at = v.expires_at();
-        let keep = at > now;
-        if keep {
-            next = next.min(at);
-        }
-        keep
-    });
-    shard.map.shrink_to(shard.map.len().saturating_mul(2));
-    shard.next_sweep = next;
+    fn sweep(&self, shard: &mut Shard<K, V>, now: u64) {
+        let mut next = u64::MAX;
+        shard.map.retain(|(_, v)| {
+            let at = v.expires_at();
+            let keep = at > now;
+            if keep {
+                next = next.min(at);
+            }
+            keep
+        });
+        let hasher = &self.hasher;
+        let len = shard.map.len();
+        shard
+            .map
+            .shrink_to(len.saturating_mul(2), |(key, _)| hasher.hash_one(key));
+        shard.next_sweep = next;
+    }
 }
