@@ -34,7 +34,7 @@ const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy")
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Who a bucket or counter belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Eq, Hash)]
 pub enum Subject {
     Everyone,
     Consumer(Arc<str>),
@@ -43,10 +43,33 @@ pub enum Subject {
 }
 
 /// A bucket or counter: which limit (a stable scope name) and whose.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Eq, Hash)]
 pub struct Key {
     pub scope: Arc<str>,
     pub subject: Subject,
+}
+
+/// Names compare by pointer first: a stored key was cloned from the snapshot's own `Arc`s, so
+/// until a reload the comparison a lookup ends with needs no string compare.
+fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || **a == **b
+}
+
+impl PartialEq for Subject {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Subject::Everyone, Subject::Everyone) => true,
+            (Subject::Consumer(a), Subject::Consumer(b)) => same(a, b),
+            (Subject::Ip(a), Subject::Ip(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        same(&self.scope, &other.scope) && self.subject == other.subject
+    }
 }
 
 /// Limiter state shared by every snapshot of a running gateway.
@@ -278,6 +301,9 @@ pub struct Traffic {
     policy_headers: ConfigMap<String, http::HeaderValue>,
     /// `RateLimit-Policy` for callers without a plan.
     policy_header_no_plan: http::HeaderValue,
+    /// Every tier of this route is a consumer's (plans, overrides): an anonymous request has
+    /// nothing to check, not even the time.
+    consumers_only: bool,
 }
 
 impl Traffic {
@@ -357,7 +383,14 @@ impl Traffic {
             override_scope: Arc::from("override"),
             policy_headers: ConfigMap::default(),
             policy_header_no_plan: http::HeaderValue::from_static(""),
+            consumers_only: false,
         };
+        me.consumers_only = me.book.gateway.is_none()
+            && me.api.is_none()
+            && me.route.is_none()
+            && me.spike.is_none()
+            && me.quota.is_none()
+            && me.concurrency.is_none();
         me.policy_header_no_plan = me.policy_header(None, None);
         let headers = me
             .book
@@ -738,6 +771,9 @@ impl Policy for Traffic {
         ctx: &'a mut RequestCtx,
         _req: &'a mut http::request::Parts,
     ) -> Step<'a> {
+        if self.consumers_only && ctx.consumer.is_none() {
+            return Step::Continue;
+        }
         let now = self.clock.now();
         let a = self.applicable(ctx, now);
         if let Some(redis) = &self.redis
@@ -824,5 +860,50 @@ impl Tier for NoTier {
             remaining: u64::MAX,
             reset_after: std::time::Duration::ZERO,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::BuildHasher as _;
+
+    #[test]
+    fn keys_are_equal_by_content_whether_or_not_they_share_their_names() {
+        let scope: Arc<str> = Arc::from("plan-gold");
+        let alice: Arc<str> = Arc::from("alice");
+        let key = Key {
+            scope: scope.clone(),
+            subject: Subject::Consumer(alice.clone()),
+        };
+        // The same allocations (a lookup within one snapshot) and fresh ones (after a reload).
+        assert_eq!(key, key.clone());
+        let reloaded = Key {
+            scope: Arc::from("plan-gold"),
+            subject: Subject::Consumer(Arc::from("alice")),
+        };
+        assert_eq!(key, reloaded);
+        let h = |k: &Key| foldhash::fast::FixedState::with_seed(7).hash_one(k);
+        assert_eq!(h(&key), h(&reloaded));
+        for other in [
+            Key {
+                scope: scope.clone(),
+                subject: Subject::Consumer(Arc::from("bob")),
+            },
+            Key {
+                scope: Arc::from("plan-silver"),
+                subject: Subject::Consumer(alice),
+            },
+            Key {
+                scope: scope.clone(),
+                subject: Subject::Everyone,
+            },
+            Key {
+                scope,
+                subject: Subject::Ip(IpAddr::from([127, 0, 0, 1])),
+            },
+        ] {
+            assert_ne!(key, other);
+        }
     }
 }
