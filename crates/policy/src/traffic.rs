@@ -34,7 +34,7 @@ const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy")
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Who a bucket or counter belongs to.
-#[derive(Debug, Clone, Eq, Hash)]
+#[derive(Debug, Clone, Eq)]
 pub enum Subject {
     Everyone,
     Consumer(Arc<str>),
@@ -43,7 +43,7 @@ pub enum Subject {
 }
 
 /// A bucket or counter: which limit (a stable scope name) and whose.
-#[derive(Debug, Clone, Eq, Hash)]
+#[derive(Debug, Clone, Eq)]
 pub struct Key {
     pub scope: Arc<str>,
     pub subject: Subject,
@@ -69,6 +69,25 @@ impl PartialEq for Subject {
 impl PartialEq for Key {
     fn eq(&self, other: &Self) -> bool {
         same(&self.scope, &other.scope) && self.subject == other.subject
+    }
+}
+
+// By content, as equality is: a pointer says nothing about keys from different snapshots.
+impl std::hash::Hash for Subject {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        std::mem::discriminant(self).hash(h);
+        match self {
+            Subject::Everyone => {}
+            Subject::Consumer(c) => c.hash(h),
+            Subject::Ip(ip) => ip.hash(h),
+        }
+    }
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.scope.hash(h);
+        self.subject.hash(h);
     }
 }
 
