@@ -254,10 +254,7 @@ impl Forwarded<'_> {
         w.extend_from_slice(&self.traceparent.encode());
         w.extend_from_slice(b"\r\n");
         for (name, value) in self.extra {
-            w.extend_from_slice(name.as_str().as_bytes());
-            w.extend_from_slice(b": ");
-            w.extend_from_slice(value.as_bytes());
-            w.extend_from_slice(b"\r\n");
+            crate::heads::put_field(w, name, value);
         }
     }
 }

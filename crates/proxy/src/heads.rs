@@ -3,12 +3,23 @@
 //! connection. A peer sends the same fields in the same order message after message (an
 //! upstream its response fields, a client SDK its request fields), so a parser can usually
 //! recognise a name with one byte comparison instead of looking it up as a `HeaderName` and
-//! checking it against the names that frame a message or are hop-by-hop.
+//! checking it against the names that frame a message or are hop-by-hop. Both writers (the
+//! server's responses, the upstream client's requests) put field lines with [`put_field`].
 
 use crate::forward::is_hop_by_hop_name;
 use crate::framing::parse_length;
 use http::HeaderName;
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TE, TRANSFER_ENCODING};
+
+/// One field line, `name: value` and CRLF. Names and values come from `HeaderName` and
+/// `HeaderValue`, which admit no CR or LF.
+#[inline]
+pub(crate) fn put_field(out: &mut Vec<u8>, name: &HeaderName, value: &http::HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
 
 /// The byte range of `part` within `base`. httparse hands out subslices of the buffer it
 /// parsed; their offsets are all a head needs to survive the buffer being split and frozen.

@@ -21,6 +21,7 @@ use crate::body::{ClientBody, LINGER_MAX_BYTES, LINGER_MAX_TIME};
 use crate::forward::X_REQUEST_ID;
 use crate::framing::{Decoder, chunk_size_line, parse_length};
 use crate::gateway::Shared;
+use crate::heads::put_field;
 use crate::pipeline::{ConnMeta, LoggedBody, handle};
 use crate::server::Shutdown;
 use body::{Handoff, ReadSide};
@@ -368,10 +369,7 @@ impl Conn {
             fields.date |= raw.date;
         }
         for (name, value) in body.added_fields() {
-            self.out.extend_from_slice(name.as_str().as_bytes());
-            self.out.extend_from_slice(b": ");
-            self.out.extend_from_slice(value.as_bytes());
-            self.out.extend_from_slice(b"\r\n");
+            put_field(&mut self.out, name, value);
         }
         // The body's own length when the response does not declare one.
         let computed = if bodyless || fields.length.is_some() {
@@ -565,10 +563,7 @@ fn encode_fields_of(
             }
         }
         written.date |= name == DATE;
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_field(out, name, value);
     }
     written
 }
@@ -611,10 +606,7 @@ enum Connection {
 
 fn encode_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
     for (name, value) in fields {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_field(out, name, value);
     }
 }
 

@@ -121,10 +121,7 @@ impl<'a> Outgoing<'a> {
             if name == HOST || self.forwarded.is_some() && Forwarded::owns(name) {
                 continue;
             }
-            w.extend_from_slice(name.as_str().as_bytes());
-            w.extend_from_slice(b": ");
-            w.extend_from_slice(value.as_bytes());
-            w.extend_from_slice(b"\r\n");
+            crate::heads::put_field(w, name, value);
         }
         if let Some(f) = &self.forwarded {
             f.encode(w);
