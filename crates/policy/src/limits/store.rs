@@ -93,7 +93,7 @@ impl<K: Hash + Eq + Clone, V: Expiring> Store<K, V> {
         // The table's buckets come from the hash's low bits and its tags from the top seven,
         // so the shard takes bits from the middle: the keys of one shard must not share the
         // bits that spread them inside it.
-        ((k.hash >> 32) as u32 as usize) % self.shards.len()
+        usize::from((k.hash >> 32) as u16) % self.shards.len()
     }
 
     pub(crate) fn lock(&self, shard: usize) -> Guard<'_, K, V> {
@@ -171,5 +171,53 @@ impl<K: Hash + Eq + Clone, V: Expiring> Store<K, V> {
             .map
             .shrink_to(len.saturating_mul(2), |(key, _)| hasher.hash_one(key));
         shard.next_sweep = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Copy)]
+    struct Until(u64);
+
+    impl Expiring for Until {
+        fn expires_at(&self) -> u64 {
+            self.0
+        }
+    }
+
+    /// One hash picks both the shard and the bucket: keys must still spread over every shard,
+    /// or a store would overflow long before it holds its capacity.
+    #[test]
+    fn keys_spread_over_the_shards_and_are_found_again() {
+        let store: Store<String, Until> = Store::new(32 * 100);
+        let keys: Vec<String> = (0..2_000).map(|i| format!("consumer-{i}")).collect();
+        let mut per_shard = vec![0usize; 32];
+        for k in &keys {
+            let keyed = store.keyed(k);
+            let shard = store.shard_of(&keyed);
+            per_shard[shard] += 1;
+            let guard = store.lock(shard);
+            store.put(&guard, &keyed, Until(10), 0);
+        }
+        assert_eq!(store.overflows(), 0, "shards: {per_shard:?}");
+        assert_eq!(store.len(), keys.len());
+        // 62.5 keys per shard on average: no shard empty, none near its cap of 100.
+        assert!(
+            per_shard.iter().all(|&n| n > 20 && n < 100),
+            "{per_shard:?}"
+        );
+        for k in &keys {
+            let keyed = store.keyed(k);
+            let guard = store.lock(store.shard_of(&keyed));
+            assert!(Store::get(&guard, &keyed, 5).is_some(), "{k} lost");
+            assert!(
+                Store::get(&guard, &keyed, 10).is_none(),
+                "{k} outlived its expiry"
+            );
+        }
+        store.evict_expired(10);
+        assert_eq!(store.len(), 0);
     }
 }
