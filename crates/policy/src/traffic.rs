@@ -370,15 +370,13 @@ impl Traffic {
                 limit: c.max,
                 per: c.per,
             });
-        let nothing = api.is_none()
+        let consumers_only = api.is_none()
             && route.is_none()
             && spike.is_none()
             && quota.is_none()
             && concurrency.is_none()
-            && book.gateway.is_none()
-            && book.plans.is_empty()
-            && book.overrides.is_empty();
-        if nothing {
+            && book.gateway.is_none();
+        if consumers_only && book.plans.is_empty() && book.overrides.is_empty() {
             return None;
         }
         let failure_mode = route_limits
@@ -402,14 +400,8 @@ impl Traffic {
             override_scope: Arc::from("override"),
             policy_headers: ConfigMap::default(),
             policy_header_no_plan: http::HeaderValue::from_static(""),
-            consumers_only: false,
+            consumers_only,
         };
-        me.consumers_only = me.book.gateway.is_none()
-            && me.api.is_none()
-            && me.route.is_none()
-            && me.spike.is_none()
-            && me.quota.is_none()
-            && me.concurrency.is_none();
         me.policy_header_no_plan = me.policy_header(None, None);
         let headers = me
             .book

@@ -448,9 +448,6 @@ impl Auth {
         // `X-Consumer-*` a client sent is already gone (`forward::strip_identity`).
         let c = &found.consumer;
         let fields = &mut ctx.upstream_headers;
-        // A second authenticating policy on the same request replaces the first one's fields.
-        fields
-            .retain(|(n, _)| n != X_CONSUMER_ID && n != X_CONSUMER_TENANT && n != X_CONSUMER_PLAN);
         if let Some(v) = &c.id_header {
             fields.push((X_CONSUMER_ID, v.clone()));
         }
