@@ -32,6 +32,12 @@ pub trait Scopes: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// Names the upstream learns the caller by. A client cannot send them: every request is
+/// stripped of `X-Consumer-*` before the policies run.
+pub const X_CONSUMER_ID: HeaderName = HeaderName::from_static("x-consumer-id");
+pub const X_CONSUMER_TENANT: HeaderName = HeaderName::from_static("x-consumer-tenant");
+pub const X_CONSUMER_PLAN: HeaderName = HeaderName::from_static("x-consumer-plan");
+
 /// A caller the gateway knows: from config, the management API or an authorizer.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Consumer {
@@ -40,23 +46,44 @@ pub struct Consumer {
     pub plan: Option<Arc<str>>,
     /// Scopes the consumer holds; tokens may carry fewer.
     pub scopes: Box<[String]>,
-    /// `id` as a header value, rendered once (ids are validated header-safe at load).
-    pub id_header: Option<HeaderValue>,
-    /// `tenant` and `plan` as header values, rendered once.
-    pub tenant_header: Option<HeaderValue>,
-    pub plan_header: Option<HeaderValue>,
+    /// `X-Consumer-ID` (and `-Tenant`, `-Plan` where the identity config forwards them),
+    /// rendered once: the upstream client writes them after the request's own fields for every
+    /// request this consumer makes (ids are validated header-safe at load).
+    pub upstream_fields: Box<[(HeaderName, HeaderValue)]>,
 }
 
 impl Consumer {
+    /// A consumer whose requests tell the upstream its id only.
     pub fn new(id: &str, tenant: Option<&str>, plan: Option<&str>, scopes: Vec<String>) -> Self {
+        Self::forwarding(id, tenant, plan, scopes, false)
+    }
+
+    /// A consumer whose requests also tell the upstream its tenant and plan when
+    /// `tenant_and_plan` is set.
+    pub fn forwarding(
+        id: &str,
+        tenant: Option<&str>,
+        plan: Option<&str>,
+        scopes: Vec<String>,
+        tenant_and_plan: bool,
+    ) -> Self {
+        let mut fields = Vec::with_capacity(3);
+        let mut add = |name: HeaderName, v: Option<&str>| {
+            if let Some(v) = v.and_then(|v| HeaderValue::from_str(v).ok()) {
+                fields.push((name, v));
+            }
+        };
+        add(X_CONSUMER_ID, Some(id));
+        if tenant_and_plan {
+            add(X_CONSUMER_TENANT, tenant);
+            add(X_CONSUMER_PLAN, plan);
+        }
         Self {
             id: Arc::from(id),
             tenant: tenant.map(Arc::from),
             plan: plan.map(Arc::from),
             scopes: scopes.into(),
-            id_header: HeaderValue::from_str(id).ok(),
-            tenant_header: tenant.and_then(|t| HeaderValue::from_str(t).ok()),
-            plan_header: plan.and_then(|p| HeaderValue::from_str(p).ok()),
+            upstream_fields: fields.into(),
         }
     }
 }
@@ -102,10 +129,6 @@ pub struct RequestCtx {
     pub variant: usize,
     /// Headers that policies want on the response, whatever produced it.
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
-    /// Fields the gateway adds to the upstream request (`X-Consumer-*`), written by the
-    /// upstream client after the request's own. Only for names a client cannot send us: those
-    /// are stripped from every request before the policies run.
-    pub upstream_headers: Vec<(HeaderName, HeaderValue)>,
     /// The verified client certificate of the connection (TLS listener with mTLS).
     pub client_cert: Option<Arc<ClientCert>>,
     /// Set by authentication.
@@ -135,7 +158,6 @@ impl RequestCtx {
             route: None,
             variant: 0,
             response_headers: Vec::new(),
-            upstream_headers: Vec::new(),
             client_cert: None,
             consumer: None,
             scopes: None,
@@ -148,5 +170,36 @@ impl RequestCtx {
     /// The request id as text; ids are validated visible ASCII, so this never fails in practice.
     pub fn request_id_str(&self) -> &str {
         self.request_id.to_str().unwrap_or("-")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(c: &Consumer) -> Vec<(&str, &[u8])> {
+        c.upstream_fields
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn upstream_fields_follow_the_forwarding_choice() {
+        let scopes = vec!["accounts:read".to_string()];
+        let plain = Consumer::new("partner-gold", Some("acme"), Some("gold"), scopes.clone());
+        assert_eq!(names(&plain), [("x-consumer-id", &b"partner-gold"[..])]);
+        let all = Consumer::forwarding("partner-gold", Some("acme"), Some("gold"), scopes, true);
+        assert_eq!(
+            names(&all),
+            [
+                ("x-consumer-id", &b"partner-gold"[..]),
+                ("x-consumer-tenant", &b"acme"[..]),
+                ("x-consumer-plan", &b"gold"[..]),
+            ]
+        );
+        // Missing tenant and plan add nothing; a value no header may carry is left out.
+        let odd = Consumer::forwarding("cert-cn", None, Some("bad\nplan"), Vec::new(), true);
+        assert_eq!(names(&odd), [("x-consumer-id", &b"cert-cn"[..])]);
     }
 }

@@ -12,6 +12,9 @@ pub mod trace;
 pub mod usage;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use context::{ClientCert, Consumer, Listener, RequestCtx, RouteMeta, Scopes};
+pub use context::{
+    ClientCert, Consumer, Listener, RequestCtx, RouteMeta, Scopes, X_CONSUMER_ID, X_CONSUMER_PLAN,
+    X_CONSUMER_TENANT,
+};
 pub use error::{Fault, GatewayError, Kind, PROBLEM_BASE, PROBLEM_JSON};
 pub use policy::{Decision, Phase, Policy, Step};

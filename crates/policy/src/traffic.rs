@@ -18,7 +18,7 @@ use crate::limits::headers::{PolicyItem, ratelimit_one, ratelimit_policy, retry_
 use crate::limits::redis::{InvalidRedisUrl, RedisLimiter, RedisSettings};
 use crate::limits::{
     ConcurrencyLimiter, KeyedLimiter, KeyedQuota, Limit, QuotaLimit, TemporaryOverride, Tier,
-    Verdict, check_all,
+    Verdict, check_all_into,
 };
 use http::HeaderName;
 use std::net::IpAddr;
@@ -307,17 +307,16 @@ pub struct Traffic {
     failure_mode: FailureMode,
     book: Arc<PlanBook>,
     clock: Arc<dyn Clock>,
-    route_id: String,
     api: Option<Scoped<Limit>>,
     route: Option<Scoped<Limit>>,
     spike: Option<Scoped<Limit>>,
     quota: Option<Scoped<QuotaLimit>>,
     concurrency: Option<Scoped<u32>>,
     gateway_scope: Arc<str>,
-    plan_scope: Arc<str>,
     override_scope: Arc<str>,
-    /// `RateLimit-Policy` by the caller's plan, rendered at compile time.
-    policy_headers: ConfigMap<String, http::HeaderValue>,
+    /// Every plan as it applies to this route, by plan name: one lookup per request finds the
+    /// plan's rate here, its quota and its `RateLimit-Policy`.
+    plans: ConfigMap<String, RoutePlan>,
     /// `RateLimit-Policy` for callers without a plan.
     policy_header_no_plan: http::HeaderValue,
     /// Every tier of this route is a consumer's (plans, overrides): an anonymous request has
@@ -389,32 +388,40 @@ impl Traffic {
             stores,
             book,
             clock,
-            route_id: route_id.to_string(),
             api,
             route,
             spike,
             quota,
             concurrency,
             gateway_scope: Arc::from("gateway"),
-            plan_scope: Arc::from("plan"),
             override_scope: Arc::from("override"),
-            policy_headers: ConfigMap::default(),
+            plans: ConfigMap::default(),
             policy_header_no_plan: http::HeaderValue::from_static(""),
             consumers_only,
         };
         me.policy_header_no_plan = me.policy_header(None, None);
-        let headers = me
+        let plans = me
             .book
             .plans
             .iter()
-            .map(|(name, p)| (name.clone(), me.policy_header(Some(p), None)))
+            .map(|(name, p)| {
+                let mut plan = RoutePlan {
+                    name: p.name.clone(),
+                    rate: *p.routes.get(route_id).unwrap_or(&p.rate),
+                    quota: p.quota,
+                    quota_name: p.quota_name.clone(),
+                    policy_header: http::HeaderValue::from_static(""),
+                };
+                plan.policy_header = me.policy_header(Some(&plan), None);
+                (name.clone(), plan)
+            })
             .collect();
-        me.policy_headers = headers;
+        me.plans = plans;
         Some(me)
     }
 
     /// The route's `RateLimit-Policy` for a caller on `plan` (or under `over`).
-    fn policy_header(&self, plan: Option<&PlanLimits>, over: Option<&Limit>) -> http::HeaderValue {
+    fn policy_header(&self, plan: Option<&RoutePlan>, over: Option<&Limit>) -> http::HeaderValue {
         let mut items: Vec<PolicyItem<'_>> = Vec::new();
         if let Some(g) = &self.book.gateway {
             items.push(PolicyItem::rate(&self.gateway_scope, g));
@@ -424,10 +431,7 @@ impl Traffic {
         }
         match (over, plan) {
             (Some(o), _) => items.push(PolicyItem::rate(&self.override_scope, o)),
-            (None, Some(p)) => items.push(PolicyItem::rate(
-                &p.name,
-                p.routes.get(&self.route_id).unwrap_or(&p.rate),
-            )),
+            (None, Some(p)) => items.push(PolicyItem::rate(&p.name, &p.rate)),
             (None, None) => {}
         }
         if let Some(q) = plan.and_then(|p| p.quota.as_ref().map(|q| (&p.quota_name, q))) {
@@ -467,14 +471,46 @@ impl Traffic {
     }
 }
 
-/// The tiers that apply to one request: keys and limits owned, so that they can move into the
-/// future of a Redis check. Rate tiers first, then quotas (the verdict's order).
-struct Applicable {
-    rates: Few<(TierKind, Key, Limit, Arc<str>), 5>,
-    quotas: Few<(TierKind, Key, QuotaLimit, Arc<str>), 2>,
+/// A plan as it applies to one route.
+#[derive(Debug)]
+struct RoutePlan {
+    /// The plan's bucket scope and `RateLimit` policy name (`plan-<name>`).
+    name: Arc<str>,
+    /// The plan's per-route override for this route, else the plan's rate.
+    rate: Limit,
+    quota: Option<QuotaLimit>,
+    quota_name: Arc<str>,
+    /// `RateLimit-Policy` for the plan's consumers on this route, rendered at compile time.
+    policy_header: http::HeaderValue,
 }
 
-impl Applicable {
+/// One rate tier of a request: which kind, its bucket, its limit, its policy name.
+struct RateItem<'a> {
+    kind: TierKind,
+    key: Key,
+    limit: Limit,
+    name: &'a Arc<str>,
+}
+
+/// One quota tier of a request.
+struct QuotaItem<'a> {
+    kind: TierKind,
+    key: Key,
+    limit: QuotaLimit,
+    name: &'a Arc<str>,
+}
+
+/// The tiers that apply to one request: keys and limits owned, so that they can move into the
+/// future of a Redis check; names borrowed from the route's policy. Rate tiers first, then
+/// quotas (the verdict's order). Also the caller's plan and live override, looked up once.
+struct Applicable<'a> {
+    rates: Few<RateItem<'a>, 5>,
+    quotas: Few<QuotaItem<'a>, 2>,
+    plan: Option<&'a RoutePlan>,
+    over: Option<&'a TemporaryOverride>,
+}
+
+impl Applicable<'_> {
     fn is_empty(&self) -> bool {
         self.rates.len() == 0 && self.quotas.len() == 0
     }
@@ -485,25 +521,24 @@ impl Applicable {
         if nodes <= 1 {
             return self;
         }
-        for (_, _, l, _) in self.rates.iter_mut() {
-            let burst = (l.burst() / nodes).max(1);
-            if let Ok(d) = Limit::new(l.rate() / f64::from(nodes), burst) {
-                *l = d;
+        for r in self.rates.iter_mut() {
+            let burst = (r.limit.burst() / nodes).max(1);
+            if let Ok(d) = Limit::new(r.limit.rate() / f64::from(nodes), burst) {
+                r.limit = d;
             }
         }
-        for (_, _, q, _) in self.quotas.iter_mut() {
-            q.max = q.max.div_ceil(u64::from(nodes)).max(1);
+        for q in self.quotas.iter_mut() {
+            q.limit.max = q.limit.max.div_ceil(u64::from(nodes)).max(1);
         }
         self
     }
 
-    /// (kind, policy name) per tier, in verdict order.
-    fn kinds(&self) -> Few<(TierKind, &Arc<str>), 7> {
-        self.rates
-            .iter()
-            .map(|(k, _, _, n)| (*k, n))
-            .chain(self.quotas.iter().map(|(k, _, _, n)| (*k, n)))
-            .collect()
+    /// (kind, policy name) of the `i`-th tier in verdict order.
+    fn kind(&self, i: usize) -> Option<(TierKind, &Arc<str>)> {
+        match i.checked_sub(self.rates.len()) {
+            None => self.rates.get(i).map(|r| (r.kind, r.name)),
+            Some(q) => self.quotas.get(q).map(|q| (q.kind, q.name)),
+        }
     }
 }
 
@@ -525,20 +560,24 @@ fn redis_key(prefix: &str, kind: char, key: &Key) -> String {
 
 impl Traffic {
     /// Keys and limits for every tier that applies to this request.
-    fn applicable(&self, ctx: &RequestCtx, now: SystemTime) -> Applicable {
+    fn applicable(&self, ctx: &RequestCtx, now: SystemTime) -> Applicable<'_> {
         // At most 5 rate tiers and 2 quotas: fixed-size, so the check allocates nothing.
-        let mut rate_keys: Few<(TierKind, Key, Limit, Arc<str>), 5> = Few::new();
-        let mut quota_keys: Few<(TierKind, Key, QuotaLimit, Arc<str>), 2> = Few::new();
+        let mut a = Applicable {
+            rates: Few::new(),
+            quotas: Few::new(),
+            plan: None,
+            over: None,
+        };
         if let Some(g) = &self.book.gateway {
-            rate_keys.push((
-                TierKind::Gateway,
-                Key {
+            a.rates.push(RateItem {
+                kind: TierKind::Gateway,
+                key: Key {
                     scope: self.gateway_scope.clone(),
                     subject: Subject::Everyone,
                 },
-                *g,
-                self.gateway_scope.clone(),
-            ));
+                limit: *g,
+                name: &self.gateway_scope,
+            });
         }
         for (kind, s) in [
             (TierKind::Api, &self.api),
@@ -546,92 +585,85 @@ impl Traffic {
             (TierKind::Spike, &self.spike),
         ] {
             if let Some(s) = s {
-                rate_keys.push((
+                a.rates.push(RateItem {
                     kind,
-                    Key {
+                    key: Key {
                         scope: s.name.clone(),
                         subject: Self::subject(ctx, s.per),
                     },
-                    s.limit,
-                    s.name.clone(),
-                ));
+                    limit: s.limit,
+                    name: &s.name,
+                });
             }
         }
         if let Some(c) = &ctx.consumer {
-            let plan = c.plan.as_deref().and_then(|p| self.book.plans.get(p));
-            let base = plan.map(|p| *p.routes.get(&self.route_id).unwrap_or(&p.rate));
+            a.plan = c.plan.as_deref().and_then(|p| self.plans.get(p));
             // A live override gets its own bucket: a bucket's state is only meaningful under
             // the limit that filled it, and an override must bite (or relieve) at once.
-            let over = self
+            a.over = self
                 .book
                 .overrides
                 .get(&*c.id)
                 .filter(|o| now < o.expires_at);
-            let effective = match (over, base) {
+            // Per plan: a consumer moved to another plan starts on a bucket filled under that
+            // plan's limit, not the old plan's debt.
+            let effective = match (a.over, a.plan) {
                 (Some(o), _) => Some((o.limit, &self.override_scope)),
-                // Per plan: a consumer moved to another plan starts on a bucket filled
-                // under that plan's limit, not the old plan's debt.
-                (None, Some(b)) => Some((b, plan.map_or(&self.plan_scope, |p| &p.name))),
+                (None, Some(p)) => Some((p.rate, &p.name)),
                 (None, None) => None,
             };
-            if let Some((l, scope)) = effective {
-                rate_keys.push((
-                    TierKind::Plan,
-                    Key {
+            if let Some((limit, scope)) = effective {
+                a.rates.push(RateItem {
+                    kind: TierKind::Plan,
+                    key: Key {
                         scope: scope.clone(),
                         subject: Subject::Consumer(c.id.clone()),
                     },
-                    l,
-                    match (over, plan) {
-                        (Some(_), _) => self.override_scope.clone(),
-                        (None, Some(p)) => p.name.clone(),
-                        (None, None) => self.plan_scope.clone(),
-                    },
-                ));
+                    limit,
+                    name: scope,
+                });
             }
-            if let Some(p) = plan
+            if let Some(p) = a.plan
                 && let Some(q) = p.quota
             {
-                quota_keys.push((
-                    TierKind::PlanQuota,
-                    Key {
+                a.quotas.push(QuotaItem {
+                    kind: TierKind::PlanQuota,
+                    key: Key {
                         scope: p.quota_name.clone(),
                         subject: Subject::Consumer(c.id.clone()),
                     },
-                    q,
-                    p.quota_name.clone(),
-                ));
+                    limit: q,
+                    name: &p.quota_name,
+                });
             }
         }
         if let Some(q) = &self.quota {
-            quota_keys.push((
-                TierKind::RouteQuota,
-                Key {
+            a.quotas.push(QuotaItem {
+                kind: TierKind::RouteQuota,
+                key: Key {
                     scope: q.name.clone(),
                     subject: Self::subject(ctx, q.per),
                 },
-                q.limit,
-                q.name.clone(),
-            ));
+                limit: q.limit,
+                name: &q.name,
+            });
         }
-        Applicable {
-            rates: rate_keys,
-            quotas: quota_keys,
-        }
+        a
     }
 
-    /// The all-or-nothing check against the in-process stores.
-    fn check_local(&self, a: &Applicable, now: SystemTime) -> Option<Verdict> {
+    /// The all-or-nothing check against the in-process stores, into `verdict`. False only if
+    /// there were more tiers than a check takes (never, by construction).
+    fn check_local(&self, a: &Applicable<'_>, now: SystemTime, verdict: &mut Verdict) -> bool {
         let stores = &*self.stores;
         let rate_tiers: Few<_, 5> = a
             .rates
             .iter()
-            .map(|(_, k, l, _)| stores.rates.tier(k, l))
+            .map(|r| stores.rates.tier(&r.key, &r.limit))
             .collect();
         let quota_tiers: Few<_, 2> = a
             .quotas
             .iter()
-            .map(|(_, k, q, _)| stores.quotas.tier(k, q))
+            .map(|q| stores.quotas.tier(&q.key, &q.limit))
             .collect();
         let mut refs: [&dyn Tier; 7] = [&NoTier; 7];
         let mut n = 0;
@@ -643,27 +675,27 @@ impl Traffic {
             refs[n] = t;
             n += 1;
         }
-        check_all(&refs[..n], now).ok()
+        check_all_into(&refs[..n], now, verdict).is_ok()
     }
 
     /// The check against Redis, or the failure mode's answer when Redis cannot give one.
     /// `Err` is the `deny` mode's 503. `Ok(None)` admits without a verdict (`allow`).
-    async fn check_shared(
-        &self,
+    async fn check_shared<'a>(
+        &'a self,
         redis: &RedisLimiter,
-        a: Applicable,
+        a: Applicable<'a>,
         now: SystemTime,
-    ) -> (Applicable, Result<Option<Verdict>, GatewayError>) {
+    ) -> (Applicable<'a>, Result<Option<Verdict>, GatewayError>) {
         let prefix = &*self.book.redis.key_prefix;
         let rates: Vec<(String, Limit)> = a
             .rates
             .iter()
-            .map(|(_, k, l, _)| (redis_key(prefix, 'r', k), *l))
+            .map(|r| (redis_key(prefix, 'r', &r.key), r.limit))
             .collect();
         let quotas: Vec<(String, QuotaLimit)> = a
             .quotas
             .iter()
-            .map(|(_, k, q, _)| (redis_key(prefix, 'q', k), *q))
+            .map(|q| (redis_key(prefix, 'q', &q.key), q.limit))
             .collect();
         let error = match redis
             .check_all(&self.book.redis, &rates, &quotas, now)
@@ -676,8 +708,9 @@ impl Traffic {
         match self.failure_mode {
             FailureMode::Local => {
                 let a = a.divided(self.book.expected_nodes);
-                let v = self.check_local(&a, now);
-                (a, Ok(v))
+                let mut v = Verdict::from_outcomes(&[]);
+                let checked = self.check_local(&a, now, &mut v);
+                (a, Ok(checked.then_some(v)))
             }
             FailureMode::Allow => (a, Ok(None)),
             FailureMode::Deny => {
@@ -700,42 +733,32 @@ impl Traffic {
     fn finish(
         &self,
         ctx: &mut RequestCtx,
-        now: SystemTime,
-        a: &Applicable,
+        a: &Applicable<'_>,
         verdict: Option<&Verdict>,
     ) -> Result<(), GatewayError> {
-        let kinds = a.kinds();
         // RateLimit headers: the route's policies (rendered at compile time unless an override
         // is live), and the service limit of the tightest tier.
         if let Some(verdict) = verdict
-            && kinds.len() > 0
+            && !a.is_empty()
         {
-            let plan_name = ctx.consumer.as_ref().and_then(|c| c.plan.as_deref());
-            let live_override = ctx
-                .consumer
-                .as_ref()
-                .and_then(|c| self.book.overrides.get(&*c.id))
-                .filter(|o| now < o.expires_at);
-            let policy = match live_override {
-                Some(o) => self.policy_header(
-                    plan_name.and_then(|p| self.book.plans.get(p)),
-                    Some(&o.limit),
-                ),
-                None => plan_name
-                    .and_then(|p| self.policy_headers.get(p))
-                    .unwrap_or(&self.policy_header_no_plan)
+            let policy = match a.over {
+                Some(o) => self.policy_header(a.plan, Some(&o.limit)),
+                None => a
+                    .plan
+                    .map_or(&self.policy_header_no_plan, |p| &p.policy_header)
                     .clone(),
             };
             ctx.response_headers.push((RATELIMIT_POLICY, policy));
             let tight = verdict.rejected().or_else(|| verdict.most_restrictive());
-            if let (Some(i), Some(o)) = (tight, tight.and_then(|i| verdict.outcomes().get(i))) {
-                ctx.response_headers.push((
-                    RATELIMIT,
-                    ratelimit_one(kinds.get(i).map_or("", |k| k.1), o),
-                ));
+            if let Some(i) = tight
+                && let Some(o) = verdict.outcomes().get(i)
+            {
+                let name = a.kind(i).map_or("", |k| &**k.1);
+                ctx.response_headers
+                    .push((RATELIMIT, ratelimit_one(name, o)));
             }
             if let Some(i) = verdict.rejected()
-                && let Some(&(kind, name)) = kinds.get(i)
+                && let Some((kind, name)) = a.kind(i)
             {
                 ctx.throttled = Some(kind.label());
                 let retry = verdict.retry_after().unwrap_or_default();
@@ -794,15 +817,16 @@ impl Policy for Traffic {
                 // Nothing borrowed from a lock lives across this await: the check owns its
                 // keys, the context is only touched after it.
                 let (a, checked) = self.check_shared(redis, a, now).await;
-                let result = checked.and_then(|v| self.finish(ctx, now, &a, v.as_ref()));
+                let result = checked.and_then(|v| self.finish(ctx, &a, v.as_ref()));
                 match result {
                     Ok(()) => Decision::Continue,
                     Err(e) => Decision::Reject(e),
                 }
             }));
         }
-        let verdict = self.check_local(&a, now);
-        match self.finish(ctx, now, &a, verdict.as_ref()) {
+        let mut verdict = Verdict::from_outcomes(&[]);
+        let checked = self.check_local(&a, now, &mut verdict);
+        match self.finish(ctx, &a, checked.then_some(&verdict)) {
             Ok(()) => Step::Continue,
             Err(e) => Step::Reject(e),
         }

@@ -175,8 +175,8 @@ pub struct Forwarded<'a> {
     pub host: Option<HeaderValue>,
     pub request_id: HeaderValue,
     pub traceparent: TraceParent,
-    /// What the policies add ([`tollgate_core::RequestCtx::upstream_headers`]), borrowed from
-    /// the request's context, which outlives the send.
+    /// The authenticated consumer's fields ([`tollgate_core::Consumer::upstream_fields`]),
+    /// borrowed from the request's context, which outlives the send.
     pub extra: &'a [(HeaderName, HeaderValue)],
 }
 

@@ -239,7 +239,9 @@ async fn run(
         ctx.request_id.clone(),
         traceparent,
     );
-    forwarded.extra = &ctx.upstream_headers;
+    if let Some(c) = &ctx.consumer {
+        forwarded.extra = &c.upstream_fields;
+    }
 
     let Some(body) = body.take() else {
         return Err(GatewayError::new(

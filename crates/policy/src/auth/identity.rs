@@ -183,11 +183,12 @@ impl Identity {
             SigV4Verifier::new(&s.service, &s.region, clock.clone()).with_max_skew(s.max_skew.get())
         });
         for (name, c) in &cfg.consumers {
-            let consumer = Arc::new(Consumer::new(
+            let consumer = Arc::new(Consumer::forwarding(
                 name,
                 c.tenant.as_deref(),
                 c.plan.as_deref(),
                 c.scopes.clone(),
+                out.forward_tenant_and_plan,
             ));
             out.consumers.insert(name.clone(), consumer.clone());
             for k in &c.api_keys {
@@ -338,6 +339,12 @@ impl Identity {
                 }
             });
         }
+    }
+
+    /// A consumer named by a certificate or an authorizer rather than by config: no tenant,
+    /// plan or scopes of its own.
+    pub fn ad_hoc_consumer(&self, id: &str) -> Consumer {
+        Consumer::forwarding(id, None, None, Vec::new(), self.forward_tenant_and_plan)
     }
 
     pub fn consumer(&self, id: &str) -> Option<&Arc<Consumer>> {

@@ -16,9 +16,7 @@ use tollgate_core::{
     Consumer, Decision, GatewayError, Kind, Phase, Policy, RequestCtx, Scopes, Step,
 };
 
-pub const X_CONSUMER_ID: HeaderName = HeaderName::from_static("x-consumer-id");
-pub const X_CONSUMER_TENANT: HeaderName = HeaderName::from_static("x-consumer-tenant");
-pub const X_CONSUMER_PLAN: HeaderName = HeaderName::from_static("x-consumer-plan");
+pub use tollgate_core::{X_CONSUMER_ID, X_CONSUMER_PLAN, X_CONSUMER_TENANT};
 
 /// Who a scheme found, and with which scopes.
 struct Found {
@@ -213,7 +211,7 @@ impl Auth {
                         // name is the caller's identity.
                         cert.common_name
                             .as_deref()
-                            .map(|cn| Arc::new(Consumer::new(cn, None, None, Vec::new())))
+                            .map(|cn| Arc::new(self.identity.ad_hoc_consumer(cn)))
                     });
                 let Some(consumer) = consumer else {
                     return Attempt::Miss(Miss::Forbidden(
@@ -328,7 +326,7 @@ impl Auth {
                         .cloned()
                         .unwrap_or_else(|| {
                             // The authorizer is the authority for who the caller is.
-                            Arc::new(Consumer::new(consumer, None, None, Vec::new()))
+                            Arc::new(self.identity.ad_hoc_consumer(consumer))
                         });
                     Attempt::Found(Found {
                         consumer: c,
@@ -444,21 +442,9 @@ impl Auth {
         if self.schemes.contains(&AuthScheme::ApiKey) {
             req.headers.remove(&self.identity.api_key_header);
         }
-        // Written by the upstream client rather than inserted into the request's map: any
-        // `X-Consumer-*` a client sent is already gone (`forward::strip_identity`).
-        let c = &found.consumer;
-        let fields = &mut ctx.upstream_headers;
-        if let Some(v) = &c.id_header {
-            fields.push((X_CONSUMER_ID, v.clone()));
-        }
-        if self.identity.forward_tenant_and_plan {
-            if let Some(v) = &c.tenant_header {
-                fields.push((X_CONSUMER_TENANT, v.clone()));
-            }
-            if let Some(v) = &c.plan_header {
-                fields.push((X_CONSUMER_PLAN, v.clone()));
-            }
-        }
+        // `X-Consumer-*` go with the consumer (`Consumer::upstream_fields`), written by the
+        // upstream client rather than inserted into the request's map: any a client sent is
+        // already gone (`forward::strip_identity`).
         for (k, v) in found.headers {
             req.headers.insert(k, v);
         }

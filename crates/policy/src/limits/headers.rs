@@ -197,16 +197,33 @@ pub fn ratelimit_one(name: &str, outcome: &Outcome) -> HeaderValue {
     {
         return ratelimit(&[ServiceLimit::from_outcome(name, outcome)]);
     }
-    let mut buf = Vec::with_capacity(name.len() + 32);
-    buf.push(b'"');
-    buf.extend_from_slice(name.as_bytes());
-    buf.extend_from_slice(b"\";r=");
-    buf.extend_from_slice(itoa::Buffer::new().format(remaining).as_bytes());
-    buf.extend_from_slice(b";t=");
-    buf.extend_from_slice(itoa::Buffer::new().format(ceil_secs(reset)).as_bytes());
-    // The buffer becomes the value's storage: one allocation, no copy.
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(buf))
-        .unwrap_or_else(|_| ratelimit(&[ServiceLimit::from_outcome(name, outcome)]))
+    // Rendered on the stack and copied once into the value's own exact-size storage: a `Vec`
+    // with spare capacity would become a `Bytes` with a second allocation for its header.
+    let mut buf = [0u8; 128];
+    let mut n = 0;
+    let mut put = |b: &[u8]| {
+        let end = n + b.len();
+        if let Some(dst) = buf.get_mut(n..end) {
+            dst.copy_from_slice(b);
+        }
+        n = end;
+    };
+    put(b"\"");
+    put(name.as_bytes());
+    put(b"\";r=");
+    put(itoa::Buffer::new()
+        .format(remaining.min(SF_INTEGER_MAX))
+        .as_bytes());
+    put(b";t=");
+    put(itoa::Buffer::new()
+        .format(ceil_secs(reset).min(SF_INTEGER_MAX))
+        .as_bytes());
+    match buf.get(..n) {
+        Some(value) => HeaderValue::from_bytes(value)
+            .unwrap_or_else(|_| ratelimit(&[ServiceLimit::from_outcome(name, outcome)])),
+        // A name too long for the buffer: the general form.
+        None => ratelimit(&[ServiceLimit::from_outcome(name, outcome)]),
+    }
 }
 
 #[cfg(test)]
@@ -218,10 +235,31 @@ mod tests {
             remaining: 42,
             reset_after: std::time::Duration::from_millis(16_200),
         };
-        assert_eq!(
-            ratelimit_one("plan-gold", &o),
-            ratelimit(&[ServiceLimit::from_outcome("plan-gold", &o)])
-        );
+        let rejected = Outcome::Reject {
+            retry_after: std::time::Duration::from_millis(1),
+            reset_after: std::time::Duration::from_secs(3),
+        };
+        let huge = Outcome::Admit {
+            remaining: u64::MAX,
+            reset_after: std::time::Duration::from_secs(u64::MAX / 2),
+        };
+        // Names around and beyond the stack buffer, and the widest numbers.
+        let long = "r".repeat(200);
+        for name in [
+            "plan-gold",
+            "route:payments.initiate",
+            &long[..80],
+            &long[..100],
+            &long,
+        ] {
+            for o in [o, rejected, huge] {
+                assert_eq!(
+                    ratelimit_one(name, &o),
+                    ratelimit(&[ServiceLimit::from_outcome(name, &o)]),
+                    "{name} {o:?}"
+                );
+            }
+        }
     }
 
     use super::*;

@@ -69,7 +69,7 @@ mod tiers;
 pub use concurrency::{ConcurrencyLimiter, Permit};
 pub use gcra::{InvalidLimit, KeyedLimiter, Limit, RateTier, TemporaryOverride};
 pub use quota::{KeyedQuota, Period, QuotaLimit, QuotaOutcome, QuotaTier};
-pub use tiers::{MAX_TIERS, Tier, TooManyTiers, Verdict, check_all};
+pub use tiers::{MAX_TIERS, Tier, TooManyTiers, Verdict, check_all, check_all_into};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -161,11 +161,14 @@ impl QuotaOutcome {
     }
 }
 
-/// Count in the window ending at `end` (ns since the epoch).
+/// Count in the window ending at `end` (ns since the epoch), under the period and offset that
+/// drew the window.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Window {
     end: u64,
     count: u64,
+    period: Period,
+    utc_offset: i32,
 }
 
 impl Expiring for Window {
@@ -175,28 +178,42 @@ impl Expiring for Window {
     }
 }
 
+impl Window {
+    /// The end of the window `now` falls in. A live stored window drawn under the same period
+    /// and offset is that window: it was drawn at or before `now` and ends after it, and
+    /// calendar windows do not overlap. That spares the calendar arithmetic on all but a
+    /// window's first request. (A wall clock stepped back keeps counting into the window
+    /// already drawn, which grants nothing twice.)
+    fn end_at(limit: &QuotaLimit, stored: Option<&Window>, now: u64) -> u64 {
+        match stored {
+            Some(w) if w.period == limit.period && w.utc_offset == limit.utc_offset => w.end,
+            _ => limit.window_ns(now).1,
+        }
+    }
+}
+
 fn decide(limit: &QuotaLimit, stored: Option<Window>, now: u64) -> (Outcome, Window) {
-    let (_, end) = limit.window_ns(now);
+    let end = Window::end_at(limit, stored.as_ref(), now);
     let used = stored.filter(|w| w.end == end).map_or(0, |w| w.count);
     let until_end = Duration::from_nanos(end.saturating_sub(now));
+    let window = |count| Window {
+        end,
+        count,
+        period: limit.period,
+        utc_offset: limit.utc_offset,
+    };
     if used >= limit.max {
         let outcome = Outcome::Reject {
             retry_after: until_end,
             reset_after: until_end,
         };
-        return (outcome, Window { end, count: used });
+        return (outcome, window(used));
     }
     let outcome = Outcome::Admit {
         remaining: limit.max - used - 1,
         reset_after: until_end,
     };
-    (
-        outcome,
-        Window {
-            end,
-            count: used + 1,
-        },
-    )
+    (outcome, window(used + 1))
 }
 
 fn to_quota_outcome(o: Outcome, now: u64) -> QuotaOutcome {
@@ -479,6 +496,48 @@ mod tests {
                 "{period:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_reloaded_period_or_offset_draws_its_own_window() {
+        // The stored window is reused only under the period and offset that drew it.
+        let now = utc(2026, 11, 28, 10, 30, 0);
+        let q = KeyedQuota::new(10);
+        let key = "partner-gold";
+        let month = QuotaLimit::new(100, Period::Month);
+        for _ in 0..3 {
+            q.check_and_count(&key, &month, now);
+        }
+        let hour = QuotaLimit::new(100, Period::Hour);
+        assert_eq!(
+            q.check_and_count(&key, &hour, now),
+            QuotaOutcome::Admit {
+                remaining: 99,
+                resets_at: utc(2026, 11, 28, 11, 0, 0)
+            }
+        );
+        assert!(matches!(
+            q.check_and_count(&key, &hour, now),
+            QuotaOutcome::Admit { remaining: 98, .. }
+        ));
+        // UTC+00:30: it is 11:00 local, the window ends at 12:00 local, 11:30 UTC.
+        let shifted = hour.with_offset(1800);
+        assert_eq!(
+            q.check_and_count(&key, &shifted, now),
+            QuotaOutcome::Admit {
+                remaining: 99,
+                resets_at: utc(2026, 11, 28, 11, 30, 0)
+            }
+        );
+        // A day window in UTC+00:30 ends at 23:30 UTC: redrawn, not the hour's end.
+        let day = QuotaLimit::new(100, Period::Day).with_offset(1800);
+        assert_eq!(
+            q.check_and_count(&key, &day, now),
+            QuotaOutcome::Admit {
+                remaining: 99,
+                resets_at: utc(2026, 11, 28, 23, 30, 0)
+            }
+        );
     }
 
     #[test]

@@ -9,8 +9,9 @@
 use super::{Outcome, unix_nanos};
 use std::time::{Duration, SystemTime};
 
-/// The most tiers one [`check_all`] takes; the scenario needs at most seven.
-pub const MAX_TIERS: usize = 12;
+/// The most tiers one [`check_all`] takes; the scenario needs at most seven. Every verdict
+/// carries this many outcomes, so it is kept no larger than needed.
+pub const MAX_TIERS: usize = 8;
 
 /// One limit taking part in a [`check_all`]. Implemented by
 /// [`RateTier`](super::RateTier) and [`QuotaTier`](super::QuotaTier).
@@ -95,24 +96,43 @@ impl Verdict {
 /// Tiers may share a store and even a shard (the locks are re-entrant); the same key given
 /// twice in one store is judged and recorded once.
 pub fn check_all(tiers: &[&dyn Tier], now: SystemTime) -> Result<Verdict, TooManyTiers> {
+    let mut verdict = Verdict::from_outcomes(&[]);
+    check_all_into(tiers, now, &mut verdict)?;
+    Ok(verdict)
+}
+
+/// [`check_all`] writing into the caller's verdict: a verdict is a few hundred bytes, and the
+/// request path would otherwise copy it on every hand-over.
+pub fn check_all_into(
+    tiers: &[&dyn Tier],
+    now: SystemTime,
+    verdict: &mut Verdict,
+) -> Result<(), TooManyTiers> {
     if tiers.len() > MAX_TIERS {
         return Err(TooManyTiers);
     }
-    let mut order = [0usize; MAX_TIERS];
-    let order = &mut order[..tiers.len()];
-    for (i, slot) in order.iter_mut().enumerate() {
-        *slot = i;
+    // Each tier's place in the lock order is asked once, not once per comparison.
+    let mut keys = [(u64::MAX, usize::MAX, 0usize); MAX_TIERS];
+    let keys = &mut keys[..tiers.len()];
+    for (i, (k, t)) in keys.iter_mut().zip(tiers).enumerate() {
+        let (store, shard) = t.lock_order();
+        *k = (store, shard, i);
     }
-    order.sort_unstable_by_key(|&i| tiers[i].lock_order());
-
-    let mut verdict = Verdict {
-        outcomes: [Outcome::EMPTY; MAX_TIERS],
-        len: tiers.len(),
-        rejected: None,
-    };
-    descend(tiers, order, unix_nanos(now), &mut verdict.outcomes);
+    keys.sort_unstable();
+    let mut order = [0usize; MAX_TIERS];
+    for (slot, k) in order.iter_mut().zip(keys.iter()) {
+        *slot = k.2;
+    }
+    verdict.len = tiers.len();
+    verdict.rejected = None;
+    descend(
+        tiers,
+        &order[..tiers.len()],
+        unix_nanos(now),
+        &mut verdict.outcomes[..tiers.len()],
+    );
     verdict.rejected = verdict.rejecting_tier();
-    Ok(verdict)
+    Ok(())
 }
 
 fn descend(tiers: &[&dyn Tier], order: &[usize], now: u64, out: &mut [Outcome]) -> bool {
