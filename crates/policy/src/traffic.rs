@@ -560,7 +560,13 @@ fn redis_key(prefix: &str, kind: char, key: &Key) -> String {
 
 impl Traffic {
     /// Keys and limits for every tier that applies to this request.
-    fn applicable(&self, ctx: &RequestCtx, now: SystemTime) -> Applicable<'_> {
+    /// `plan` is the caller's plan on this route, already looked up.
+    fn applicable<'a>(
+        &'a self,
+        ctx: &RequestCtx,
+        plan: Option<&'a RoutePlan>,
+        now: SystemTime,
+    ) -> Applicable<'a> {
         // At most 5 rate tiers and 2 quotas: fixed-size, so the check allocates nothing.
         let mut a = Applicable {
             rates: Few::new(),
@@ -597,7 +603,7 @@ impl Traffic {
             }
         }
         if let Some(c) = &ctx.consumer {
-            a.plan = c.plan.as_deref().and_then(|p| self.plans.get(p));
+            a.plan = plan;
             // A live override gets its own bucket: a bucket's state is only meaningful under
             // the limit that filled it, and an override must bite (or relieve) at once.
             a.over = self
@@ -805,14 +811,32 @@ impl Policy for Traffic {
         ctx: &'a mut RequestCtx,
         _req: &'a mut http::request::Parts,
     ) -> Step<'a> {
-        if self.consumers_only && ctx.consumer.is_none() {
+        let plan = ctx
+            .consumer
+            .as_ref()
+            .and_then(|c| c.plan.as_deref())
+            .and_then(|p| self.plans.get(p));
+        // Only a consumer's own tiers apply here: a caller with neither a plan nor an override
+        // has nothing to check, not even the time.
+        if self.consumers_only
+            && plan.is_none()
+            && ctx
+                .consumer
+                .as_ref()
+                .is_none_or(|c| !self.book.overrides.contains_key(&*c.id))
+        {
             return Step::Continue;
         }
         let now = self.clock.now();
-        let a = self.applicable(ctx, now);
-        if let Some(redis) = &self.redis
-            && !a.is_empty()
-        {
+        let a = self.applicable(ctx, plan, now);
+        if a.is_empty() {
+            // No rate or quota tier: at most the concurrency slot.
+            return match self.finish(ctx, &a, None) {
+                Ok(()) => Step::Continue,
+                Err(e) => Step::Reject(e),
+            };
+        }
+        if let Some(redis) = &self.redis {
             return Step::Wait(Box::pin(async move {
                 // Nothing borrowed from a lock lives across this await: the check owns its
                 // keys, the context is only touched after it.
