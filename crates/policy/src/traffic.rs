@@ -831,10 +831,7 @@ impl Policy for Traffic {
         let a = self.applicable(ctx, plan, now);
         if a.is_empty() {
             // No rate or quota tier: at most the concurrency slot.
-            return match self.finish(ctx, &a, None) {
-                Ok(()) => Step::Continue,
-                Err(e) => Step::Reject(e),
-            };
+            return step(self.finish(ctx, &a, None));
         }
         if let Some(redis) = &self.redis {
             return Step::Wait(Box::pin(async move {
@@ -850,10 +847,14 @@ impl Policy for Traffic {
         }
         let mut verdict = Verdict::from_outcomes(&[]);
         let checked = self.check_local(&a, now, &mut verdict);
-        match self.finish(ctx, &a, checked.then_some(&verdict)) {
-            Ok(()) => Step::Continue,
-            Err(e) => Step::Reject(e),
-        }
+        step(self.finish(ctx, &a, checked.then_some(&verdict)))
+    }
+}
+
+fn step<'a>(finished: Result<(), GatewayError>) -> Step<'a> {
+    match finished {
+        Ok(()) => Step::Continue,
+        Err(e) => Step::Reject(e),
     }
 }
 
