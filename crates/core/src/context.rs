@@ -50,6 +50,10 @@ pub struct Consumer {
     /// rendered once: the upstream client writes them after the request's own fields for every
     /// request this consumer makes (ids are validated header-safe at load).
     pub upstream_fields: Box<[(HeaderName, HeaderValue)]>,
+    /// Where this consumer sits in its config snapshot's consumer table, so that a policy's
+    /// per-consumer table of the same snapshot is indexed rather than searched by id. `None`
+    /// for a consumer the config does not list (named by a certificate or an authorizer).
+    pub index: Option<u32>,
 }
 
 impl Consumer {
@@ -84,7 +88,14 @@ impl Consumer {
             plan: plan.map(Arc::from),
             scopes: scopes.into(),
             upstream_fields: fields.into(),
+            index: None,
         }
+    }
+
+    /// The same consumer at `index` in its snapshot's consumer table.
+    pub fn at_index(mut self, index: u32) -> Self {
+        self.index = Some(index);
+        self
     }
 }
 

@@ -14,18 +14,23 @@
 
 use crate::ConfigMap;
 use crate::limits::breaker::BreakerSettings;
-use crate::limits::headers::{PolicyItem, ratelimit_one, ratelimit_policy, retry_after};
+use crate::limits::headers::{
+    PolicyItem, PolicyName, ratelimit_one, ratelimit_policy, retry_after,
+};
 use crate::limits::redis::{InvalidRedisUrl, RedisLimiter, RedisSettings};
 use crate::limits::{
-    ConcurrencyLimiter, KeyedLimiter, KeyedQuota, Limit, QuotaLimit, TemporaryOverride, Tier,
-    Verdict, check_all_into,
+    ConcurrencyLimiter, KeyedLimiter, KeyedQuota, Limit, PinnedBucket, PinnedBucketTier,
+    PinnedQuota, PinnedQuotaTier, QuotaLimit, QuotaTier, RateTier, TemporaryOverride, Tier,
+    Verdict, check_all_into, check_pinned,
 };
 use http::HeaderName;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 use tollgate_config::{Config, FailureMode, LimitScope, Period, RouteLimits};
-use tollgate_core::{Clock, Decision, GatewayError, Kind, Phase, Policy, RequestCtx, Step};
+use tollgate_core::{
+    Clock, Consumer, Decision, GatewayError, Kind, Phase, Policy, RequestCtx, Step,
+};
 
 /// The environment variable naming the Redis that holds shared limits.
 pub const REDIS_URL_VAR: &str = "TOLLGATE_REDIS_URL";
@@ -96,9 +101,45 @@ pub struct Stores {
     pub rates: KeyedLimiter<Key>,
     pub quotas: KeyedQuota<Key>,
     pub concurrency: ConcurrencyLimiter<Key>,
-    /// Set once at start when limits are shared through Redis; the in-process stores above are
+    /// Set once at start when limits are shared through Redis; the in-process state here is
     /// then the `local` fallback.
     pub redis: OnceLock<Arc<RedisLimiter>>,
+    /// State of the keys a config decides on its own (see [`Stores::pin_bucket`]).
+    pinned_buckets: parking_lot::Mutex<Pins<PinnedBucket<Key>>>,
+    pinned_quotas: parking_lot::Mutex<Pins<PinnedQuota<Key>>>,
+}
+
+/// Pinned state by key, so that every snapshot compiled while one holds a key's state gets
+/// the same state: a reload keeps buckets and quota counts. Touched only when compiling.
+struct Pins<P> {
+    by_key: std::collections::HashMap<Key, Arc<P>>,
+    /// At this size, state no snapshot holds any more (its route or consumer is gone) is
+    /// dropped; the threshold doubles with what stays, so compiling stays linear.
+    purge_at: usize,
+}
+
+impl<P> Default for Pins<P> {
+    fn default() -> Self {
+        Self {
+            by_key: std::collections::HashMap::new(),
+            purge_at: 1024,
+        }
+    }
+}
+
+impl<P> Pins<P> {
+    fn pin(&mut self, key: Key, make: impl FnOnce(Key) -> P) -> Arc<P> {
+        if self.by_key.len() >= self.purge_at {
+            self.by_key.retain(|_, p| Arc::strong_count(p) > 1);
+            self.purge_at = (self.by_key.len() * 2).max(1024);
+        }
+        if let Some(p) = self.by_key.get(&key) {
+            return p.clone();
+        }
+        let p = Arc::new(make(key.clone()));
+        self.by_key.insert(key, p.clone());
+        p
+    }
 }
 
 impl std::fmt::Debug for Stores {
@@ -117,7 +158,26 @@ impl Stores {
             quotas: KeyedQuota::new(max_keys),
             concurrency: ConcurrencyLimiter::new(),
             redis: OnceLock::new(),
+            pinned_buckets: parking_lot::Mutex::new(Pins::default()),
+            pinned_quotas: parking_lot::Mutex::new(Pins::default()),
         }
+    }
+
+    /// The bucket of a key the config alone decides (not the request), to be held by the
+    /// compiled config: its requests then reach their state without a lookup. Every snapshot
+    /// asking for `key` while another holds it gets the same bucket.
+    pub fn pin_bucket(&self, key: Key) -> Arc<PinnedBucket<Key>> {
+        self.pinned_buckets.lock().pin(key, PinnedBucket::new)
+    }
+
+    /// The quota counter of a key the config alone decides; as [`Stores::pin_bucket`].
+    pub fn pin_quota(&self, key: Key) -> Arc<PinnedQuota<Key>> {
+        self.pinned_quotas.lock().pin(key, PinnedQuota::new)
+    }
+
+    /// Pinned buckets and quota counters held (by live snapshots or not yet purged).
+    pub fn pinned_len(&self) -> usize {
+        self.pinned_buckets.lock().by_key.len() + self.pinned_quotas.lock().by_key.len()
     }
 }
 
@@ -154,21 +214,42 @@ pub fn connect_redis(stores: &Stores, url: &str) -> Result<String, InvalidRedisU
 /// A usage plan, compiled.
 #[derive(Debug, Clone)]
 pub struct PlanLimits {
-    pub name: Arc<str>,
+    pub name: PolicyName,
     /// The plan's quota as a RateLimit policy name (names must be unique within a field).
-    pub quota_name: Arc<str>,
+    pub quota_name: PolicyName,
     pub rate: Limit,
     pub quota: Option<QuotaLimit>,
     /// Per-route rate overrides inside the plan, by route id.
     pub routes: ConfigMap<String, Limit>,
 }
 
+/// A configured consumer's limits: its plan, its override, and the state of both, pinned.
+#[derive(Debug)]
+pub struct ConsumerLimits {
+    id: Arc<str>,
+    /// Position of the consumer's plan in [`PlanBook::plans`].
+    plan: Option<usize>,
+    over: Option<TemporaryOverride>,
+    /// Keyed (plan, consumer): a consumer moved to another plan starts on a bucket filled under
+    /// that plan's limit, not the old plan's debt.
+    plan_bucket: Option<Arc<PinnedBucket<Key>>>,
+    plan_quota: Option<Arc<PinnedQuota<Key>>>,
+    /// A live override gets its own bucket: a bucket's state is only meaningful under the
+    /// limit that filled it, and an override must bite (or relieve) at once.
+    override_bucket: Option<Arc<PinnedBucket<Key>>>,
+}
+
 /// Plans and per-consumer overrides of one config, shared by its routes.
 #[derive(Debug, Default)]
 pub struct PlanBook {
-    pub plans: ConfigMap<String, PlanLimits>,
-    pub overrides: ConfigMap<String, TemporaryOverride>,
+    /// In config order; consumers and routes refer to a plan by its position.
+    pub plans: Vec<(String, PlanLimits)>,
+    /// Configured consumers in config order, the order of [`Consumer::index`].
+    consumers: Vec<ConsumerLimits>,
+    /// Positions in `consumers` by id, for a consumer that does not carry its index.
+    by_id: ConfigMap<String, usize>,
     pub gateway: Option<Limit>,
+    gateway_bucket: Option<Arc<PinnedBucket<Key>>>,
     pub utc_offset: i32,
     /// How the shared limits are consulted (only with Redis).
     pub redis: RedisSettings,
@@ -189,7 +270,9 @@ fn period(p: Period) -> crate::limits::Period {
 
 impl PlanBook {
     /// Compiles plans, overrides and the gateway limit; problems are (key path, message).
-    pub fn build(cfg: &Config) -> Result<Self, Vec<(String, String)>> {
+    /// The state of the gateway's bucket and of each consumer's plan and override is pinned in
+    /// `stores`.
+    pub fn build(cfg: &Config, stores: &Stores) -> Result<Self, Vec<(String, String)>> {
         let mut problems = Vec::new();
         let utc_offset = cfg
             .limits
@@ -221,6 +304,12 @@ impl PlanBook {
         };
         if let Some(g) = &cfg.limits.gateway {
             book.gateway = limit(g.rate, g.burst, "limits.gateway".into());
+            book.gateway_bucket = book.gateway.map(|_| {
+                stores.pin_bucket(Key {
+                    scope: Arc::from(GATEWAY_SCOPE),
+                    subject: Subject::Everyone,
+                })
+            });
         }
         for (name, p) in &cfg.plans {
             let Some(rate) = limit(p.rate, p.burst, format!("plans.{name}")) else {
@@ -232,31 +321,53 @@ impl PlanBook {
                     routes.insert(rid.clone(), x);
                 }
             }
-            book.plans.insert(
+            book.plans.push((
                 name.clone(),
                 PlanLimits {
-                    name: Arc::from(format!("plan-{name}")),
-                    quota_name: Arc::from(format!("quota-{name}")),
+                    name: PolicyName::new(&format!("plan-{name}")),
+                    quota_name: PolicyName::new(&format!("quota-{name}")),
                     rate,
                     quota: p.quota.map(|q| {
                         QuotaLimit::new(q.limit, period(q.period)).with_offset(utc_offset)
                     }),
                     routes,
                 },
-            );
+            ));
         }
+        // In config order, as the identity numbers consumers (`Consumer::index`).
         for (id, c) in &cfg.consumers {
-            if let Some(o) = &c.rate_override
-                && let Some(l) = limit(o.rate, o.burst, format!("consumers.{id}.override"))
-            {
-                book.overrides.insert(
-                    id.clone(),
+            let over = c.rate_override.as_ref().and_then(|o| {
+                limit(o.rate, o.burst, format!("consumers.{id}.override")).map(|l| {
                     TemporaryOverride {
                         limit: l,
                         expires_at: o.expires_at.0,
-                    },
-                );
-            }
+                    }
+                })
+            });
+            let consumer: Arc<str> = Arc::from(id.as_str());
+            let key = |scope: &PolicyName| Key {
+                scope: scope.arc().clone(),
+                subject: Subject::Consumer(consumer.clone()),
+            };
+            let plan = c
+                .plan
+                .as_deref()
+                .and_then(|p| book.plans.iter().position(|(n, _)| n == p));
+            let limits = plan.map(|i| &book.plans[i].1);
+            let entry = ConsumerLimits {
+                plan,
+                plan_bucket: limits.map(|p| stores.pin_bucket(key(&p.name))),
+                plan_quota: limits
+                    .filter(|p| p.quota.is_some())
+                    .map(|p| stores.pin_quota(key(&p.quota_name))),
+                override_bucket: over
+                    .is_some()
+                    .then(|| stores.pin_bucket(key(&PolicyName::new(OVERRIDE_SCOPE)))),
+                over,
+                id: consumer.clone(),
+            };
+            book.by_id.insert(id.clone(), book.consumers.len());
+            book.consumers.push(entry);
         }
         if problems.is_empty() {
             Ok(book)
@@ -264,13 +375,34 @@ impl PlanBook {
             Err(problems)
         }
     }
+
+    /// The limits of a configured consumer: found by its index, or by its id for one that
+    /// carries none or comes from another snapshot (a cache may outlive a reload).
+    fn consumer(&self, c: &Consumer) -> Option<&ConsumerLimits> {
+        let by_index = c
+            .index
+            .and_then(|i| self.consumers.get(i as usize))
+            .filter(|e| same(&e.id, &c.id));
+        by_index.or_else(|| self.by_id.get(&*c.id).and_then(|&i| self.consumers.get(i)))
+    }
+
+    /// Whether any consumer has an override (configured, live or not).
+    fn has_overrides(&self) -> bool {
+        self.consumers.iter().any(|c| c.over.is_some())
+    }
 }
 
+/// Scope names of the gateway's bucket and of overrides' buckets.
+const GATEWAY_SCOPE: &str = "gateway";
+const OVERRIDE_SCOPE: &str = "override";
+
 #[derive(Debug, Clone)]
-struct Scoped<L> {
-    name: Arc<str>,
+struct Scoped<L, P = ()> {
+    name: PolicyName,
     limit: L,
     per: LimitScope,
+    /// The state, when its key does not depend on the request (`per: all`).
+    pinned: Option<Arc<P>>,
 }
 
 /// Which limit refused a request: its problem type and the `limit` member.
@@ -307,16 +439,16 @@ pub struct Traffic {
     failure_mode: FailureMode,
     book: Arc<PlanBook>,
     clock: Arc<dyn Clock>,
-    api: Option<Scoped<Limit>>,
-    route: Option<Scoped<Limit>>,
-    spike: Option<Scoped<Limit>>,
-    quota: Option<Scoped<QuotaLimit>>,
+    api: Option<Scoped<Limit, PinnedBucket<Key>>>,
+    route: Option<Scoped<Limit, PinnedBucket<Key>>>,
+    spike: Option<Scoped<Limit, PinnedBucket<Key>>>,
+    quota: Option<Scoped<QuotaLimit, PinnedQuota<Key>>>,
     concurrency: Option<Scoped<u32>>,
-    gateway_scope: Arc<str>,
-    override_scope: Arc<str>,
-    /// Every plan as it applies to this route, by plan name: one lookup per request finds the
-    /// plan's rate here, its quota and its `RateLimit-Policy`.
-    plans: ConfigMap<String, RoutePlan>,
+    gateway_scope: PolicyName,
+    override_scope: PolicyName,
+    /// Every plan as it applies to this route, in the book's order: a consumer's plan
+    /// position finds the plan's rate here, its quota and its `RateLimit-Policy`.
+    plans: Vec<RoutePlan>,
     /// `RateLimit-Policy` for callers without a plan.
     policy_header_no_plan: http::HeaderValue,
     /// Every tier of this route is a consumer's (plans, overrides): an anonymous request has
@@ -335,39 +467,61 @@ impl Traffic {
         api_limits: Option<&RouteLimits>,
         route_limits: Option<&RouteLimits>,
     ) -> Option<Self> {
-        let rate = |name: String, l: &tollgate_config::RouteLimit| {
-            Limit::new(l.rate, l.burst).ok().map(|limit| Scoped {
-                name: Arc::from(name),
-                limit,
-                per: l.per,
+        // State whose key is the same for every request is pinned now.
+        let everyone = |name: &PolicyName, per: LimitScope| {
+            (per == LimitScope::All).then(|| Key {
+                scope: name.arc().clone(),
+                subject: Subject::Everyone,
             })
         };
-        let api = api_limits
-            .and_then(|l| l.rate.as_ref())
-            .and_then(|l| rate(format!("api:{scope_prefix}"), l));
-        let route = route_limits
-            .and_then(|l| l.rate.as_ref())
-            .and_then(|l| rate(format!("route:{route_id}"), l));
+        let rate = |name: String, limit: Result<Limit, _>, per: LimitScope| {
+            let name = PolicyName::new(&name);
+            limit.ok().map(|limit| Scoped {
+                pinned: everyone(&name, per).map(|k| stores.pin_bucket(k)),
+                name,
+                limit,
+                per,
+            })
+        };
+        let api = api_limits.and_then(|l| l.rate.as_ref()).and_then(|l| {
+            rate(
+                format!("api:{scope_prefix}"),
+                Limit::new(l.rate, l.burst),
+                l.per,
+            )
+        });
+        let route = route_limits.and_then(|l| l.rate.as_ref()).and_then(|l| {
+            rate(
+                format!("route:{route_id}"),
+                Limit::new(l.rate, l.burst),
+                l.per,
+            )
+        });
         let spike = route_limits
             .and_then(|l| l.spike_arrest.as_ref())
             .and_then(|s| {
-                Limit::spike_arrest(s.rate).ok().map(|limit| Scoped {
-                    name: Arc::from(format!("spike:{route_id}")),
-                    limit,
-                    per: s.per,
-                })
+                rate(
+                    format!("spike:{route_id}"),
+                    Limit::spike_arrest(s.rate),
+                    s.per,
+                )
             });
-        let quota = route_limits.and_then(|l| l.quota.as_ref()).map(|q| Scoped {
-            name: Arc::from(format!("quota:{route_id}")),
-            limit: QuotaLimit::new(q.limit, period(q.period)).with_offset(book.utc_offset),
-            per: q.per,
+        let quota = route_limits.and_then(|l| l.quota.as_ref()).map(|q| {
+            let name = PolicyName::new(&format!("quota:{route_id}"));
+            Scoped {
+                pinned: everyone(&name, q.per).map(|k| stores.pin_quota(k)),
+                name,
+                limit: QuotaLimit::new(q.limit, period(q.period)).with_offset(book.utc_offset),
+                per: q.per,
+            }
         });
         let concurrency = route_limits
             .and_then(|l| l.concurrency.as_ref())
             .map(|c| Scoped {
-                name: Arc::from(format!("concurrency:{route_id}")),
+                name: PolicyName::new(&format!("concurrency:{route_id}")),
                 limit: c.max,
                 per: c.per,
+                pinned: None,
             });
         let consumers_only = api.is_none()
             && route.is_none()
@@ -375,7 +529,7 @@ impl Traffic {
             && quota.is_none()
             && concurrency.is_none()
             && book.gateway.is_none();
-        if consumers_only && book.plans.is_empty() && book.overrides.is_empty() {
+        if consumers_only && book.plans.is_empty() && !book.has_overrides() {
             return None;
         }
         let failure_mode = route_limits
@@ -393,9 +547,9 @@ impl Traffic {
             spike,
             quota,
             concurrency,
-            gateway_scope: Arc::from("gateway"),
-            override_scope: Arc::from("override"),
-            plans: ConfigMap::default(),
+            gateway_scope: PolicyName::new(GATEWAY_SCOPE),
+            override_scope: PolicyName::new(OVERRIDE_SCOPE),
+            plans: Vec::new(),
             policy_header_no_plan: http::HeaderValue::from_static(""),
             consumers_only,
         };
@@ -404,7 +558,7 @@ impl Traffic {
             .book
             .plans
             .iter()
-            .map(|(name, p)| {
+            .map(|(_, p)| {
                 let mut plan = RoutePlan {
                     name: p.name.clone(),
                     rate: *p.routes.get(route_id).unwrap_or(&p.rate),
@@ -413,7 +567,7 @@ impl Traffic {
                     policy_header: http::HeaderValue::from_static(""),
                 };
                 plan.policy_header = me.policy_header(Some(&plan), None);
-                (name.clone(), plan)
+                plan
             })
             .collect();
         me.plans = plans;
@@ -424,21 +578,21 @@ impl Traffic {
     fn policy_header(&self, plan: Option<&RoutePlan>, over: Option<&Limit>) -> http::HeaderValue {
         let mut items: Vec<PolicyItem<'_>> = Vec::new();
         if let Some(g) = &self.book.gateway {
-            items.push(PolicyItem::rate(&self.gateway_scope, g));
+            items.push(PolicyItem::rate(self.gateway_scope.as_str(), g));
         }
         for s in [&self.api, &self.route, &self.spike].into_iter().flatten() {
-            items.push(PolicyItem::rate(&s.name, &s.limit));
+            items.push(PolicyItem::rate(s.name.as_str(), &s.limit));
         }
         match (over, plan) {
-            (Some(o), _) => items.push(PolicyItem::rate(&self.override_scope, o)),
-            (None, Some(p)) => items.push(PolicyItem::rate(&p.name, &p.rate)),
+            (Some(o), _) => items.push(PolicyItem::rate(self.override_scope.as_str(), o)),
+            (None, Some(p)) => items.push(PolicyItem::rate(p.name.as_str(), &p.rate)),
             (None, None) => {}
         }
         if let Some(q) = plan.and_then(|p| p.quota.as_ref().map(|q| (&p.quota_name, q))) {
-            items.push(PolicyItem::quota(q.0, q.1));
+            items.push(PolicyItem::quota(q.0.as_str(), q.1));
         }
         if let Some(q) = &self.quota {
-            items.push(PolicyItem::quota(&q.name, &q.limit));
+            items.push(PolicyItem::quota(q.name.as_str(), &q.limit));
         }
         ratelimit_policy(&items)
     }
@@ -475,39 +629,52 @@ impl Traffic {
 #[derive(Debug)]
 struct RoutePlan {
     /// The plan's bucket scope and `RateLimit` policy name (`plan-<name>`).
-    name: Arc<str>,
+    name: PolicyName,
     /// The plan's per-route override for this route, else the plan's rate.
     rate: Limit,
     quota: Option<QuotaLimit>,
-    quota_name: Arc<str>,
+    quota_name: PolicyName,
     /// `RateLimit-Policy` for the plan's consumers on this route, rendered at compile time.
     policy_header: http::HeaderValue,
 }
 
-/// One rate tier of a request: which kind, its bucket, its limit, its policy name.
+/// Where a tier's state lives.
+enum Target<'a, P> {
+    /// Held by the compiled config: the key does not depend on the request beyond who the
+    /// (configured) consumer is.
+    Pinned(&'a P),
+    /// Looked up in the shared stores under this scope and the caller
+    /// ([`Applicable::caller`]): per-consumer route limits, callers told apart by address,
+    /// consumers the config does not list.
+    Keyed(&'a Arc<str>),
+}
+
+/// One rate tier of a request: which kind, its bucket, its limit, its policy name. All
+/// borrowed from the route's policy, so the list of a request's tiers is a few words each.
 struct RateItem<'a> {
     kind: TierKind,
-    key: Key,
-    limit: Limit,
-    name: &'a Arc<str>,
+    target: Target<'a, PinnedBucket<Key>>,
+    limit: &'a Limit,
+    name: &'a PolicyName,
 }
 
 /// One quota tier of a request.
 struct QuotaItem<'a> {
     kind: TierKind,
-    key: Key,
-    limit: QuotaLimit,
-    name: &'a Arc<str>,
+    target: Target<'a, PinnedQuota<Key>>,
+    limit: &'a QuotaLimit,
+    name: &'a PolicyName,
 }
 
-/// The tiers that apply to one request: keys and limits owned, so that they can move into the
-/// future of a Redis check; names borrowed from the route's policy. Rate tiers first, then
-/// quotas (the verdict's order). Also the caller's plan and live override, looked up once.
+/// The tiers that apply to one request, rate tiers first, then quotas (the verdict's order);
+/// the caller's plan and live override, looked up once; and, only if a tier is keyed by the
+/// caller, who the caller is (owned, so that it can move into the future of a Redis check).
 struct Applicable<'a> {
     rates: Few<RateItem<'a>, 5>,
     quotas: Few<QuotaItem<'a>, 2>,
     plan: Option<&'a RoutePlan>,
     over: Option<&'a TemporaryOverride>,
+    caller: Option<Subject>,
 }
 
 impl Applicable<'_> {
@@ -515,29 +682,68 @@ impl Applicable<'_> {
         self.rates.len() == 0 && self.quotas.len() == 0
     }
 
-    /// Every limit divided among `nodes` gateways (the `local` failure mode): rates, bursts
-    /// and quotas, each node keeping at least one request.
-    fn divided(mut self, nodes: u32) -> Self {
-        if nodes <= 1 {
-            return self;
-        }
-        for r in self.rates.iter_mut() {
-            let burst = (r.limit.burst() / nodes).max(1);
-            if let Ok(d) = Limit::new(r.limit.rate() / f64::from(nodes), burst) {
-                r.limit = d;
-            }
-        }
-        for q in self.quotas.iter_mut() {
-            q.limit.max = q.limit.max.div_ceil(u64::from(nodes)).max(1);
-        }
-        self
-    }
-
     /// (kind, policy name) of the `i`-th tier in verdict order.
-    fn kind(&self, i: usize) -> Option<(TierKind, &Arc<str>)> {
+    fn kind(&self, i: usize) -> Option<(TierKind, &PolicyName)> {
         match i.checked_sub(self.rates.len()) {
             None => self.rates.get(i).map(|r| (r.kind, r.name)),
             Some(q) => self.quotas.get(q).map(|q| (q.kind, q.name)),
+        }
+    }
+
+    /// The key of a tier's state.
+    fn key<P>(&self, target: &Target<'_, P>, pinned_key: impl Fn(&P) -> &Key) -> Key {
+        match target {
+            Target::Pinned(p) => pinned_key(p).clone(),
+            Target::Keyed(scope) => Key {
+                scope: (*scope).clone(),
+                subject: self.caller.clone().unwrap_or(Subject::Everyone),
+            },
+        }
+    }
+}
+
+/// A rate limit divided among `nodes` gateways (the `local` failure mode), each node keeping
+/// at least one request of burst.
+fn divided_rate(l: &Limit, nodes: u32) -> Limit {
+    let burst = (l.burst() / nodes).max(1);
+    Limit::new(l.rate() / f64::from(nodes), burst).unwrap_or(*l)
+}
+
+/// A quota divided among `nodes` gateways, each keeping at least one request.
+fn divided_quota(q: &QuotaLimit, nodes: u32) -> QuotaLimit {
+    let mut q = *q;
+    q.max = q.max.div_ceil(u64::from(nodes)).max(1);
+    q
+}
+
+/// One tier of the in-process check, over pinned or keyed state.
+enum Check<'a> {
+    /// An unused slot of the fixed tier array; never handed to `check_all`.
+    Empty,
+    PinnedRate(PinnedBucketTier<'a, Key>),
+    KeyedRate(RateTier<'a, Key>),
+    PinnedQuota(PinnedQuotaTier<'a, Key>),
+    KeyedQuota(QuotaTier<'a, Key>),
+}
+
+impl Tier for Check<'_> {
+    fn lock_order(&self) -> (u64, usize) {
+        match self {
+            Check::Empty => NoTier.lock_order(),
+            Check::PinnedRate(t) => t.lock_order(),
+            Check::KeyedRate(t) => t.lock_order(),
+            Check::PinnedQuota(t) => t.lock_order(),
+            Check::KeyedQuota(t) => t.lock_order(),
+        }
+    }
+
+    fn enter(&self, now: u64, inner: &mut dyn FnMut(crate::limits::Outcome) -> bool) -> bool {
+        match self {
+            Check::Empty => NoTier.enter(now, inner),
+            Check::PinnedRate(t) => t.enter(now, inner),
+            Check::KeyedRate(t) => t.enter(now, inner),
+            Check::PinnedQuota(t) => t.enter(now, inner),
+            Check::KeyedQuota(t) => t.enter(now, inner),
         }
     }
 }
@@ -559,11 +765,21 @@ fn redis_key(prefix: &str, kind: char, key: &Key) -> String {
 }
 
 impl Traffic {
-    /// Keys and limits for every tier that applies to this request.
-    /// `plan` is the caller's plan on this route, already looked up.
+    /// Where the state of a tier named `scope` lives: pinned when compiled so, else keyed by
+    /// the caller.
+    fn target<'a, P>(scope: &'a PolicyName, pinned: Option<&'a Arc<P>>) -> Target<'a, P> {
+        match pinned {
+            Some(p) => Target::Pinned(p),
+            None => Target::Keyed(scope.arc()),
+        }
+    }
+
+    /// Every tier that applies to this request. `entry` is the caller's limits (if it is a
+    /// configured consumer) and `plan` its plan on this route, both already looked up.
     fn applicable<'a>(
         &'a self,
         ctx: &RequestCtx,
+        entry: Option<&'a ConsumerLimits>,
         plan: Option<&'a RoutePlan>,
         now: SystemTime,
     ) -> Applicable<'a> {
@@ -573,15 +789,16 @@ impl Traffic {
             quotas: Few::new(),
             plan: None,
             over: None,
+            caller: None,
         };
+        let mut keyed = false;
         if let Some(g) = &self.book.gateway {
+            let target = Self::target(&self.gateway_scope, self.book.gateway_bucket.as_ref());
+            keyed |= matches!(target, Target::Keyed(_));
             a.rates.push(RateItem {
                 kind: TierKind::Gateway,
-                key: Key {
-                    scope: self.gateway_scope.clone(),
-                    subject: Subject::Everyone,
-                },
-                limit: *g,
+                target,
+                limit: g,
                 name: &self.gateway_scope,
             });
         }
@@ -591,95 +808,167 @@ impl Traffic {
             (TierKind::Spike, &self.spike),
         ] {
             if let Some(s) = s {
+                let target = Self::target(&s.name, s.pinned.as_ref());
+                keyed |= matches!(target, Target::Keyed(_));
                 a.rates.push(RateItem {
                     kind,
-                    key: Key {
-                        scope: s.name.clone(),
-                        subject: Self::subject(ctx, s.per),
-                    },
-                    limit: s.limit,
+                    target,
+                    limit: &s.limit,
                     name: &s.name,
                 });
             }
         }
-        if let Some(c) = &ctx.consumer {
+        if ctx.consumer.is_some() {
             a.plan = plan;
-            // A live override gets its own bucket: a bucket's state is only meaningful under
-            // the limit that filled it, and an override must bite (or relieve) at once.
-            a.over = self
-                .book
-                .overrides
-                .get(&*c.id)
+            a.over = entry
+                .and_then(|e| e.over.as_ref())
                 .filter(|o| now < o.expires_at);
-            // Per plan: a consumer moved to another plan starts on a bucket filled under that
-            // plan's limit, not the old plan's debt.
             let effective = match (a.over, a.plan) {
-                (Some(o), _) => Some((o.limit, &self.override_scope)),
-                (None, Some(p)) => Some((p.rate, &p.name)),
+                (Some(o), _) => Some((
+                    &o.limit,
+                    &self.override_scope,
+                    entry.and_then(|e| e.override_bucket.as_ref()),
+                )),
+                (None, Some(p)) => {
+                    Some((&p.rate, &p.name, entry.and_then(|e| e.plan_bucket.as_ref())))
+                }
                 (None, None) => None,
             };
-            if let Some((limit, scope)) = effective {
+            if let Some((limit, scope, pinned)) = effective {
+                let target = Self::target(scope, pinned);
+                keyed |= matches!(target, Target::Keyed(_));
                 a.rates.push(RateItem {
                     kind: TierKind::Plan,
-                    key: Key {
-                        scope: scope.clone(),
-                        subject: Subject::Consumer(c.id.clone()),
-                    },
+                    target,
                     limit,
                     name: scope,
                 });
             }
             if let Some(p) = a.plan
-                && let Some(q) = p.quota
+                && let Some(q) = &p.quota
             {
+                let target = Self::target(&p.quota_name, entry.and_then(|e| e.plan_quota.as_ref()));
+                keyed |= matches!(target, Target::Keyed(_));
                 a.quotas.push(QuotaItem {
                     kind: TierKind::PlanQuota,
-                    key: Key {
-                        scope: p.quota_name.clone(),
-                        subject: Subject::Consumer(c.id.clone()),
-                    },
+                    target,
                     limit: q,
                     name: &p.quota_name,
                 });
             }
         }
         if let Some(q) = &self.quota {
+            let target = Self::target(&q.name, q.pinned.as_ref());
+            keyed |= matches!(target, Target::Keyed(_));
             a.quotas.push(QuotaItem {
                 kind: TierKind::RouteQuota,
-                key: Key {
-                    scope: q.name.clone(),
-                    subject: Self::subject(ctx, q.per),
-                },
-                limit: q.limit,
+                target,
+                limit: &q.limit,
                 name: &q.name,
             });
+        }
+        if keyed {
+            a.caller = Some(Self::subject(ctx, LimitScope::Consumer));
         }
         a
     }
 
-    /// The all-or-nothing check against the in-process stores, into `verdict`. False only if
+    /// The all-or-nothing check against the in-process state, into `verdict`, every limit
+    /// divided among `nodes` gateways (the `local` failure mode; 1 otherwise). False only if
     /// there were more tiers than a check takes (never, by construction).
-    fn check_local(&self, a: &Applicable<'_>, now: SystemTime, verdict: &mut Verdict) -> bool {
+    fn check_local(
+        &self,
+        a: &Applicable<'_>,
+        now: SystemTime,
+        nodes: u32,
+        verdict: &mut Verdict,
+    ) -> bool {
+        let divided: Option<(Few<Limit, 5>, Few<QuotaLimit, 2>)> = (nodes > 1).then(|| {
+            (
+                a.rates
+                    .iter()
+                    .map(|r| divided_rate(r.limit, nodes))
+                    .collect(),
+                a.quotas
+                    .iter()
+                    .map(|q| divided_quota(q.limit, nodes))
+                    .collect(),
+            )
+        });
+        if a.caller.is_none() {
+            // Every tier pinned (no tier keyed by the caller): the direct check.
+            let rates = packed::<_, 5>(a.rates.iter().enumerate().filter_map(|(i, r)| {
+                let limit = divided.as_ref().and_then(|d| d.0.get(i)).unwrap_or(r.limit);
+                match r.target {
+                    Target::Pinned(p) => Some((p, limit)),
+                    Target::Keyed(_) => None,
+                }
+            }));
+            let quotas = packed::<_, 2>(a.quotas.iter().enumerate().filter_map(|(i, q)| {
+                let limit = divided.as_ref().and_then(|d| d.1.get(i)).unwrap_or(q.limit);
+                match q.target {
+                    Target::Pinned(p) => Some((p, limit)),
+                    Target::Keyed(_) => None,
+                }
+            }));
+            let rates = rates.as_ref().map_or(&[][..], |(r, n)| &r[..*n]);
+            let quotas = quotas.as_ref().map_or(&[][..], |(q, n)| &q[..*n]);
+            // A tier left out above (never: a pinned tier per item) must not pass unchecked.
+            return rates.len() == a.rates.len()
+                && quotas.len() == a.quotas.len()
+                && check_pinned(rates, quotas, now, verdict).is_ok();
+        }
         let stores = &*self.stores;
-        let rate_tiers: Few<_, 5> = a
-            .rates
-            .iter()
-            .map(|r| stores.rates.tier(&r.key, &r.limit))
-            .collect();
-        let quota_tiers: Few<_, 2> = a
-            .quotas
-            .iter()
-            .map(|q| stores.quotas.tier(&q.key, &q.limit))
-            .collect();
-        let mut refs: [&dyn Tier; 7] = [&NoTier; 7];
+        // Keys are built only for keyed tiers.
+        let keys: Option<Few<Key, 7>> = a.caller.as_ref().map(|_| {
+            let rates = a.rates.iter().filter_map(|r| match r.target {
+                Target::Keyed(_) => Some(a.key(&r.target, PinnedBucket::key)),
+                Target::Pinned(_) => None,
+            });
+            let quotas = a.quotas.iter().filter_map(|q| match q.target {
+                Target::Keyed(_) => Some(a.key(&q.target, PinnedQuota::key)),
+                Target::Pinned(_) => None,
+            });
+            rates.chain(quotas).collect()
+        });
+        let mut next_key = keys.iter().flat_map(|k| k.iter());
+        let mut tiers = [const { Check::Empty }; 7];
         let mut n = 0;
-        for t in rate_tiers.iter() {
-            refs[n] = t;
+        for (i, r) in a.rates.iter().enumerate() {
+            let limit = divided.as_ref().and_then(|d| d.0.get(i)).unwrap_or(r.limit);
+            let (Some(slot), Some(check)) = (
+                tiers.get_mut(n),
+                match r.target {
+                    Target::Pinned(p) => Some(Check::PinnedRate(p.tier(limit))),
+                    Target::Keyed(_) => next_key
+                        .next()
+                        .map(|k| Check::KeyedRate(stores.rates.tier(k, limit))),
+                },
+            ) else {
+                return false;
+            };
+            *slot = check;
             n += 1;
         }
-        for t in quota_tiers.iter() {
-            refs[n] = t;
+        for (i, q) in a.quotas.iter().enumerate() {
+            let limit = divided.as_ref().and_then(|d| d.1.get(i)).unwrap_or(q.limit);
+            let (Some(slot), Some(check)) = (
+                tiers.get_mut(n),
+                match q.target {
+                    Target::Pinned(p) => Some(Check::PinnedQuota(p.tier(limit))),
+                    Target::Keyed(_) => next_key
+                        .next()
+                        .map(|k| Check::KeyedQuota(stores.quotas.tier(k, limit))),
+                },
+            ) else {
+                return false;
+            };
+            *slot = check;
             n += 1;
+        }
+        let mut refs: [&dyn Tier; 7] = [&NoTier; 7];
+        for (r, t) in refs.iter_mut().zip(&tiers) {
+            *r = t;
         }
         check_all_into(&refs[..n], now, verdict).is_ok()
     }
@@ -696,12 +985,18 @@ impl Traffic {
         let rates: Vec<(String, Limit)> = a
             .rates
             .iter()
-            .map(|r| (redis_key(prefix, 'r', &r.key), r.limit))
+            .map(|r| {
+                let key = a.key(&r.target, PinnedBucket::key);
+                (redis_key(prefix, 'r', &key), *r.limit)
+            })
             .collect();
         let quotas: Vec<(String, QuotaLimit)> = a
             .quotas
             .iter()
-            .map(|q| (redis_key(prefix, 'q', &q.key), q.limit))
+            .map(|q| {
+                let key = a.key(&q.target, PinnedQuota::key);
+                (redis_key(prefix, 'q', &key), *q.limit)
+            })
             .collect();
         let error = match redis
             .check_all(&self.book.redis, &rates, &quotas, now)
@@ -713,9 +1008,8 @@ impl Traffic {
         tracing::debug!(error = %error, mode = ?self.failure_mode, "shared limits unavailable");
         match self.failure_mode {
             FailureMode::Local => {
-                let a = a.divided(self.book.expected_nodes);
-                let mut v = Verdict::from_outcomes(&[]);
-                let checked = self.check_local(&a, now, &mut v);
+                let mut v = Verdict::EMPTY;
+                let checked = self.check_local(&a, now, self.book.expected_nodes.max(1), &mut v);
                 (a, Ok(checked.then_some(v)))
             }
             FailureMode::Allow => (a, Ok(None)),
@@ -758,8 +1052,8 @@ impl Traffic {
             let tight = verdict.rejected().or_else(|| verdict.most_restrictive());
             if let Some(i) = tight
                 && let Some(o) = verdict.outcomes().get(i)
+                && let Some((_, name)) = a.kind(i)
             {
-                let name = a.kind(i).map_or("", |k| &**k.1);
                 ctx.response_headers
                     .push((RATELIMIT, ratelimit_one(name, o)));
             }
@@ -768,12 +1062,12 @@ impl Traffic {
             {
                 ctx.throttled = Some(kind.label());
                 let retry = verdict.retry_after().unwrap_or_default();
-                return Err(self.refuse(kind, name, retry));
+                return Err(self.refuse(kind, name.as_str(), retry));
             }
         }
         if let Some(c) = &self.concurrency {
             let key = Key {
-                scope: c.name.clone(),
+                scope: c.name.arc().clone(),
                 subject: Self::subject(ctx, c.per),
             };
             match self.stores.concurrency.try_acquire(key, c.limit) {
@@ -811,24 +1105,15 @@ impl Policy for Traffic {
         ctx: &'a mut RequestCtx,
         _req: &'a mut http::request::Parts,
     ) -> Step<'a> {
-        let plan = ctx
-            .consumer
-            .as_ref()
-            .and_then(|c| c.plan.as_deref())
-            .and_then(|p| self.plans.get(p));
+        let entry = ctx.consumer.as_deref().and_then(|c| self.book.consumer(c));
+        let plan = entry.and_then(|e| e.plan).and_then(|i| self.plans.get(i));
         // Only a consumer's own tiers apply here: a caller with neither a plan nor an override
         // has nothing to check, not even the time.
-        if self.consumers_only
-            && plan.is_none()
-            && ctx
-                .consumer
-                .as_ref()
-                .is_none_or(|c| !self.book.overrides.contains_key(&*c.id))
-        {
+        if self.consumers_only && plan.is_none() && entry.is_none_or(|e| e.over.is_none()) {
             return Step::Continue;
         }
         let now = self.clock.now();
-        let a = self.applicable(ctx, plan, now);
+        let a = self.applicable(ctx, entry, plan, now);
         if a.is_empty() {
             // No rate or quota tier: at most the concurrency slot.
             return step(self.finish(ctx, &a, None));
@@ -845,10 +1130,23 @@ impl Policy for Traffic {
                 }
             }));
         }
-        let mut verdict = Verdict::from_outcomes(&[]);
-        let checked = self.check_local(&a, now, &mut verdict);
+        let mut verdict = Verdict::EMPTY;
+        let checked = self.check_local(&a, now, 1, &mut verdict);
         step(self.finish(ctx, &a, checked.then_some(&verdict)))
     }
+}
+
+/// Up to `N` items in an array whose unused places repeat the first, and how many there are
+/// (at most `N`; the rest are dropped); `None` for none.
+fn packed<T: Copy, const N: usize>(mut items: impl Iterator<Item = T>) -> Option<([T; N], usize)> {
+    let first = items.next()?;
+    let mut out = [first; N];
+    let mut n = 1;
+    for (slot, item) in out.iter_mut().skip(1).zip(items) {
+        *slot = item;
+        n += 1;
+    }
+    Some((out, n))
 }
 
 fn step<'a>(finished: Result<(), GatewayError>) -> Step<'a> {
@@ -882,10 +1180,6 @@ impl<T, const N: usize> Few<T, N> {
 
     fn iter(&self) -> impl Iterator<Item = &T> {
         self.items[..self.len].iter().flatten()
-    }
-
-    fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
-        self.items[..self.len].iter_mut().flatten()
     }
 
     fn get(&self, i: usize) -> Option<&T> {
@@ -927,6 +1221,96 @@ impl Tier for NoTier {
 mod tests {
     use super::*;
     use std::hash::BuildHasher as _;
+
+    fn book(stores: &Stores, consumers: &str) -> PlanBook {
+        let yaml = format!(
+            "listeners:\n  public: {{ addr: \"127.0.0.1:0\" }}\nplans:\n  gold: {{ rate: 10, burst: 10, quota: {{ limit: 100, period: day }} }}\n  silver: {{ rate: 1, burst: 1 }}\nconsumers:\n{consumers}"
+        );
+        let cfg = tollgate_config::parse_str(&yaml, &Default::default(), std::path::Path::new("."))
+            .unwrap_or_else(|p| panic!("{p:?}"));
+        PlanBook::build(&cfg, stores).unwrap_or_else(|p| panic!("{p:?}"))
+    }
+
+    fn plan_of(book: &PlanBook, c: &Consumer) -> Option<String> {
+        book.consumer(c)
+            .and_then(|e| e.plan)
+            .map(|i| book.plans[i].0.clone())
+    }
+
+    #[test]
+    fn a_consumer_finds_its_limits_by_index_and_otherwise_by_id() {
+        let stores = Stores::new(10);
+        let b = book(
+            &stores,
+            "  alice: { plan: gold }\n  bob: { plan: silver }\n  carol: { override: { rate: 5, burst: 5, expires_at: \"2099-01-01T00:00:00Z\" } }\n",
+        );
+        let alice = Consumer::new("alice", None, None, Vec::new()).at_index(0);
+        assert_eq!(plan_of(&b, &alice).as_deref(), Some("gold"));
+        // An index from another snapshot (a cached consumer) is checked against the id.
+        let stale_bob = Consumer::new("bob", None, None, Vec::new()).at_index(0);
+        assert_eq!(plan_of(&b, &stale_bob).as_deref(), Some("silver"));
+        // Named by a certificate: no index, found by id (its override applies).
+        let carol = Consumer::new("carol", None, None, Vec::new());
+        assert!(b.consumer(&carol).is_some_and(|e| e.over.is_some()));
+        assert!(b.has_overrides());
+        let stranger = Consumer::new("mallory", None, None, Vec::new()).at_index(1);
+        assert!(b.consumer(&stranger).is_none());
+        let e = b.consumer(&alice).unwrap_or_else(|| panic!("alice"));
+        assert!(e.plan_bucket.is_some() && e.plan_quota.is_some() && e.override_bucket.is_none());
+        let e = b.consumer(&stale_bob).unwrap_or_else(|| panic!("bob"));
+        assert!(e.plan_bucket.is_some() && e.plan_quota.is_none());
+    }
+
+    /// A reload pins the same state for the same keys, whatever the consumers' new positions;
+    /// a consumer moved to another plan gets that plan's bucket.
+    #[test]
+    fn a_reload_keeps_each_keys_pinned_state() {
+        let stores = Stores::new(10);
+        let first = book(&stores, "  alice: { plan: gold }\n  bob: { plan: gold }\n");
+        let bucket = |b: &PlanBook, id: &str| {
+            b.consumer(&Consumer::new(id, None, None, Vec::new()))
+                .and_then(|e| e.plan_bucket.clone())
+                .unwrap_or_else(|| panic!("{id} has no plan bucket"))
+        };
+        // Aaron sorts first, so every index moves.
+        let second = book(
+            &stores,
+            "  aaron: { plan: gold }\n  alice: { plan: gold }\n  bob: { plan: silver }\n",
+        );
+        assert!(Arc::ptr_eq(
+            &bucket(&first, "alice"),
+            &bucket(&second, "alice")
+        ));
+        assert!(!Arc::ptr_eq(
+            &bucket(&first, "bob"),
+            &bucket(&second, "bob")
+        ));
+        assert!(!Arc::ptr_eq(
+            &bucket(&second, "aaron"),
+            &bucket(&second, "alice")
+        ));
+        assert_eq!(&*bucket(&second, "bob").key().scope, "plan-silver");
+    }
+
+    #[test]
+    fn pinned_state_is_shared_while_held_and_purged_once_nothing_holds_it() {
+        let stores = Stores::new(10);
+        let key = |s: &str| Key {
+            scope: Arc::from(s),
+            subject: Subject::Everyone,
+        };
+        let a = stores.pin_bucket(key("route:a"));
+        assert!(Arc::ptr_eq(&a, &stores.pin_bucket(key("route:a"))));
+        let q = stores.pin_quota(key("quota:a"));
+        drop(a);
+        // Held by nobody now: dropped when the table reaches its purge size.
+        let held: Vec<_> = (0..1_100)
+            .map(|i| stores.pin_bucket(key(&format!("route:{i}"))))
+            .collect();
+        assert_eq!(stores.pinned_len(), 1_100 + 1);
+        assert!(Arc::ptr_eq(&q, &stores.pin_quota(key("quota:a"))));
+        drop(held);
+    }
 
     #[test]
     fn keys_are_equal_by_content_whether_or_not_they_share_their_names() {

@@ -85,7 +85,7 @@ pub fn compile(
         }
     };
 
-    let plans = match tollgate_policy::traffic::PlanBook::build(cfg) {
+    let plans = match tollgate_policy::traffic::PlanBook::build(cfg, &policy_env.stores) {
         Ok(b) => Arc::new(b),
         Err(list) => {
             for (k, m) in list {

@@ -182,14 +182,17 @@ impl Identity {
         let mut sigv4 = id.sigv4.as_ref().map(|s| {
             SigV4Verifier::new(&s.service, &s.region, clock.clone()).with_max_skew(s.max_skew.get())
         });
-        for (name, c) in &cfg.consumers {
-            let consumer = Arc::new(Consumer::forwarding(
-                name,
-                c.tenant.as_deref(),
-                c.plan.as_deref(),
-                c.scopes.clone(),
-                out.forward_tenant_and_plan,
-            ));
+        for (index, (name, c)) in (0u32..).zip(&cfg.consumers) {
+            let consumer = Arc::new(
+                Consumer::forwarding(
+                    name,
+                    c.tenant.as_deref(),
+                    c.plan.as_deref(),
+                    c.scopes.clone(),
+                    out.forward_tenant_and_plan,
+                )
+                .at_index(index),
+            );
             out.consumers.insert(name.clone(), consumer.clone());
             for k in &c.api_keys {
                 if let Some(d) = parse_digest(&k.hash) {

@@ -16,6 +16,7 @@ use super::quota::{Period, QuotaLimit};
 use super::{Limit, Outcome};
 use http::HeaderValue;
 use std::fmt::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One `RateLimit-Policy` member.
@@ -180,10 +181,38 @@ fn header_value(s: String) -> HeaderValue {
     HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// A policy's name with its `RateLimit` rendering: the structured-field string (quoted,
+/// escaped) and `;r=`, rendered once when the config is compiled instead of on every request.
+#[derive(Debug, Clone)]
+pub struct PolicyName {
+    name: Arc<str>,
+    prefix: Box<[u8]>,
+}
+
+impl PolicyName {
+    pub fn new(name: &str) -> Self {
+        let mut s = String::with_capacity(name.len() + 5);
+        push_sf_string(&mut s, name);
+        s.push_str(";r=");
+        Self {
+            name: Arc::from(name),
+            prefix: s.into_bytes().into(),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+
+    /// The name itself, to share (as a limiter key's scope).
+    pub fn arc(&self) -> &Arc<str> {
+        &self.name
+    }
+}
+
 /// `RateLimit` for a single service limit, rendered without `core::fmt`: it is built on every
-/// limited request. `name` must already be a valid structured-field string body (policy names
-/// are generated from ids, never from request data).
-pub fn ratelimit_one(name: &str, outcome: &Outcome) -> HeaderValue {
+/// limited request.
+pub fn ratelimit_one(name: &PolicyName, outcome: &Outcome) -> HeaderValue {
     let (remaining, reset) = match *outcome {
         Outcome::Admit {
             remaining,
@@ -191,12 +220,6 @@ pub fn ratelimit_one(name: &str, outcome: &Outcome) -> HeaderValue {
         } => (remaining, reset_after),
         Outcome::Reject { reset_after, .. } => (0, reset_after),
     };
-    if name
-        .bytes()
-        .any(|b| b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b))
-    {
-        return ratelimit(&[ServiceLimit::from_outcome(name, outcome)]);
-    }
     // Rendered on the stack and copied once into the value's own exact-size storage: a `Vec`
     // with spare capacity would become a `Bytes` with a second allocation for its header.
     let mut buf = [0u8; 128];
@@ -208,9 +231,7 @@ pub fn ratelimit_one(name: &str, outcome: &Outcome) -> HeaderValue {
         }
         n = end;
     };
-    put(b"\"");
-    put(name.as_bytes());
-    put(b"\";r=");
+    put(&name.prefix);
     put(itoa::Buffer::new()
         .format(remaining.min(SF_INTEGER_MAX))
         .as_bytes());
@@ -220,9 +241,9 @@ pub fn ratelimit_one(name: &str, outcome: &Outcome) -> HeaderValue {
         .as_bytes());
     match buf.get(..n) {
         Some(value) => HeaderValue::from_bytes(value)
-            .unwrap_or_else(|_| ratelimit(&[ServiceLimit::from_outcome(name, outcome)])),
+            .unwrap_or_else(|_| ratelimit(&[ServiceLimit::from_outcome(name.as_str(), outcome)])),
         // A name too long for the buffer: the general form.
-        None => ratelimit(&[ServiceLimit::from_outcome(name, outcome)]),
+        None => ratelimit(&[ServiceLimit::from_outcome(name.as_str(), outcome)]),
     }
 }
 
@@ -248,13 +269,14 @@ mod tests {
         for name in [
             "plan-gold",
             "route:payments.initiate",
+            "a\"b\\c\u{e9}",
             &long[..80],
             &long[..100],
             &long,
         ] {
             for o in [o, rejected, huge] {
                 assert_eq!(
-                    ratelimit_one(name, &o),
+                    ratelimit_one(&PolicyName::new(name), &o),
                     ratelimit(&[ServiceLimit::from_outcome(name, &o)]),
                     "{name} {o:?}"
                 );

@@ -18,6 +18,9 @@
 //!   [`KeyedQuota::tier`]): admitted only if every tier admits, recorded in all or none, race
 //!   free across threads. The [`Verdict`] names the rejecting tier and keeps every tier's
 //!   outcome for the headers.
+//! - [`PinnedBucket<K>`] / [`PinnedQuota<K>`] — the state of one key, held by the compiled
+//!   config instead of looked up per request (keys the config alone decides); tiers like the
+//!   stores' ones.
 //! - [`ConcurrencyLimiter<K>`] — in-flight slots per key; a [`Permit`] frees its slot on drop.
 //! - [`headers`] — `RateLimit-Policy`, `RateLimit` and `Retry-After` values.
 //! - [`redis`] — the same all-or-nothing check shared by several gateway processes: one Lua
@@ -61,6 +64,7 @@ pub mod breaker;
 mod concurrency;
 mod gcra;
 pub mod headers;
+mod pinned;
 mod quota;
 pub mod redis;
 mod store;
@@ -68,6 +72,7 @@ mod tiers;
 
 pub use concurrency::{ConcurrencyLimiter, Permit};
 pub use gcra::{InvalidLimit, KeyedLimiter, Limit, RateTier, TemporaryOverride};
+pub use pinned::{PinnedBucket, PinnedBucketTier, PinnedQuota, PinnedQuotaTier, check_pinned};
 pub use quota::{KeyedQuota, Period, QuotaLimit, QuotaOutcome, QuotaTier};
 pub use tiers::{MAX_TIERS, Tier, TooManyTiers, Verdict, check_all, check_all_into};
 

@@ -192,7 +192,7 @@ impl Window {
     }
 }
 
-fn decide(limit: &QuotaLimit, stored: Option<Window>, now: u64) -> (Outcome, Window) {
+pub(crate) fn decide(limit: &QuotaLimit, stored: Option<Window>, now: u64) -> (Outcome, Window) {
     let end = Window::end_at(limit, stored.as_ref(), now);
     let used = stored.filter(|w| w.end == end).map_or(0, |w| w.count);
     let until_end = Duration::from_nanos(end.saturating_sub(now));

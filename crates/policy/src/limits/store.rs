@@ -32,8 +32,13 @@ pub(crate) struct Shard<K, V> {
 type Locked<K, V> = ReentrantMutex<RefCell<Shard<K, V>>>;
 pub(crate) type Guard<'a, K, V> = ReentrantMutexGuard<'a, RefCell<Shard<K, V>>>;
 
-/// Distinguishes stores in the global lock order.
+/// Distinguishes stores (and pinned state) in the global lock order.
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh place in the global lock order.
+pub(crate) fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
 
 /// A key with its hash, computed once per check: choosing the shard, reading and writing
 /// would otherwise hash it three times.
@@ -59,7 +64,7 @@ impl<K: Hash + Eq + Clone, V: Expiring> Store<K, V> {
         let shards = MAX_SHARDS.min(max_keys);
         let shard_cap = max_keys / shards;
         Self {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id: next_id(),
             hasher: RandomState::default(),
             shards: (0..shards)
                 .map(|_| {

@@ -33,12 +33,19 @@ pub struct TooManyTiers;
 /// The result of a [`check_all`]: every tier's outcome, in the order the tiers were given.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Verdict {
-    outcomes: [Outcome; MAX_TIERS],
-    len: usize,
-    rejected: Option<usize>,
+    pub(super) outcomes: [Outcome; MAX_TIERS],
+    pub(super) len: usize,
+    pub(super) rejected: Option<usize>,
 }
 
 impl Verdict {
+    /// No tiers yet: the verdict a check writes into.
+    pub const EMPTY: Self = Self {
+        outcomes: [Outcome::EMPTY; MAX_TIERS],
+        len: 0,
+        rejected: None,
+    };
+
     /// The verdict for tiers decided elsewhere (the Redis script), named the way
     /// [`check_all`] names them: admitted iff every tier admits, the rejecting tier that clears
     /// last. At most [`MAX_TIERS`] outcomes are kept.
@@ -53,7 +60,7 @@ impl Verdict {
         v
     }
 
-    fn rejecting_tier(&self) -> Option<usize> {
+    pub(super) fn rejecting_tier(&self) -> Option<usize> {
         (0..self.len)
             .filter_map(|i| self.outcomes[i].retry_after().map(|r| (r, i)))
             .max()
@@ -96,7 +103,7 @@ impl Verdict {
 /// Tiers may share a store and even a shard (the locks are re-entrant); the same key given
 /// twice in one store is judged and recorded once.
 pub fn check_all(tiers: &[&dyn Tier], now: SystemTime) -> Result<Verdict, TooManyTiers> {
-    let mut verdict = Verdict::from_outcomes(&[]);
+    let mut verdict = Verdict::EMPTY;
     check_all_into(tiers, now, &mut verdict)?;
     Ok(verdict)
 }

@@ -358,10 +358,29 @@ async fn buckets_survive_a_reload_and_new_limits_apply_at_once() -> Result<()> {
         assert_eq!(status(&gw, "/p/1", "key-alice").await?, 200);
     }
     assert_eq!(status(&gw, "/p/1", "key-alice").await?, 429);
+    // The route's bucket, shared by everyone: burst 4.
+    for _ in 0..4 {
+        assert_eq!(status(&gw, "/shared/1", "key-carol").await?, 200);
+    }
+    assert_eq!(status(&gw, "/shared/1", "key-carol").await?, 429);
     // Same config again: a reload must not hand out a fresh burst.
     gw.rewrite_config(&config(&dir, &up, ""))?;
     assert_eq!(gw.admin_reload().await?.status(), 200);
     assert_eq!(status(&gw, "/p/1", "key-alice").await?, 429);
+    assert_eq!(status(&gw, "/shared/1", "key-carol").await?, 429);
+    // Nor must a new consumer listed before Alice, which moves her place in the config.
+    let text = config(&dir, &up, "").replace(
+        "  alice:",
+        &format!(
+            "  aaron: {{ plan: tight, api_keys: [{{ id: aa, hash: \"{}\" }}] }}\n  alice:",
+            hash("key-aaron")
+        ),
+    );
+    gw.rewrite_config(&text)?;
+    assert_eq!(gw.admin_reload().await?.status(), 200);
+    assert_eq!(status(&gw, "/p/1", "key-alice").await?, 429);
+    assert_eq!(status(&gw, "/shared/1", "key-carol").await?, 429);
+    assert_eq!(status(&gw, "/p/1", "key-aaron").await?, 200);
     // A temporary override for Alice applies on the next request.
     let text = config(&dir, &up, "").replace(
         "alice: { plan: tight,",
