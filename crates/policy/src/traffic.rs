@@ -3,7 +3,12 @@
 //! business limit) checked together, all or nothing, then the concurrency slot.
 //!
 //! Limiter state lives in [`Stores`], which outlives config reloads: a reload changes limits,
-//! never hands everyone a fresh burst.
+//! never hands everyone a fresh burst. State whose key the config alone decides (the gateway's
+//! bucket, a route's `per: all` bucket or quota, each configured consumer's plan bucket, plan
+//! quota and override bucket) is pinned when the config is compiled ([`Stores::pin_bucket`]):
+//! the route or the consumer's entry holds it, found by the consumer's index, so such a tier
+//! costs its lock and its arithmetic, not a hash and two table probes. Per-consumer route limits
+//! and callers told apart by address stay keyed in the shared stores.
 //!
 //! With `TOLLGATE_REDIS_URL` set ([`connect_redis_from_env`]) the rate and quota tiers are
 //! decided by one Lua script in Redis instead ([`crate::limits::redis`]), so several gateway

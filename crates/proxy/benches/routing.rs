@@ -165,7 +165,8 @@ fn headers(c: &mut Criterion) {
 
 fn limiters(c: &mut Criterion) {
     use tollgate_policy::limits::{
-        KeyedLimiter, KeyedQuota, Limit, Period, QuotaLimit, Tier, check_all,
+        KeyedLimiter, KeyedQuota, Limit, Period, PinnedBucket, PinnedQuota, QuotaLimit, Tier,
+        Verdict, check_all, check_pinned,
     };
     use tollgate_policy::traffic::{Key, Subject};
     let rates: KeyedLimiter<Key> = KeyedLimiter::new(1_000_000);
@@ -201,6 +202,28 @@ fn limiters(c: &mut Criterion) {
             check_all(&tiers, now)
                 .map(|v| v.is_admit())
                 .unwrap_or(false)
+        })
+    });
+    // The same three tiers as a compiled route holds them: the gateway's bucket and, per
+    // configured consumer, the plan bucket and quota, pinned (no key hashed or looked up).
+    let pinned: Vec<(PinnedBucket<Key>, PinnedQuota<Key>)> = keys
+        .iter()
+        .map(|k| (PinnedBucket::new(k.clone()), PinnedQuota::new(k.clone())))
+        .collect();
+    let gw = PinnedBucket::new(gw_key.clone());
+    let mut verdict = Verdict::EMPTY;
+    c.bench_function("limiter_check_pinned_gateway_plan_quota", |b| {
+        b.iter(|| {
+            i = (i + 1) % pinned.len();
+            let (bucket, window) = &pinned[i];
+            check_pinned(
+                &[(&gw, &plan), (black_box(bucket), &plan)],
+                &[(window, &quota)],
+                now,
+                &mut verdict,
+            )
+            .map(|()| verdict.is_admit())
+            .unwrap_or(false)
         })
     });
 }

@@ -20,7 +20,8 @@
 //!   outcome for the headers.
 //! - [`PinnedBucket<K>`] / [`PinnedQuota<K>`] — the state of one key, held by the compiled
 //!   config instead of looked up per request (keys the config alone decides); tiers like the
-//!   stores' ones.
+//!   stores' ones, and [`check_pinned`], the same all-or-nothing check for a request whose
+//!   every tier is pinned, without a tier object per tier.
 //! - [`ConcurrencyLimiter<K>`] — in-flight slots per key; a [`Permit`] frees its slot on drop.
 //! - [`headers`] — `RateLimit-Policy`, `RateLimit` and `Retry-After` values.
 //! - [`redis`] — the same all-or-nothing check shared by several gateway processes: one Lua
