@@ -879,8 +879,8 @@ impl Traffic {
     }
 
     /// The all-or-nothing check against the in-process state, into `verdict`, every limit
-    /// divided among `nodes` gateways (the `local` failure mode; 1 otherwise). False only if
-    /// there were more tiers than a check takes (never, by construction).
+    /// divided among `nodes` gateways (the `local` failure mode; 1 otherwise). False if a tier
+    /// could not be checked (never, by construction); the request is then refused.
     fn check_local(
         &self,
         a: &Applicable<'_>,
@@ -918,7 +918,7 @@ impl Traffic {
             }));
             let rates = rates.as_ref().map_or(&[][..], |(r, n)| &r[..*n]);
             let quotas = quotas.as_ref().map_or(&[][..], |(q, n)| &q[..*n]);
-            // A tier left out above (never: a pinned tier per item) must not pass unchecked.
+            // A tier left out above (never: a pinned tier per item) fails the check.
             return rates.len() == a.rates.len()
                 && quotas.len() == a.quotas.len()
                 && check_pinned(rates, quotas, now, verdict).is_ok();
@@ -941,35 +941,27 @@ impl Traffic {
         let mut n = 0;
         for (i, r) in a.rates.iter().enumerate() {
             let limit = divided.as_ref().and_then(|d| d.0.get(i)).unwrap_or(r.limit);
-            let (Some(slot), Some(check)) = (
-                tiers.get_mut(n),
-                match r.target {
-                    Target::Pinned(p) => Some(Check::PinnedRate(p.tier(limit))),
-                    Target::Keyed(_) => next_key
-                        .next()
-                        .map(|k| Check::KeyedRate(stores.rates.tier(k, limit))),
-                },
-            ) else {
-                return false;
+            let check = match r.target {
+                Target::Pinned(p) => Some(Check::PinnedRate(p.tier(limit))),
+                Target::Keyed(_) => next_key
+                    .next()
+                    .map(|k| Check::KeyedRate(stores.rates.tier(k, limit))),
             };
-            *slot = check;
-            n += 1;
+            if !place(&mut tiers, &mut n, check) {
+                return false;
+            }
         }
         for (i, q) in a.quotas.iter().enumerate() {
             let limit = divided.as_ref().and_then(|d| d.1.get(i)).unwrap_or(q.limit);
-            let (Some(slot), Some(check)) = (
-                tiers.get_mut(n),
-                match q.target {
-                    Target::Pinned(p) => Some(Check::PinnedQuota(p.tier(limit))),
-                    Target::Keyed(_) => next_key
-                        .next()
-                        .map(|k| Check::KeyedQuota(stores.quotas.tier(k, limit))),
-                },
-            ) else {
-                return false;
+            let check = match q.target {
+                Target::Pinned(p) => Some(Check::PinnedQuota(p.tier(limit))),
+                Target::Keyed(_) => next_key
+                    .next()
+                    .map(|k| Check::KeyedQuota(stores.quotas.tier(k, limit))),
             };
-            *slot = check;
-            n += 1;
+            if !place(&mut tiers, &mut n, check) {
+                return false;
+            }
         }
         let mut refs: [&dyn Tier; 7] = [&NoTier; 7];
         for (r, t) in refs.iter_mut().zip(&tiers) {
@@ -1015,7 +1007,12 @@ impl Traffic {
             FailureMode::Local => {
                 let mut v = Verdict::EMPTY;
                 let checked = self.check_local(&a, now, self.book.expected_nodes.max(1), &mut v);
-                (a, Ok(checked.then_some(v)))
+                let v = if checked {
+                    Ok(Some(v))
+                } else {
+                    Err(unchecked())
+                };
+                (a, v)
             }
             FailureMode::Allow => (a, Ok(None)),
             FailureMode::Deny => {
@@ -1125,8 +1122,8 @@ impl Policy for Traffic {
         }
         if let Some(redis) = &self.redis {
             return Step::Wait(Box::pin(async move {
-                // Nothing borrowed from a lock lives across this await: the check owns its
-                // keys, the context is only touched after it.
+                // Nothing borrowed from a lock lives across this await: the check's Redis keys
+                // are built before it, the context is only touched after it.
                 let (a, checked) = self.check_shared(redis, a, now).await;
                 let result = checked.and_then(|v| self.finish(ctx, &a, v.as_ref()));
                 match result {
@@ -1136,8 +1133,29 @@ impl Policy for Traffic {
             }));
         }
         let mut verdict = Verdict::EMPTY;
-        let checked = self.check_local(&a, now, 1, &mut verdict);
-        step(self.finish(ctx, &a, checked.then_some(&verdict)))
+        if !self.check_local(&a, now, 1, &mut verdict) {
+            return Step::Reject(unchecked());
+        }
+        step(self.finish(ctx, &a, Some(&verdict)))
+    }
+}
+
+/// A request whose tiers could not all be checked (more than a check takes, or a keyed tier
+/// without its key: never, by construction) is refused, not let through unlimited.
+fn unchecked() -> GatewayError {
+    GatewayError::new(Kind::Internal, "the request's limits could not be checked")
+}
+
+/// Puts `check` in the next free place of `tiers`; false when there is none, or no check
+/// (a keyed tier without its key), so that the check fails rather than skip a tier.
+fn place<'a>(tiers: &mut [Check<'a>], n: &mut usize, check: Option<Check<'a>>) -> bool {
+    match (tiers.get_mut(*n), check) {
+        (Some(slot), Some(check)) => {
+            *slot = check;
+            *n += 1;
+            true
+        }
+        _ => false,
     }
 }
 
