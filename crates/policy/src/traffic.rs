@@ -253,6 +253,8 @@ pub struct PlanBook {
     consumers: Vec<ConsumerLimits>,
     /// Positions in `consumers` by id, for a consumer that does not carry its index.
     by_id: ConfigMap<String, usize>,
+    /// Some consumer has an override (live or not): every route's traffic policy asks.
+    any_override: bool,
     pub gateway: Option<Limit>,
     gateway_bucket: Option<Arc<PinnedBucket<Key>>>,
     pub utc_offset: i32,
@@ -339,6 +341,13 @@ impl PlanBook {
                 },
             ));
         }
+        let plan_at: ConfigMap<&str, usize> = book
+            .plans
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| (name.as_str(), i))
+            .collect();
+        let override_scope: Arc<str> = Arc::from(OVERRIDE_SCOPE);
         // In config order, as the identity numbers consumers (`Consumer::index`).
         for (id, c) in &cfg.consumers {
             let over = c.rate_override.as_ref().and_then(|o| {
@@ -350,27 +359,25 @@ impl PlanBook {
                 })
             });
             let consumer: Arc<str> = Arc::from(id.as_str());
-            let key = |scope: &PolicyName| Key {
-                scope: scope.arc().clone(),
+            let key = |scope: &Arc<str>| Key {
+                scope: scope.clone(),
                 subject: Subject::Consumer(consumer.clone()),
             };
-            let plan = c
-                .plan
-                .as_deref()
-                .and_then(|p| book.plans.iter().position(|(n, _)| n == p));
+            let plan = c.plan.as_deref().and_then(|p| plan_at.get(p).copied());
             let limits = plan.map(|i| &book.plans[i].1);
             let entry = ConsumerLimits {
                 plan,
-                plan_bucket: limits.map(|p| stores.pin_bucket(key(&p.name))),
+                plan_bucket: limits.map(|p| stores.pin_bucket(key(p.name.arc()))),
                 plan_quota: limits
                     .filter(|p| p.quota.is_some())
-                    .map(|p| stores.pin_quota(key(&p.quota_name))),
+                    .map(|p| stores.pin_quota(key(p.quota_name.arc()))),
                 override_bucket: over
                     .is_some()
-                    .then(|| stores.pin_bucket(key(&PolicyName::new(OVERRIDE_SCOPE)))),
+                    .then(|| stores.pin_bucket(key(&override_scope))),
                 over,
                 id: consumer.clone(),
             };
+            book.any_override |= over.is_some();
             book.by_id.insert(id.clone(), book.consumers.len());
             book.consumers.push(entry);
         }
@@ -389,11 +396,6 @@ impl PlanBook {
             .and_then(|i| self.consumers.get(i as usize))
             .filter(|e| same(&e.id, &c.id));
         by_index.or_else(|| self.by_id.get(&*c.id).and_then(|&i| self.consumers.get(i)))
-    }
-
-    /// Whether any consumer has an override (configured, live or not).
-    fn has_overrides(&self) -> bool {
-        self.consumers.iter().any(|c| c.over.is_some())
     }
 }
 
@@ -534,7 +536,7 @@ impl Traffic {
             && quota.is_none()
             && concurrency.is_none()
             && book.gateway.is_none();
-        if consumers_only && book.plans.is_empty() && !book.has_overrides() {
+        if consumers_only && book.plans.is_empty() && !book.any_override {
             return None;
         }
         let failure_mode = route_limits
@@ -1275,7 +1277,7 @@ mod tests {
         // Named by a certificate: no index, found by id (its override applies).
         let carol = Consumer::new("carol", None, None, Vec::new());
         assert!(b.consumer(&carol).is_some_and(|e| e.over.is_some()));
-        assert!(b.has_overrides());
+        assert!(b.any_override);
         let stranger = Consumer::new("mallory", None, None, Vec::new()).at_index(1);
         assert!(b.consumer(&stranger).is_none());
         let e = b.consumer(&alice).unwrap_or_else(|| panic!("alice"));

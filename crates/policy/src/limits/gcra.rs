@@ -126,7 +126,7 @@ impl TemporaryOverride {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Tat(pub(crate) u64);
+pub struct Tat(pub(crate) u64);
 
 impl Expiring for Tat {
     fn expires_at(&self) -> u64 {

@@ -18,7 +18,7 @@
 //!   [`KeyedQuota::tier`]): admitted only if every tier admits, recorded in all or none, race
 //!   free across threads. The [`Verdict`] names the rejecting tier and keeps every tier's
 //!   outcome for the headers.
-//! - [`PinnedBucket<K>`] / [`PinnedQuota<K>`] — the state of one key, held by the compiled
+//! - [`Pinned<K, S>`] ([`PinnedBucket<K>`], [`PinnedQuota<K>`]) — the state of one key, held by the compiled
 //!   config instead of looked up per request (keys the config alone decides); tiers like the
 //!   stores' ones, and [`check_pinned`], the same all-or-nothing check for a request whose
 //!   every tier is pinned, without a tier object per tier.
@@ -73,7 +73,9 @@ mod tiers;
 
 pub use concurrency::{ConcurrencyLimiter, Permit};
 pub use gcra::{InvalidLimit, KeyedLimiter, Limit, RateTier, TemporaryOverride};
-pub use pinned::{PinnedBucket, PinnedBucketTier, PinnedQuota, PinnedQuotaTier, check_pinned};
+pub use pinned::{
+    Pinned, PinnedBucket, PinnedBucketTier, PinnedQuota, PinnedQuotaTier, PinnedTier, check_pinned,
+};
 pub use quota::{KeyedQuota, Period, QuotaLimit, QuotaOutcome, QuotaTier};
 pub use tiers::{MAX_TIERS, Tier, TooManyTiers, Verdict, check_all, check_all_into};
 

@@ -17,57 +17,125 @@ use parking_lot::{ReentrantMutex, ReentrantMutexGuard};
 use std::cell::Cell;
 use std::time::SystemTime;
 
-/// One key's state behind its own lock.
-struct Slot<V> {
-    id: u64,
-    state: ReentrantMutex<Cell<Option<V>>>,
+/// What pinned state holds (a GCRA bucket's TAT, a quota window) and how it decides under its
+/// limit. Implemented for the two kinds; not nameable outside the crate.
+pub trait State: Copy {
+    type Limit;
+
+    /// The decision for a request at `now` given the live state (`None`: idle or expired), and
+    /// the state to record if the request is admitted.
+    fn decide(limit: &Self::Limit, live: Option<Self>, now: u64) -> (Outcome, Self);
+
+    /// From this instant (ns since the epoch) the state means the same as none.
+    fn until(&self) -> u64;
 }
 
-impl<V: Expiring> Slot<V> {
-    fn new() -> Self {
+impl State for Tat {
+    type Limit = Limit;
+
+    fn decide(limit: &Limit, live: Option<Self>, now: u64) -> (Outcome, Self) {
+        let (outcome, tat) = limit.decide(live.map(|t| t.0), now);
+        (outcome, Tat(tat))
+    }
+
+    fn until(&self) -> u64 {
+        self.expires_at()
+    }
+}
+
+impl State for Window {
+    type Limit = QuotaLimit;
+
+    fn decide(limit: &QuotaLimit, live: Option<Self>, now: u64) -> (Outcome, Self) {
+        quota::decide(limit, live, now)
+    }
+
+    fn until(&self) -> u64 {
+        self.expires_at()
+    }
+}
+
+/// The state of one key behind its own lock, held by whoever compiled it.
+pub struct Pinned<K, S> {
+    key: K,
+    /// Its place in the global lock order.
+    id: u64,
+    state: ReentrantMutex<Cell<Option<S>>>,
+}
+
+/// A GCRA bucket, pinned.
+pub type PinnedBucket<K> = Pinned<K, Tat>;
+/// A quota window, pinned.
+pub type PinnedQuota<K> = Pinned<K, Window>;
+
+type Guard<'a, S> = ReentrantMutexGuard<'a, Cell<Option<S>>>;
+
+impl<K: std::fmt::Debug, S> std::fmt::Debug for Pinned<K, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Pinned").field(&self.key).finish()
+    }
+}
+
+impl<K, S: State> Pinned<K, S> {
+    /// Idle state (nothing recorded yet) for `key`.
+    pub fn new(key: K) -> Self {
         Self {
+            key,
             id: next_id(),
             state: ReentrantMutex::new(Cell::new(None)),
         }
     }
 
-    fn lock_order(&self) -> (u64, usize) {
-        (self.id, 0)
+    /// The key this state belongs to (what a shared store would call it).
+    pub fn key(&self) -> &K {
+        &self.key
     }
 
-    /// Decides on the live state (an expired one is the same as none), lets `inner` see the
-    /// outcome under the lock, and stores the new state iff `inner` commits an admission.
-    fn enter(
-        &self,
-        now: u64,
-        decide: impl FnOnce(Option<V>) -> (Outcome, V),
-        inner: &mut dyn FnMut(Outcome) -> bool,
-    ) -> bool {
+    /// This state as one tier of a [`check_all`](super::check_all): recorded only if every
+    /// tier admits.
+    pub fn tier<'a>(&'a self, limit: &'a S::Limit) -> PinnedTier<'a, K, S> {
+        PinnedTier {
+            pinned: self,
+            limit,
+        }
+    }
+
+    /// What a check under `limit` would answer at `now`, without recording anything.
+    pub fn peek(&self, limit: &S::Limit, now: SystemTime) -> Outcome {
+        self.lock_and_decide(limit, unix_nanos(now)).0
+    }
+
+    /// Locks the state and decides on it (an expired state is the same as none); the guard
+    /// comes back with the state to record if the request is admitted.
+    fn lock_and_decide(&self, limit: &S::Limit, now: u64) -> (Outcome, Guard<'_, S>, S) {
         let guard = self.state.lock();
-        let live = guard.get().filter(|v| v.expires_at() > now);
-        let (outcome, next) = decide(live);
+        let live = guard.get().filter(|s| s.until() > now);
+        let (outcome, next) = S::decide(limit, live, now);
+        (outcome, guard, next)
+    }
+}
+
+/// One tier of a multi-tier check; see [`Pinned::tier`].
+pub struct PinnedTier<'a, K, S: State> {
+    pinned: &'a Pinned<K, S>,
+    limit: &'a S::Limit,
+}
+
+pub type PinnedBucketTier<'a, K> = PinnedTier<'a, K, Tat>;
+pub type PinnedQuotaTier<'a, K> = PinnedTier<'a, K, Window>;
+
+impl<K, S: State> Tier for PinnedTier<'_, K, S> {
+    fn lock_order(&self) -> (u64, usize) {
+        (self.pinned.id, 0)
+    }
+
+    fn enter(&self, now: u64, inner: &mut dyn FnMut(Outcome) -> bool) -> bool {
+        let (outcome, guard, next) = self.pinned.lock_and_decide(self.limit, now);
         let commit = inner(outcome);
         if commit && outcome.is_admit() {
             guard.set(Some(next));
         }
         commit
-    }
-
-    fn peek(&self, now: u64, decide: impl FnOnce(Option<V>) -> (Outcome, V)) -> Outcome {
-        let guard = self.state.lock();
-        decide(guard.get().filter(|v| v.expires_at() > now)).0
-    }
-}
-
-impl<K: std::fmt::Debug> std::fmt::Debug for PinnedBucket<K> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("PinnedBucket").field(&self.key).finish()
-    }
-}
-
-impl<K: std::fmt::Debug> std::fmt::Debug for PinnedQuota<K> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("PinnedQuota").field(&self.key).finish()
     }
 }
 
@@ -91,8 +159,8 @@ pub fn check_pinned<K>(
     let mut order = [(u64::MAX, 0usize); MAX_TIERS];
     let ids = rates
         .iter()
-        .map(|(b, _)| b.slot.id)
-        .chain(quotas.iter().map(|(q, _)| q.slot.id));
+        .map(|(b, _)| b.id)
+        .chain(quotas.iter().map(|(q, _)| q.id));
     for (i, (slot, id)) in order.iter_mut().zip(ids).enumerate() {
         *slot = (id, i);
     }
@@ -106,17 +174,13 @@ pub fn check_pinned<K>(
         let (outcome, h) = match i.checked_sub(rates.len()) {
             None => {
                 let (bucket, limit) = rates[i];
-                let g = bucket.slot.state.lock();
-                let live = g.get().filter(|t| t.expires_at() > now);
-                let (outcome, next) = decide_rate(limit, live, now);
-                (outcome, Held::Rate(g, next))
+                let (outcome, guard, next) = bucket.lock_and_decide(limit, now);
+                (outcome, Held::Rate(guard, next))
             }
             Some(q) => {
-                let (quota, limit) = quotas[q];
-                let g = quota.slot.state.lock();
-                let live = g.get().filter(|w| w.expires_at() > now);
-                let (outcome, next) = quota::decide(limit, live, now);
-                (outcome, Held::Quota(g, next))
+                let (window, limit) = quotas[q];
+                let (outcome, guard, next) = window.lock_and_decide(limit, now);
+                (outcome, Held::Quota(guard, next))
             }
         };
         admit &= outcome.is_admit();
@@ -142,117 +206,6 @@ enum Held<'a> {
     None,
     Rate(Guard<'a, Tat>, Tat),
     Quota(Guard<'a, Window>, Window),
-}
-
-type Guard<'a, V> = ReentrantMutexGuard<'a, Cell<Option<V>>>;
-
-/// The GCRA bucket of one key, held by whoever compiled it.
-pub struct PinnedBucket<K> {
-    key: K,
-    slot: Slot<Tat>,
-}
-
-impl<K> PinnedBucket<K> {
-    /// An idle bucket for `key`.
-    pub fn new(key: K) -> Self {
-        Self {
-            key,
-            slot: Slot::new(),
-        }
-    }
-
-    /// The key this bucket belongs to (what a shared store would call it).
-    pub fn key(&self) -> &K {
-        &self.key
-    }
-
-    /// This bucket as one tier of a [`check_all`](super::check_all).
-    pub fn tier<'a>(&'a self, limit: &'a Limit) -> PinnedBucketTier<'a, K> {
-        PinnedBucketTier {
-            bucket: self,
-            limit,
-        }
-    }
-
-    /// What a check under `limit` would answer at `now`, without recording anything.
-    pub fn peek(&self, limit: &Limit, now: SystemTime) -> Outcome {
-        self.slot
-            .peek(unix_nanos(now), |t| decide_rate(limit, t, unix_nanos(now)))
-    }
-}
-
-fn decide_rate(limit: &Limit, tat: Option<Tat>, now: u64) -> (Outcome, Tat) {
-    let (outcome, tat) = limit.decide(tat.map(|t| t.0), now);
-    (outcome, Tat(tat))
-}
-
-/// One tier of a multi-tier check; see [`PinnedBucket::tier`].
-pub struct PinnedBucketTier<'a, K> {
-    bucket: &'a PinnedBucket<K>,
-    limit: &'a Limit,
-}
-
-impl<K> Tier for PinnedBucketTier<'_, K> {
-    fn lock_order(&self) -> (u64, usize) {
-        self.bucket.slot.lock_order()
-    }
-
-    fn enter(&self, now: u64, inner: &mut dyn FnMut(Outcome) -> bool) -> bool {
-        self.bucket
-            .slot
-            .enter(now, |t| decide_rate(self.limit, t, now), inner)
-    }
-}
-
-/// The quota window of one key, held by whoever compiled it.
-pub struct PinnedQuota<K> {
-    key: K,
-    slot: Slot<Window>,
-}
-
-impl<K> PinnedQuota<K> {
-    /// A quota for `key` with nothing counted yet.
-    pub fn new(key: K) -> Self {
-        Self {
-            key,
-            slot: Slot::new(),
-        }
-    }
-
-    /// The key this quota belongs to.
-    pub fn key(&self) -> &K {
-        &self.key
-    }
-
-    /// This quota as one tier of a [`check_all`](super::check_all): counted only if every
-    /// tier admits.
-    pub fn tier<'a>(&'a self, limit: &'a QuotaLimit) -> PinnedQuotaTier<'a, K> {
-        PinnedQuotaTier { quota: self, limit }
-    }
-
-    /// What a check under `limit` would answer at `now`, without counting.
-    pub fn peek(&self, limit: &QuotaLimit, now: SystemTime) -> Outcome {
-        let now = unix_nanos(now);
-        self.slot.peek(now, |w| quota::decide(limit, w, now))
-    }
-}
-
-/// One tier of a multi-tier check; see [`PinnedQuota::tier`].
-pub struct PinnedQuotaTier<'a, K> {
-    quota: &'a PinnedQuota<K>,
-    limit: &'a QuotaLimit,
-}
-
-impl<K> Tier for PinnedQuotaTier<'_, K> {
-    fn lock_order(&self) -> (u64, usize) {
-        self.quota.slot.lock_order()
-    }
-
-    fn enter(&self, now: u64, inner: &mut dyn FnMut(Outcome) -> bool) -> bool {
-        self.quota
-            .slot
-            .enter(now, |w| quota::decide(self.limit, w, now), inner)
-    }
 }
 
 #[cfg(test)]

@@ -164,7 +164,7 @@ impl QuotaOutcome {
 /// Count in the window ending at `end` (ns since the epoch), under the period and offset that
 /// drew the window.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Window {
+pub struct Window {
     end: u64,
     count: u64,
     period: Period,
