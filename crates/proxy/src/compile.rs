@@ -2,6 +2,7 @@
 //! policy chains, TLS certificates and metric handles. Nothing here runs per request; the
 //! request path only reads the snapshot it loaded when the request arrived.
 
+use crate::access_log::RouteFields;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::router::{Builtin, CompiledRoute, Router, RouterBuilder};
 use crate::tls::{self, CertSet};
@@ -205,6 +206,7 @@ pub fn compile(
                     builtin: None,
                     max_body_bytes: route.max_body_bytes.or(cfg.server.max_body_bytes),
                     metrics: metrics.route(tname, aname, &route_id),
+                    log: RouteFields::new(tname, aname, &route_id),
                 });
                 let listeners = route
                     .listeners
@@ -247,6 +249,7 @@ pub fn compile(
                     tollgate_policy::auth::token_endpoint::MAX_TOKEN_REQUEST_BYTES as u64,
                 ),
                 metrics: metrics.route("gateway", "oauth2", id),
+                log: RouteFields::new("gateway", "oauth2", id),
                 builtin: Some(builtin),
             });
             for b in [&mut public, &mut tls_routes] {

@@ -11,7 +11,7 @@ use crate::metrics::RouteMetrics;
 use crate::router::{Builtin, CompiledRoute, Lookup};
 use crate::upstream::Target;
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HOST};
+use http::header::HOST;
 use http::{HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use std::convert::Infallible;
@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 use tollgate_core::trace::{TraceParent, new_request_id, sane_request_id};
-use tollgate_core::{Decision, GatewayError, Kind, Listener, RequestCtx, RouteMeta, Step};
+use tollgate_core::{Decision, GatewayError, Kind, Listener, RequestCtx, Step};
 
 use forward::TRACEPARENT;
 pub use forward::X_REQUEST_ID;
@@ -62,7 +62,8 @@ pub(crate) async fn handle(
     let method = parts.method.clone();
     let uri = parts.uri.clone();
     let version = parts.version;
-    let bytes_in = content_length(&parts.headers);
+    // Declared by the framing (`Content-Length`, or none at all): no field lookup.
+    let bytes_in = body.size_hint().exact();
 
     let mut info = UpstreamInfo::default();
     let mut route: Option<Arc<CompiledRoute>> = None;
@@ -113,10 +114,10 @@ pub(crate) async fn handle(
     let status = resp.status().as_u16();
     let completion = Completion {
         shared: shared.clone(),
-        metrics: route
-            .as_ref()
-            .map_or_else(|| snap.unmatched.clone(), |r| r.metrics.clone()),
-        meta: route.map(|r| r.meta.clone()),
+        route: match route {
+            Some(r) => Recorder::Route(r),
+            None => Recorder::Unmatched(snap.unmatched.clone()),
+        },
         consumer: ctx.consumer.as_ref().map(|c| c.id.clone()),
         throttled: ctx.throttled,
         held: std::mem::take(&mut ctx.held),
@@ -138,7 +139,7 @@ pub(crate) async fn handle(
     Ok(resp.map(|inner| LoggedBody {
         inner,
         added,
-        done: Some(completion),
+        done: Some(Box::new(completion)),
     }))
 }
 
@@ -189,7 +190,8 @@ async fn run(
         }
     }
 
-    if let (Some(limit), Some(len)) = (route.max_body_bytes, content_length(&parts.headers))
+    if let Some(limit) = route.max_body_bytes
+        && let Some(len) = body.as_ref().and_then(|b| b.size_hint().exact())
         && len > limit
     {
         return Err(GatewayError::new(
@@ -391,16 +393,11 @@ fn is_dot_segment(mut seg: &[u8]) -> bool {
     dots == 1 || dots == 2
 }
 
-fn content_length(h: &http::HeaderMap) -> Option<u64> {
-    h.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
-}
-
 /// Everything needed to record a request once its response has been fully sent (or the client
 /// went away): metrics and the access log line.
 pub(crate) struct Completion {
     shared: Arc<Shared>,
-    metrics: Arc<RouteMetrics>,
-    meta: Option<Arc<RouteMeta>>,
+    route: Recorder,
     consumer: Option<Arc<str>>,
     throttled: Option<&'static str>,
     /// Released (dropped) when the request is recorded: concurrency permits.
@@ -421,10 +418,26 @@ pub(crate) struct Completion {
     error: Option<(&'static str, &'static str)>,
 }
 
+/// Where a request is counted: its route (moved from the request, not cloned), or the
+/// snapshot's series for requests no route matched.
+enum Recorder {
+    Route(Arc<CompiledRoute>),
+    Unmatched(Arc<RouteMetrics>),
+}
+
 impl Completion {
     fn finish(self, aborted: bool) {
         let elapsed = self.started.elapsed();
-        self.metrics.record(self.status, elapsed);
+        let route = match &self.route {
+            Recorder::Route(r) => {
+                r.metrics.record(self.status, elapsed);
+                Some(&**r)
+            }
+            Recorder::Unmatched(m) => {
+                m.record(self.status, elapsed);
+                None
+            }
+        };
         if let Some(tier) = self.throttled {
             self.shared.metrics.throttled(tier);
         }
@@ -432,10 +445,10 @@ impl Completion {
         drop(self.held);
         // One read of the wall clock stamps both the usage minute and the log line.
         let at = self.shared.policy_env.clock.now();
-        if let Some(m) = &self.meta {
+        if let Some(r) = route {
             self.shared.usage.record(
-                &m.tenant,
-                &m.api,
+                &r.meta.tenant,
+                &r.meta.api,
                 self.consumer.as_ref(),
                 self.status,
                 self.throttled.is_some(),
@@ -446,7 +459,6 @@ impl Completion {
         if !self.log {
             return;
         }
-        let meta = self.meta.as_deref();
         self.shared.access_log.log(&Record {
             at,
             request_id: self.request_id.to_str().unwrap_or("-"),
@@ -462,14 +474,12 @@ impl Completion {
             },
             method: &self.method,
             path: self.uri.path(),
-            tenant: meta.map(|m| &*m.tenant),
-            api: meta.map(|m| &*m.api),
-            route: meta.map(|m| &*m.route_id),
+            route: route.map(|r| &r.log),
             consumer: self.consumer.as_deref(),
             status: self.status,
             duration: elapsed,
             upstream_duration: self.upstream_duration,
-            upstream: self.upstream.as_deref().map(|t| &*t.label),
+            upstream: self.upstream.as_deref().map(|t| &t.label_json),
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
             error: self.error.map(|e| e.0),
@@ -484,7 +494,9 @@ pub struct LoggedBody {
     inner: ResponseBody,
     /// Fields the policies add to every response (`RateLimit`, ...), after the response's own.
     added: Vec<(HeaderName, HeaderValue)>,
-    done: Option<Completion>,
+    /// Boxed: the response moves through several layers on its way to the writer, and one
+    /// allocation costs less than carrying the record through every move.
+    done: Option<Box<Completion>>,
 }
 
 impl LoggedBody {
@@ -540,17 +552,17 @@ impl Body for LoggedBody {
                 if this.inner.is_end_stream()
                     && let Some(c) = this.done.take()
                 {
-                    c.finish(false);
+                    (*c).finish(false);
                 }
             }
             Some(Err(_)) => {
                 if let Some(c) = this.done.take() {
-                    c.finish(true);
+                    (*c).finish(true);
                 }
             }
             None => {
                 if let Some(c) = this.done.take() {
-                    c.finish(false);
+                    (*c).finish(false);
                 }
             }
         }
@@ -571,7 +583,7 @@ impl Drop for LoggedBody {
         if let Some(c) = self.done.take() {
             // hyper may drop a body it never needed to poll (HEAD, 304, empty): not an abort.
             let aborted = !self.inner.is_end_stream();
-            c.finish(aborted);
+            (*c).finish(aborted);
         }
     }
 }

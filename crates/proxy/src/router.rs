@@ -19,6 +19,8 @@ pub struct CompiledRoute {
     pub edits_response: bool,
     pub max_body_bytes: Option<u64>,
     pub metrics: Arc<RouteMetrics>,
+    /// The route's names as its access log lines carry them.
+    pub log: crate::access_log::RouteFields,
     /// Answered by the gateway itself instead of an upstream.
     pub builtin: Option<Builtin>,
 }

@@ -46,8 +46,9 @@ impl ShutdownTrigger {
 }
 
 impl Shutdown {
+    /// Triggered, or the trigger is gone (which [`Shutdown::wait`] also takes as the signal).
     pub fn is_triggered(&self) -> bool {
-        *self.0.borrow()
+        *self.0.borrow() || self.0.has_changed().is_err()
     }
 
     pub async fn wait(&mut self) {

@@ -78,6 +78,7 @@ pub(crate) async fn serve(
         scratch: request::Scratch::default(),
         out: Vec::with_capacity(1024),
         settings,
+        registered: None,
     };
     let stop_flag = shutdown.clone();
     let mut stop = pin!(async move {
@@ -89,7 +90,10 @@ pub(crate) async fn serve(
     let mut timer = pin!(tokio::time::sleep(settings.header_read_timeout));
 
     loop {
-        let head = match conn.next_head(timer.as_mut(), stop.as_mut()).await {
+        let head = match conn
+            .next_head(timer.as_mut(), stop.as_mut(), &stop_flag)
+            .await
+        {
             Next::Head(h) => h,
             Next::Closed => break,
             Next::Refused(e) => {
@@ -184,21 +188,30 @@ struct Conn {
     /// The response being written.
     out: Vec<u8>,
     settings: Settings,
+    /// The waker the head timer and the shutdown signal were last polled with.
+    registered: Option<std::task::Waker>,
 }
 
 impl Conn {
     /// Reads until a complete head is buffered, within the header read timeout.
+    ///
+    /// The timer is not moved per request. A wait's own deadline is kept here, and the timer,
+    /// armed for an earlier wait, is pushed to it only once it fires early. The timer and the
+    /// shutdown signal stay registered while pending, so they are polled again only when the
+    /// task's waker changed; between those polls `shutdown` is read directly.
     async fn next_head(
         &mut self,
         mut timer: Pin<&mut Sleep>,
         mut stop: Pin<&mut impl Future<Output = ()>>,
+        shutdown: &Shutdown,
     ) -> Next {
         let Some(side) = self.side.as_mut() else {
             return Next::Closed;
         };
         let limits = self.settings.limits;
         let timeout = self.settings.header_read_timeout;
-        let mut armed = false;
+        let registered = &mut self.registered;
+        let mut deadline = None;
         poll_fn(|cx| {
             loop {
                 if !side.buf.is_empty() {
@@ -217,18 +230,31 @@ impl Conn {
                     Poll::Ready(Err(_)) => return Poll::Ready(Next::Closed),
                     Poll::Pending => {}
                 }
-                if !armed {
-                    // The clock starts when the client leaves us waiting, not per read.
-                    timer.as_mut().reset(Instant::now() + timeout);
-                    armed = true;
-                }
-                if timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Next::Closed);
-                }
                 // Shutting down: an idle connection (or one mid-head, which the client can
                 // safely send again elsewhere) is closed.
-                if stop.as_mut().poll(cx).is_ready() {
+                if shutdown.is_triggered() {
                     return Poll::Ready(Next::Closed);
+                }
+                // The clock starts when the client leaves us waiting, not per read.
+                let deadline = *deadline.get_or_insert_with(|| Instant::now() + timeout);
+                let mut repoll = !registered
+                    .as_ref()
+                    .is_some_and(|w: &std::task::Waker| w.will_wake(cx.waker()));
+                if timer.is_elapsed() || timer.deadline() > deadline {
+                    if Instant::now() >= deadline {
+                        return Poll::Ready(Next::Closed);
+                    }
+                    timer.as_mut().reset(deadline);
+                    repoll = true;
+                }
+                if repoll {
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Next::Closed);
+                    }
+                    if stop.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Next::Closed);
+                    }
+                    *registered = Some(cx.waker().clone());
                 }
                 return Poll::Pending;
             }

@@ -528,6 +528,70 @@ async fn an_idle_connection_closed_by_the_upstream_is_replaced_transparently() {
 }
 
 #[tokio::test]
+async fn a_pooled_connections_timer_from_an_earlier_request_does_not_cut_off_a_later_one() {
+    // Waits as long as the request's path says (in ms), then answers; keep-alive.
+    let fake = Fake::spawn(|mut s| async move {
+        let mut buf = Vec::new();
+        while let Some(seen) = read_request(&mut s, &mut buf).await {
+            let ms: u64 = seen
+                .head
+                .split(' ')
+                .nth(1)
+                .and_then(|p| p.trim_start_matches('/').parse().ok())
+                .unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    let settings: config::Upstream = serde_json::from_value(serde_json::json!({
+        "targets": [{ "url": format!("http://{}", fake.addr) }],
+        "response_timeout": "1s",
+    }))
+    .unwrap();
+    let up = Upstream::new("fake", &settings).unwrap();
+    let send = |path: &str| {
+        let req = Request::get(path)
+            .body(RequestBody::new(crate::body::ClientBody::Empty, None))
+            .unwrap();
+        let target = up.pick().clone();
+        let up = &up;
+        async move {
+            let r = up
+                .send(&target, req, None, std::time::Instant::now())
+                .await?;
+            // Read to the end: the connection goes back to the pool.
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            Ok::<_, GatewayError>(body)
+        }
+    };
+    // The connection's timer is armed for the first request's deadline (1 s from now)...
+    assert_eq!(send("/0").await.unwrap(), "ok");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // ...and fires during this one, which still has 300 ms left when it is answered.
+    assert_eq!(send("/700").await.unwrap(), "ok");
+    assert_eq!(
+        fake.accepted(),
+        1,
+        "the second request reused the connection"
+    );
+    // A response later than its own deadline is still cut off, at that deadline.
+    let started = std::time::Instant::now();
+    let e = send("/1500").await.unwrap_err();
+    assert_eq!(e.kind, Kind::UpstreamTimeout);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(1400),
+        "timed out after {took:?}"
+    );
+}
+
+#[tokio::test]
 async fn idle_connections_the_upstream_closed_are_reaped_without_traffic() {
     // Answers one request, then hangs up while the connection sits in the pool.
     let fake = Fake::spawn(|mut s| async move {

@@ -47,6 +47,8 @@ pub struct Target {
     pub authority: Authority,
     /// `host:port` for the access log and for connecting.
     pub label: Arc<str>,
+    /// `label` as the access log writes it.
+    pub(crate) label_json: crate::access_log::JsonStr,
     /// The `Host` header the upstream receives.
     host: HeaderValue,
     idle: Idle,
@@ -78,11 +80,11 @@ pub struct BadTarget {
 }
 
 impl Target {
-    fn checkin(&self, conn: Conn) {
+    fn checkin(&self, conn: Box<Conn>) {
         self.idle.checkin(conn);
     }
 
-    async fn connect(&self, upstream: &str) -> Result<Conn, GatewayError> {
+    async fn connect(&self, upstream: &str) -> Result<Box<Conn>, GatewayError> {
         let unreachable = |cause: String| {
             GatewayError::new(
                 Kind::UpstreamUnreachable,
@@ -137,6 +139,7 @@ impl Upstream {
                     name: name.to_string(),
                     message: format!("target `{}` has an invalid host", t.url),
                 })?,
+                label_json: crate::access_log::JsonStr::new(&label),
                 label: Arc::from(label),
                 authority: auth,
                 idle: Idle::new(
@@ -199,14 +202,17 @@ impl Upstream {
                     Err(_) => return Err(self.timed_out(target)),
                 },
             };
-            // The connection's own timer, moved forward: tokio extends a registered timer
-            // without touching the timer wheel, where a new timeout per request would
-            // register and cancel an entry each time.
+            // The connection's own timer: a new timeout per request would register and cancel
+            // a timer-wheel entry each time. It is moved only when it has fired (for an earlier
+            // request) or would fire after this deadline; one set for an earlier request that
+            // fires during this one is moved then (below). Most responses come long before.
             let mut timer = conn
                 .timer
                 .take()
                 .unwrap_or_else(|| Box::pin(sleep_until(deadline)));
-            timer.as_mut().reset(deadline);
+            if timer.is_elapsed() || timer.deadline() > deadline {
+                timer.as_mut().reset(deadline);
+            }
             conn.used = now;
             let mut seen = false;
             let result = {
@@ -221,10 +227,13 @@ impl Upstream {
                     if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
                         return Poll::Ready(Some(r));
                     }
-                    match timer.as_mut().poll(cx) {
-                        Poll::Ready(()) => Poll::Ready(None),
-                        Poll::Pending => Poll::Pending,
+                    while timer.as_mut().poll(cx).is_ready() {
+                        if Instant::now() >= deadline {
+                            return Poll::Ready(None);
+                        }
+                        timer.as_mut().reset(deadline);
                     }
+                    Poll::Pending
                 })
                 .await
             };

@@ -32,17 +32,19 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(super) fn new(stream: TcpStream) -> Self {
+    /// Boxed once per connection: a connection moves from the pool into a request, into its
+    /// response body and back per request, and a pointer is cheaper to move than its state.
+    pub(super) fn new(stream: TcpStream) -> Box<Self> {
         // Small requests and responses: one segment each way, without Nagle's delay.
         let _ = stream.set_nodelay(true);
-        Self {
+        Box::new(Self {
             stream,
             rbuf: BytesMut::with_capacity(READ_BUF),
             wbuf: Vec::with_capacity(1024),
             scratch: Default::default(),
             timer: None,
             used: Instant::now(),
-        }
+        })
     }
 
     /// Whether an idle connection can carry a request: the upstream has not closed it nor sent
@@ -66,7 +68,10 @@ impl Conn {
 }
 
 pub(super) struct Idle {
-    stack: Mutex<Vec<Conn>>,
+    // Boxed on purpose: checkout and checkin hand the box to a request and back (see
+    // `Conn::new`), and unboxing it into the vector would copy the whole state each way.
+    #[allow(clippy::vec_box)]
+    stack: Mutex<Vec<Box<Conn>>>,
     max: usize,
     timeout: Duration,
 }
@@ -82,7 +87,7 @@ impl Idle {
 
     /// The most recently used connection that is still usable at `now`, if any. Stale ones
     /// are closed outside the lock.
-    pub(super) fn checkout(&self, now: Instant) -> Option<Conn> {
+    pub(super) fn checkout(&self, now: Instant) -> Option<Box<Conn>> {
         loop {
             let conn = {
                 let mut stack = self.stack.lock().unwrap_or_else(|p| p.into_inner());
@@ -106,7 +111,7 @@ impl Idle {
     /// Checkout does this lazily; this is for pools no request touches for a while, whose
     /// sockets would otherwise linger (in CLOSE_WAIT once the upstream hung up).
     pub(super) fn reap(&self) {
-        let stale: Vec<Conn> = {
+        let stale: Vec<Box<Conn>> = {
             let mut stack = self.stack.lock().unwrap_or_else(|p| p.into_inner());
             let timeout = self.timeout;
             let now = Instant::now();
@@ -126,7 +131,7 @@ impl Idle {
     }
 
     /// Takes back a connection whose last response was read to the end.
-    pub(super) fn checkin(&self, mut conn: Conn) {
+    pub(super) fn checkin(&self, mut conn: Box<Conn>) {
         conn.wbuf.clear();
         let mut stack = self.stack.lock().unwrap_or_else(|p| p.into_inner());
         if stack.len() < self.max {

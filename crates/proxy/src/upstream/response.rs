@@ -360,7 +360,7 @@ pub enum UpstreamBodyError {
 /// An upstream response body. Owns the connection it arrives on and gives it back to the
 /// target's pool the moment the last byte is read; dropped earlier, it closes the connection.
 pub struct UpstreamBody {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     target: Arc<Target>,
     decoder: Decoder,
     /// Hand the connection back at the end (framed body, request fully written, keep-alive).
@@ -375,7 +375,7 @@ pub struct UpstreamBody {
 
 impl UpstreamBody {
     pub(super) fn new(
-        conn: Conn,
+        conn: Box<Conn>,
         target: Arc<Target>,
         framing: Framing,
         reuse: bool,

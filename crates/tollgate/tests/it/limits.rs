@@ -237,6 +237,30 @@ async fn an_idle_keep_alive_connection_is_closed_after_header_read_timeout() -> 
 }
 
 #[tokio::test]
+async fn header_read_timeout_counts_from_each_wait_not_from_the_first() -> Result<()> {
+    let up = Upstream::echo("up").await;
+    let gw = start(&echo_config(&up).server("header_read_timeout", "1s")).await?;
+    let mut conn = RawConn::connect(gw.public_addr()).await?;
+    let req = format!("GET /e/1 HTTP/1.1\r\nHost: {}\r\n\r\n", gw.public_addr());
+    // Requests 700 ms apart keep the connection for well past one timeout: each wait has its
+    // own second, however long ago the connection's timer was first armed.
+    for _ in 0..4 {
+        conn.send(req.as_bytes()).await?;
+        assert_eq!(conn.read_response(SHORT).await?.status, 200);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    conn.send(req.as_bytes()).await?;
+    assert_eq!(conn.read_response(SHORT).await?.status, 200);
+    let closed_after = conn.wait_closed(Duration::from_secs(5)).await?;
+    assert!(
+        closed_after >= Duration::from_millis(800) && closed_after < Duration::from_millis(2500),
+        "idle connection closed after {closed_after:?}; header_read_timeout is 1 s"
+    );
+    assert_eq!(up.hits(), 5);
+    Ok(())
+}
+
+#[tokio::test]
 async fn max_connections_holds_further_connections_until_one_closes() -> Result<()> {
     let up = Upstream::echo("up").await;
     let gw = start(&echo_config(&up).server("max_connections", "2")).await?;
