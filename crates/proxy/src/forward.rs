@@ -49,6 +49,11 @@ fn hop_by_hop_index(n: &HeaderName) -> Option<usize> {
     HOP_BY_HOP.iter().position(|h| h == n)
 }
 
+/// Whether a field name is one of the fixed hop-by-hop fields (`Connection` among them).
+pub(crate) fn is_hop_by_hop(n: &HeaderName) -> bool {
+    hop_by_hop_index(n).is_some()
+}
+
 /// Whether a raw field name (any case) is one of the fixed hop-by-hop fields. The upstream
 /// client calls this for every response field, so length is compared first: most names differ
 /// from all nine in length alone.

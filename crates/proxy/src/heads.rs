@@ -9,7 +9,7 @@
 use crate::forward::is_hop_by_hop_name;
 use crate::framing::parse_length;
 use http::HeaderName;
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TE, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HOST, TE, TRANSFER_ENCODING};
 
 /// One field line, `name: value` and CRLF. Names and values come from `HeaderName` and
 /// `HeaderValue`, which admit no CR or LF.
@@ -47,6 +47,9 @@ pub(crate) enum NameKind {
     Date,
     /// `X-Request-ID`: on responses, the gateway's own replaces the upstream's.
     RequestId,
+    /// `Host`, and `traceparent` below: read by the pipeline from a client's head.
+    Host,
+    TraceParent,
 }
 
 impl NameKind {
@@ -155,6 +158,10 @@ impl NameCache {
             NameKind::Date
         } else if name == crate::forward::X_REQUEST_ID {
             NameKind::RequestId
+        } else if name == HOST {
+            NameKind::Host
+        } else if name == crate::forward::TRACEPARENT {
+            NameKind::TraceParent
         } else {
             NameKind::Plain
         };
@@ -212,6 +219,8 @@ mod tests {
         let mut c = NameCache::default();
         assert_eq!(c.classify(0, b"DATE"), Some(NameKind::Date));
         assert_eq!(c.classify(1, b"X-Request-Id"), Some(NameKind::RequestId));
+        assert_eq!(c.classify(2, b"HOST"), Some(NameKind::Host));
+        assert_eq!(c.classify(3, b"TraceParent"), Some(NameKind::TraceParent));
         assert!(!NameKind::Date.is_hop_by_hop() && !NameKind::RequestId.is_hop_by_hop());
     }
 }

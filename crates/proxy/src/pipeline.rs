@@ -37,6 +37,34 @@ pub(crate) struct ConnMeta {
     pub client_cert: Option<Arc<tollgate_core::ClientCert>>,
 }
 
+/// The client's fields the pipeline itself reads, found by the protocol before the policies
+/// run: HTTP/1.1's head parser recognises them as it goes (no lookups), HTTP/2 looks them up.
+/// They are the client's as sent, which is what `X-Forwarded-Host`, the trace context and the
+/// request id are about, whatever a policy later does to the map.
+#[derive(Debug, Default)]
+pub(crate) struct HeadFields {
+    /// The first `X-Request-ID`.
+    pub(crate) request_id: Option<HeaderValue>,
+    /// The first `Host`.
+    pub(crate) host: Option<HeaderValue>,
+    /// The first `traceparent`.
+    pub(crate) traceparent: Option<HeaderValue>,
+    /// Some field is hop-by-hop (one of the fixed set, which includes `Connection`): without
+    /// one there is nothing to remove before forwarding.
+    pub(crate) hop_by_hop: bool,
+}
+
+impl HeadFields {
+    pub(crate) fn of(h: &http::HeaderMap) -> Self {
+        Self {
+            request_id: h.get(X_REQUEST_ID).cloned(),
+            host: h.get(HOST).cloned(),
+            traceparent: h.get(TRACEPARENT).cloned(),
+            hop_by_hop: h.keys().any(forward::is_hop_by_hop),
+        }
+    }
+}
+
 /// What the upstream stage learned, for the log.
 #[derive(Default)]
 struct UpstreamInfo {
@@ -48,11 +76,12 @@ pub(crate) async fn handle(
     shared: Arc<Shared>,
     conn: ConnMeta,
     req: Request<ClientBody>,
+    fields: &HeadFields,
 ) -> Result<Response<LoggedBody>, Infallible> {
     let started = Instant::now();
     let snap = shared.snapshot.load_full();
     let (parts, body) = req.into_parts();
-    let request_id = match parts.headers.get(X_REQUEST_ID) {
+    let request_id = match &fields.request_id {
         Some(v) if sane_request_id(v) => v.clone(),
         _ => new_request_id(&*shared.ids),
     };
@@ -69,7 +98,7 @@ pub(crate) async fn handle(
     let mut route: Option<Arc<CompiledRoute>> = None;
     let mut body = Some(body);
     let result = run(
-        &shared, &snap, &mut ctx, &conn, parts, &mut body, &mut route, &mut info,
+        &shared, &snap, &mut ctx, &conn, parts, fields, &mut body, &mut route, &mut info,
     )
     .await;
     // Refused before the body was read: read it off the wire so the client sees our answer.
@@ -150,6 +179,7 @@ async fn run(
     ctx: &mut RequestCtx,
     conn: &ConnMeta,
     mut parts: http::request::Parts,
+    client: &HeadFields,
     body: &mut Option<ClientBody>,
     route_out: &mut Option<Arc<CompiledRoute>>,
     info: &mut UpstreamInfo,
@@ -175,6 +205,11 @@ async fn run(
     ctx.route = Some(route.meta.clone());
     *route_out = Some(route.clone());
 
+    // The client's hop-by-hop fields go before the policies see the request: they describe
+    // the client's connection, never the one to the upstream.
+    if client.hop_by_hop {
+        forward::strip_hop_by_hop(&mut parts.headers);
+    }
     forward::strip_identity(&mut parts.headers, &snap.identity.cert_header);
     for p in route.policies.iter() {
         let decision = match p.on_request(ctx, &mut parts) {
@@ -220,18 +255,17 @@ async fn run(
 
     // Trust is decided per request: a reload may change the trusted networks.
     let peer_trusted = forward::is_trusted(conn.peer.ip(), &snap.trusted_proxies);
-    let host = parts.headers.get(HOST).cloned().or_else(|| {
+    let host = client.host.clone().or_else(|| {
         parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    forward::strip_hop_by_hop(&mut parts.headers);
     let proto = match ctx.listener {
         Listener::Public => "http",
         Listener::Tls => "https",
     };
-    let traceparent = TraceParent::child_or_new(parts.headers.get(TRACEPARENT), &*shared.ids);
+    let traceparent = TraceParent::child_or_new(client.traceparent.as_ref(), &*shared.ids);
     let mut forwarded = forward::Forwarded::new(
         &parts.headers,
         &conn.peer_value,

@@ -324,8 +324,10 @@ impl Protocols {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let response = handle(shared.clone(), conn.clone(), req.map(ClientBody::Hyper));
+            let fields = crate::pipeline::HeadFields::of(req.headers());
+            let (shared, conn) = (shared.clone(), conn.clone());
             async move {
+                let response = handle(shared, conn, req.map(ClientBody::Hyper), &fields);
                 // hyper writes HEADERS frames from the map alone.
                 let mut response = response.await?;
                 crate::pipeline::materialize(&mut response);

@@ -16,7 +16,7 @@ use tollgate_proxy::{Gateway, Options, ShutdownTrigger, shutdown_pair};
 // A gateway allocates and frees the same few small sizes per request (header maps, request
 // ids, body frames) on every worker. mimalloc's per-thread free lists serve them in a fraction
 // of glibc's instructions and do not trim and regrow the heap under steady load (measured in
-// docs/performance.md §8).
+// docs/performance.md §8). Version 2: see the workspace manifest.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -123,6 +123,7 @@ pub(crate) async fn serve(
             shared.clone(),
             meta.clone(),
             Request::from_parts(parts, body),
+            &head.fields,
         ));
         let Some(Ok(response)) = conn.run(request, &mut writer).await else {
             // The client hung up: the request was dropped with everything it held.
@@ -171,6 +172,9 @@ pub(crate) async fn serve(
     writer.shutdown().await;
 }
 
+// Unboxed on purpose: a head is the common case, returned once per request and taken apart
+// at once; a box would be an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Next {
     Head(request::Head),
     /// The client closed, went silent past the timeout, or we are shutting down.

@@ -4,6 +4,7 @@
 
 use crate::framing::Framing;
 use crate::heads::{BadLength, FramingFields, NameCache, NameKind, range};
+use crate::pipeline::HeadFields;
 use bytes::BytesMut;
 use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version};
 use std::mem::MaybeUninit;
@@ -37,6 +38,8 @@ pub(super) struct Head {
     pub(super) expect_continue: bool,
     /// `TE: trailers`: the client accepts trailer fields in a chunked response.
     pub(super) trailers: bool,
+    /// Fields the pipeline reads, recognised while parsing.
+    pub(super) fields: HeadFields,
 }
 
 /// One header field: its name's slot in the name cache and its value's byte range within the
@@ -102,7 +105,11 @@ pub(super) fn parse(
         .map_err(|_| bad("invalid request target"))?;
     // Room for fields policies add: growing a map rehashes it.
     let mut headers = HeaderMap::with_capacity(scratch.fields.len() + ADDED_FIELDS);
-    for f in scratch.fields.iter() {
+    let mut fields = HeadFields {
+        hop_by_hop: scan.hop_by_hop,
+        ..HeadFields::default()
+    };
+    for (i, f) in scratch.fields.iter().enumerate() {
         let name = scratch
             .names
             .name(f.name as usize)
@@ -111,6 +118,14 @@ pub(super) fn parse(
         let value =
             HeaderValue::from_maybe_shared(head.slice(f.value.0 as usize..f.value.1 as usize))
                 .map_err(|_| bad("invalid header field value"))?;
+        let i = Some(i as u32);
+        if i == scan.request_id {
+            fields.request_id = Some(value.clone());
+        } else if i == scan.host {
+            fields.host = Some(value.clone());
+        } else if i == scan.traceparent {
+            fields.traceparent = Some(value.clone());
+        }
         headers.append(name, value);
     }
 
@@ -157,6 +172,7 @@ pub(super) fn parse(
         keep_alive,
         expect_continue: scan.expect_continue && !http10 && framing.is_some(),
         trailers: scan.trailers,
+        fields,
     }))
 }
 
@@ -169,6 +185,11 @@ struct Scan {
     framing: FramingFields,
     expect_continue: bool,
     trailers: bool,
+    /// Positions of the first `X-Request-ID`, `Host` and `traceparent`.
+    request_id: Option<u32>,
+    host: Option<u32>,
+    traceparent: Option<u32>,
+    hop_by_hop: bool,
 }
 
 fn scan<'b>(
@@ -199,6 +220,10 @@ fn scan<'b>(
         framing: FramingFields::default(),
         expect_continue: false,
         trailers: false,
+        request_id: None,
+        host: None,
+        traceparent: None,
+        hop_by_hop: false,
     };
     for (pos, h) in req.headers.iter().enumerate() {
         let kind = scratch
@@ -219,8 +244,16 @@ fn scan<'b>(
                     .split(|b| *b == b',')
                     .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
             }
+            NameKind::RequestId => {
+                s.request_id = s.request_id.or(Some(pos as u32));
+            }
+            NameKind::Host => s.host = s.host.or(Some(pos as u32)),
+            NameKind::TraceParent => {
+                s.traceparent = s.traceparent.or(Some(pos as u32));
+            }
             _ => {}
         }
+        s.hop_by_hop |= kind.is_hop_by_hop();
         scratch.fields.push(Field {
             name: pos as u32,
             value: range(buf, h.value),
@@ -301,6 +334,45 @@ mod tests {
             .expect("same value twice is one length")
             .expect("complete");
         assert_eq!(h.framing, Some(Framing::Length(5)));
+    }
+
+    #[test]
+    fn the_fields_the_pipeline_reads_are_found_while_parsing() {
+        let h = parse_str(
+            "GET / HTTP/1.1\r\nhost: a\r\nX-Request-Id: r1\r\nx-request-id: r2\r\nTraceParent: t\r\nHost: b\r\n\r\n",
+        )
+        .expect("ok")
+        .expect("complete");
+        let f = &h.fields;
+        assert_eq!(
+            f.request_id.as_ref().map(|v| v.as_bytes()),
+            Some(&b"r1"[..])
+        );
+        assert_eq!(f.host.as_ref().map(|v| v.as_bytes()), Some(&b"a"[..]));
+        assert_eq!(
+            f.traceparent.as_ref().map(|v| v.as_bytes()),
+            Some(&b"t"[..])
+        );
+        assert!(!f.hop_by_hop);
+        // The same as looking them up in the map.
+        let of = HeadFields::of(h.request.headers());
+        assert_eq!(
+            (&of.request_id, &of.host, &of.traceparent, of.hop_by_hop),
+            (&f.request_id, &f.host, &f.traceparent, f.hop_by_hop)
+        );
+        for hop in [
+            "Connection: close",
+            "Keep-Alive: 5",
+            "Upgrade: x",
+            "Proxy-Connection: x",
+        ] {
+            let h = parse_str(&format!("GET / HTTP/1.1\r\n{hop}\r\n\r\n"))
+                .expect("ok")
+                .expect("complete");
+            assert!(h.fields.hop_by_hop, "{hop}");
+            assert!(HeadFields::of(h.request.headers()).hop_by_hop, "{hop}");
+            assert!(h.fields.request_id.is_none() && h.fields.host.is_none());
+        }
     }
 
     #[test]
