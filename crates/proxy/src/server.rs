@@ -467,3 +467,19 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shutdown_is_triggered_by_the_signal_or_by_its_trigger_going_away() {
+        let (trigger, shutdown) = shutdown_pair();
+        assert!(!shutdown.is_triggered());
+        trigger.trigger();
+        assert!(shutdown.is_triggered());
+        let (trigger, shutdown) = shutdown_pair();
+        drop(trigger);
+        assert!(shutdown.is_triggered());
+    }
+}

@@ -42,11 +42,12 @@ pub(super) struct Head {
     pub(super) fields: HeadFields,
 }
 
-/// One header field: its name's slot in the name cache and its value's byte range within the
-/// head.
+/// One header field: its name's slot in the name cache, what the name means, and its value's
+/// byte range within the head.
 #[derive(Clone, Copy)]
 struct Field {
     name: u32,
+    kind: NameKind,
     value: (u32, u32),
 }
 
@@ -105,11 +106,8 @@ pub(super) fn parse(
         .map_err(|_| bad("invalid request target"))?;
     // Room for fields policies add: growing a map rehashes it.
     let mut headers = HeaderMap::with_capacity(scratch.fields.len() + ADDED_FIELDS);
-    let mut fields = HeadFields {
-        hop_by_hop: scan.hop_by_hop,
-        ..HeadFields::default()
-    };
-    for (i, f) in scratch.fields.iter().enumerate() {
+    let mut fields = HeadFields::default();
+    for f in scratch.fields.iter() {
         let name = scratch
             .names
             .name(f.name as usize)
@@ -118,13 +116,20 @@ pub(super) fn parse(
         let value =
             HeaderValue::from_maybe_shared(head.slice(f.value.0 as usize..f.value.1 as usize))
                 .map_err(|_| bad("invalid header field value"))?;
-        let i = Some(i as u32);
-        if i == scan.request_id {
-            fields.request_id = Some(value.clone());
-        } else if i == scan.host {
-            fields.host = Some(value.clone());
-        } else if i == scan.traceparent {
-            fields.traceparent = Some(value.clone());
+        // The first of each, as a map lookup would find it.
+        let slot = match f.kind {
+            NameKind::RequestId => Some(&mut fields.request_id),
+            NameKind::Host => Some(&mut fields.host),
+            NameKind::TraceParent => Some(&mut fields.traceparent),
+            k => {
+                fields.hop_by_hop |= k.is_hop_by_hop();
+                None
+            }
+        };
+        if let Some(slot) = slot
+            && slot.is_none()
+        {
+            *slot = Some(value.clone());
         }
         headers.append(name, value);
     }
@@ -185,11 +190,6 @@ struct Scan {
     framing: FramingFields,
     expect_continue: bool,
     trailers: bool,
-    /// Positions of the first `X-Request-ID`, `Host` and `traceparent`.
-    request_id: Option<u32>,
-    host: Option<u32>,
-    traceparent: Option<u32>,
-    hop_by_hop: bool,
 }
 
 fn scan<'b>(
@@ -220,10 +220,6 @@ fn scan<'b>(
         framing: FramingFields::default(),
         expect_continue: false,
         trailers: false,
-        request_id: None,
-        host: None,
-        traceparent: None,
-        hop_by_hop: false,
     };
     for (pos, h) in req.headers.iter().enumerate() {
         let kind = scratch
@@ -244,18 +240,11 @@ fn scan<'b>(
                     .split(|b| *b == b',')
                     .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
             }
-            NameKind::RequestId => {
-                s.request_id = s.request_id.or(Some(pos as u32));
-            }
-            NameKind::Host => s.host = s.host.or(Some(pos as u32)),
-            NameKind::TraceParent => {
-                s.traceparent = s.traceparent.or(Some(pos as u32));
-            }
             _ => {}
         }
-        s.hop_by_hop |= kind.is_hop_by_hop();
         scratch.fields.push(Field {
             name: pos as u32,
+            kind,
             value: range(buf, h.value),
         });
     }

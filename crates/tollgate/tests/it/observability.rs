@@ -29,6 +29,8 @@ async fn every_request_gets_one_json_access_log_line() -> Result<()> {
     assert_eq!(line["status"], 200);
     assert_eq!(line["upstream"], up.addr().to_string());
     assert_eq!(line["bytes_out"], body.len() as u64);
+    // A request without a body declares none.
+    assert_eq!(line["bytes_in"], 0);
     let duration = line["duration_ms"]
         .as_f64()
         .expect("duration_ms is a number");
@@ -76,6 +78,25 @@ async fn every_request_gets_one_json_access_log_line() -> Result<()> {
         assert_eq!(n, 1, "{id} logged {n} times");
     }
     assert_eq!(lines.len(), 7, "one line per request: {lines:#?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bytes_in_is_the_declared_body_length() -> Result<()> {
+    let (_up, gw) = echo_gateway("up").await?;
+    let c = gw.client();
+    // Whatever the answer: here the route's 405.
+    let r = c
+        .post(gw.url("/e/7"))
+        .header("x-request-id", "obs-in-post")
+        .body("hello")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 405);
+    let line = gw
+        .wait_access_log(SHORT, |l| l["request_id"] == "obs-in-post")
+        .await?;
+    assert_eq!(line["bytes_in"], 5);
     Ok(())
 }
 
