@@ -169,6 +169,7 @@ pub(crate) async fn handle(
         inner,
         added,
         done: Some(Box::new(completion)),
+        ended: false,
     }))
 }
 
@@ -531,6 +532,9 @@ pub struct LoggedBody {
     /// Boxed: the response moves through several layers on its way to the writer, and one
     /// allocation costs less than carrying the record through every move.
     done: Option<Box<Completion>>,
+    /// The last frame has been polled. The record waits for the body to be dropped, which the
+    /// writer does once the response is on the wire: bookkeeping stays off the response's path.
+    ended: bool,
 }
 
 impl LoggedBody {
@@ -583,22 +587,14 @@ impl Body for LoggedBody {
                 if let (Some(d), Some(c)) = (f.data_ref(), this.done.as_mut()) {
                     c.bytes_out += d.len() as u64;
                 }
-                if this.inner.is_end_stream()
-                    && let Some(c) = this.done.take()
-                {
-                    (*c).finish(false);
-                }
+                this.ended |= this.inner.is_end_stream();
             }
             Some(Err(_)) => {
                 if let Some(c) = this.done.take() {
                     (*c).finish(true);
                 }
             }
-            None => {
-                if let Some(c) = this.done.take() {
-                    (*c).finish(false);
-                }
-            }
+            None => this.ended = true,
         }
         Poll::Ready(frame)
     }
@@ -616,7 +612,7 @@ impl Drop for LoggedBody {
     fn drop(&mut self) {
         if let Some(c) = self.done.take() {
             // hyper may drop a body it never needed to poll (HEAD, 304, empty): not an abort.
-            let aborted = !self.inner.is_end_stream();
+            let aborted = !(self.ended || self.inner.is_end_stream());
             (*c).finish(aborted);
         }
     }

@@ -435,8 +435,9 @@ impl Conn {
         );
         if bodyless {
             // Never polled: hyper did not either, and a HEAD answer has nothing to send.
+            let sent = writer.write_all(&self.out).await.is_ok();
             drop(body);
-            return writer.write_all(&self.out).await.is_ok();
+            return sent;
         }
 
         let mut trailers: Option<HeaderMap> = None;
@@ -493,7 +494,11 @@ impl Conn {
             }
             _ => {}
         }
-        writer.write_all(&self.out).await.is_ok()
+        let sent = writer.write_all(&self.out).await.is_ok();
+        // Dropping the body records the request (metrics, usage, the log line): after the
+        // response is handed to the socket, so none of that delays it.
+        drop(body);
+        sent
     }
 
     /// Frames one data frame into the output, writing large ones directly.

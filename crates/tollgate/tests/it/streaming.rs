@@ -156,5 +156,31 @@ async fn a_1gib_response_body_streams_through_with_bounded_memory() -> Result<()
         .wait_access_log(SHORT, |l| l["route"] == "download")
         .await?;
     assert_eq!(line["bytes_out"], GIB);
+    assert!(line.get("aborted").is_none(), "a complete response: {line}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_body_is_logged_as_aborted() -> Result<()> {
+    const SIZE: u64 = 64 << 20;
+    let up = Upstream::streaming(SIZE).await;
+    let gw = start(&ConfigBuilder::new().upstream("big", &up.url()).get(
+        "download",
+        "/download",
+        "big",
+    ))
+    .await?;
+    let mut r = gw.client().get(gw.url("/download")).send().await?;
+    assert_eq!(r.status(), 200);
+    assert!(r.chunk().await?.is_some());
+    // Dropping a response mid-body closes its connection.
+    drop(r);
+    let line = gw
+        .wait_access_log(SHORT, |l| l["route"] == "download")
+        .await?;
+    assert_eq!(line["aborted"], true, "{line}");
+    assert_eq!(line["status"], 200);
+    let sent = line["bytes_out"].as_u64().expect("bytes_out is a number");
+    assert!(sent > 0 && sent < SIZE, "{line}");
     Ok(())
 }
