@@ -532,8 +532,9 @@ pub struct LoggedBody {
     /// Boxed: the response moves through several layers on its way to the writer, and one
     /// allocation costs less than carrying the record through every move.
     done: Option<Box<Completion>>,
-    /// The last frame has been polled. The record waits for the body to be dropped, which the
-    /// writer does once the response is on the wire: bookkeeping stays off the response's path.
+    /// Polled past its end. With `inner.is_end_stream()` this says the body was sent whole;
+    /// the record itself waits for the drop, which the writer does once the response is on
+    /// the wire, so bookkeeping stays off the response's path.
     ended: bool,
 }
 
@@ -587,7 +588,6 @@ impl Body for LoggedBody {
                 if let (Some(d), Some(c)) = (f.data_ref(), this.done.as_mut()) {
                     c.bytes_out += d.len() as u64;
                 }
-                this.ended |= this.inner.is_end_stream();
             }
             Some(Err(_)) => {
                 if let Some(c) = this.done.take() {
