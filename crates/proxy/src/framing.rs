@@ -323,6 +323,113 @@ mod tests {
         );
     }
 
+    /// What a decoder made of some bytes: the data, whether trailers came, where the message
+    /// ended (bytes of the input consumed) and how it ended (`Ok(true)`: done).
+    type Outcome = (Vec<u8>, bool, usize, Result<bool, FramingError>);
+
+    /// Feeds `input` to a decoder in pieces ending at `cuts` (taken modulo the input's length),
+    /// the way socket reads deliver it, with end of stream after the last piece.
+    fn feed(framing: Framing, input: &[u8], cuts: &[usize]) -> Outcome {
+        let mut ends: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        ends.sort_unstable();
+        ends.push(input.len());
+        let mut d = Decoder::new(framing);
+        let (mut buf, mut data, mut trailers, mut fed) = (BytesMut::new(), Vec::new(), false, 0);
+        for (i, &end) in ends.iter().enumerate() {
+            buf.extend_from_slice(&input[fed..end.max(fed)]);
+            fed = end.max(fed);
+            let eof = i + 1 == ends.len();
+            loop {
+                match d.decode(&mut buf, eof) {
+                    Ok(Some(f)) => match f.into_data() {
+                        Ok(b) => data.extend_from_slice(&b),
+                        Err(f) => trailers |= f.is_trailers(),
+                    },
+                    Ok(None) => break,
+                    Err(e) => return (data, trailers, fed - buf.len(), Err(e)),
+                }
+            }
+            if d.is_done() {
+                break;
+            }
+        }
+        (data, trailers, fed - buf.len(), Ok(d.is_done()))
+    }
+
+    /// A chunked body with the given chunks, size lines in varying spellings, optional
+    /// extensions and trailer fields.
+    fn chunked(chunks: &[(Vec<u8>, u8)], trailers: &[(u8, u8)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (data, style) in chunks.iter().filter(|(d, _)| !d.is_empty()) {
+            let size = match style % 3 {
+                0 => format!("{:x}", data.len()),
+                1 => format!("{:X}", data.len()),
+                _ => format!("{:04x}", data.len()),
+            };
+            out.extend_from_slice(size.as_bytes());
+            if style % 4 == 3 {
+                out.extend_from_slice(b";name=\"va lue\";flag");
+            }
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(data);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\n");
+        for (name, value) in trailers {
+            out.extend_from_slice(format!("x-t{name}: v{value}\r\n").as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
+    proptest::proptest! {
+        /// However reads split a well-formed chunked body, it decodes to its data, ends exactly
+        /// at its last byte (what follows belongs to the next message) and says whether it
+        /// had trailers.
+        #[test]
+        fn chunked_bodies_decode_the_same_however_they_arrive(
+            chunks in proptest::collection::vec((proptest::collection::vec(proptest::num::u8::ANY, 0..40), 0u8..12), 0..6),
+            trailers in proptest::collection::vec((0u8..4, proptest::num::u8::ANY), 0..3),
+            next in proptest::collection::vec(proptest::num::u8::ANY, 0..20),
+            cuts in proptest::collection::vec(proptest::num::usize::ANY, 0..8),
+        ) {
+            let body = chunked(&chunks, &trailers);
+            let mut input = body.clone();
+            input.extend_from_slice(&next);
+            let want: Vec<u8> = chunks.iter().flat_map(|(d, _)| d.iter().copied()).collect();
+            let got = feed(Framing::Chunked, &input, &cuts);
+            proptest::prop_assert_eq!(got, (want, !trailers.is_empty(), body.len(), Ok(true)));
+        }
+
+        /// Any bytes at all, well-formed or damaged, in any framing: the decoder never panics,
+        /// and how the reads are split never changes what it decides, above all where the
+        /// message ends, which is what request smuggling exploits when two parsers disagree.
+        #[test]
+        fn any_bytes_decode_the_same_however_they_arrive(
+            chunks in proptest::collection::vec((proptest::collection::vec(proptest::num::u8::ANY, 0..24), 0u8..12), 0..4),
+            damage in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 0..4),
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            framing in 0u8..3,
+            cuts_a in proptest::collection::vec(proptest::num::usize::ANY, 0..8),
+            cuts_b in proptest::collection::vec(proptest::num::usize::ANY, 0..8),
+        ) {
+            let mut input = chunked(&chunks, &[]);
+            input.extend_from_slice(&noise);
+            for (at, byte) in damage {
+                let at = at % input.len();
+                input[at] = byte;
+            }
+            let framing = match framing {
+                0 => Framing::Chunked,
+                1 => Framing::Length(noise.len() as u64),
+                _ => Framing::Close,
+            };
+            let whole = feed(framing, &input, &[]);
+            proptest::prop_assert_eq!(&feed(framing, &input, &cuts_a), &whole);
+            proptest::prop_assert_eq!(&feed(framing, &input, &cuts_b), &whole);
+        }
+    }
+
     #[test]
     fn size_lines_are_lowercase_hex() {
         let mut w = Vec::new();

@@ -387,4 +387,169 @@ mod tests {
             .expect("complete");
         assert!(!h.expect_continue, "nothing to continue without a body");
     }
+
+    /// A parsed head, or the kind of error, in a form that compares.
+    type Seen = Result<
+        (
+            String,
+            String,
+            Version,
+            Vec<(String, Vec<u8>)>,
+            Option<Framing>,
+            [bool; 4],
+            [Option<Vec<u8>>; 3],
+        ),
+        Kind,
+    >;
+
+    fn seen(r: Result<Head, GatewayError>) -> Seen {
+        let h = r.map_err(|e| e.kind)?;
+        let fields = h
+            .request
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect();
+        let f = &h.fields;
+        let found = [&f.request_id, &f.host, &f.traceparent]
+            .map(|v| v.as_ref().map(|v| v.as_bytes().to_vec()));
+        Ok((
+            h.request.method().to_string(),
+            h.request.uri().to_string(),
+            h.request.version(),
+            fields,
+            h.framing,
+            [h.keep_alive, h.expect_continue, h.trailers, f.hop_by_hop],
+            found,
+        ))
+    }
+
+    /// Parses heads one after another off `input`, delivered in pieces ending at `cuts` (modulo
+    /// its length), as a connection does; `fresh`: a new scratch per head instead of the
+    /// connection's. Ends at the first error, or with `None` when the rest is incomplete.
+    fn heads(input: &[u8], cuts: &[usize], fresh: bool) -> Vec<Option<Seen>> {
+        let mut ends: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        ends.sort_unstable();
+        ends.push(input.len());
+        let (mut buf, mut fed, mut scratch, mut out) =
+            (BytesMut::new(), 0, Scratch::default(), Vec::new());
+        for end in ends {
+            buf.extend_from_slice(&input[fed..end.max(fed)]);
+            fed = end.max(fed);
+            loop {
+                if fresh {
+                    scratch = Scratch::default();
+                }
+                match parse(&mut buf, LIMITS, &mut scratch) {
+                    Ok(None) => break,
+                    Ok(Some(h)) => out.push(Some(seen(Ok(h)))),
+                    Err(e) => {
+                        out.push(Some(seen(Err(e))));
+                        return out;
+                    }
+                }
+            }
+        }
+        out.push(None);
+        out
+    }
+
+    /// Request heads from a pool of methods, targets, names (in several spellings, the ones
+    /// that frame a message or are hop-by-hop among them, and names of equal length that a
+    /// careless cache would confuse) and values; about one part in ten of each is invalid.
+    fn head_strategy() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let pick = |good: Vec<&'static str>, bad: Vec<&'static str>| prop_oneof![9 => prop::sample::select(good), 1 => prop::sample::select(bad)];
+        let method = pick(
+            vec!["GET", "POST", "PUT", "HEAD", "get", "X-CUSTOM"],
+            vec!["G T", ""],
+        );
+        let target = pick(
+            vec!["/", "/a/b?x=1&y", "*", "http://h/p", "/%7e/", "//"],
+            vec!["/a b", ""],
+        );
+        let version = pick(
+            vec!["HTTP/1.1", "HTTP/1.1", "HTTP/1.0"],
+            vec!["HTTP/1.2", "HTTP/2"],
+        );
+        let name = pick(
+            vec![
+                "Host",
+                "host",
+                "X-Request-ID",
+                "x-request-id",
+                "traceparent",
+                "TraceParent",
+                "Content-Length",
+                "Transfer-Encoding",
+                "Connection",
+                "TE",
+                "Expect",
+                "Keep-Alive",
+                "Upgrade",
+                "X-A",
+                "x-a",
+                "X-B",
+                "Cookie",
+                "Accept",
+                "Origin",
+                "X-Trace-Id1",
+            ],
+            vec!["Bad Name", ""],
+        );
+        let value = prop_oneof![
+            5 => prop::sample::select(vec![
+                "0", "5", "5, 5", "chunked", "gzip, chunked", "trailers", "close", "keep-alive",
+                "x-a, close", "100-continue", "",
+            ])
+            .prop_map(str::to_string),
+            4 => "[ -~]{0,12}",
+            1 => prop::sample::select(vec!["5,6", "+5", "chunked, gzip", "a\tb"])
+                .prop_map(str::to_string),
+        ];
+        let eol = pick(vec!["\r\n"], vec!["\n"]);
+        (
+            method,
+            target,
+            version,
+            prop::collection::vec((name, value, eol.clone()), 0..6),
+            eol,
+        )
+            .prop_map(|(m, t, v, fields, eol)| {
+                let mut h = format!("{m} {t} {v}\r\n");
+                for (n, val, e) in fields {
+                    h.push_str(&format!("{n}: {val}{e}"));
+                }
+                h.push_str(eol);
+                h.into_bytes()
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+
+        /// However reads split them, a connection's heads parse to the same requests (or the
+        /// same error), and a connection's name cache never makes one head read like another.
+        #[test]
+        fn heads_parse_the_same_however_they_arrive(
+            hs in proptest::collection::vec(head_strategy(), 1..4),
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..16),
+            cuts in proptest::collection::vec(proptest::num::usize::ANY, 0..12),
+        ) {
+            let mut input: Vec<u8> = hs.concat();
+            input.extend_from_slice(&noise);
+            let whole = heads(&input, &[], false);
+            proptest::prop_assert_eq!(&heads(&input, &cuts, false), &whole);
+            proptest::prop_assert_eq!(&heads(&input, &[], true), &whole);
+        }
+
+        /// Arbitrary bytes get a head, a wait or an error: never a panic, whatever the split.
+        #[test]
+        fn arbitrary_bytes_never_panic_the_head_parser(
+            input in proptest::collection::vec(proptest::num::u8::ANY, 0..256),
+            cuts in proptest::collection::vec(proptest::num::usize::ANY, 0..8),
+        ) {
+            proptest::prop_assert_eq!(heads(&input, &cuts, false), heads(&input, &[], true));
+        }
+    }
 }

@@ -522,3 +522,237 @@ impl Body for UpstreamBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// RFC 9110 §7.6.1 written out plainly, as the reference the parser is held to: a response
+    /// head's end-to-end fields are all of its fields but the hop-by-hop ones and those its
+    /// `Connection` names; `Content-Length` and `X-Request-ID` are left to the gateway.
+    /// `None`: httparse does not take the head.
+    fn end_to_end(head: &[u8]) -> Option<HeaderMap> {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut fields);
+        let Ok(httparse::Status::Complete(_)) = resp.parse(head) else {
+            return None;
+        };
+        let lower = |b: &[u8]| b.to_ascii_lowercase();
+        let named: Vec<Vec<u8>> = resp
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| h.value.split(|b| *b == b',').map(|t| lower(t.trim_ascii())))
+            .collect();
+        let mut map = HeaderMap::new();
+        for h in resp.headers.iter() {
+            let name = lower(h.name.as_bytes());
+            if crate::forward::is_hop_by_hop_name(&name)
+                || named.contains(&name)
+                || name == b"content-length"
+                || name == b"x-request-id"
+            {
+                continue;
+            }
+            map.append(
+                HeaderName::from_bytes(&name).ok()?,
+                HeaderValue::from_bytes(h.value.trim_ascii()).ok()?,
+            );
+        }
+        Some(map)
+    }
+
+    /// The end-to-end fields a parsed head hands on, by whichever path it took: for a kept
+    /// head both the bytes written to an HTTP/1.1 client (read back) and the map built for
+    /// HTTP/2 and response policies; otherwise the map.
+    fn handed_on(head: &Head) -> Vec<HeaderMap> {
+        let strip = |mut m: HeaderMap| {
+            m.remove(CONTENT_LENGTH);
+            m.remove(crate::forward::X_REQUEST_ID);
+            for v in m.values_mut() {
+                if let Ok(t) = HeaderValue::from_bytes(v.as_bytes().trim_ascii()) {
+                    *v = t;
+                }
+            }
+            m
+        };
+        let Some(raw) = &head.raw else {
+            return vec![strip(head.response.headers().clone())];
+        };
+        let mut lines = Vec::new();
+        raw.encode(&mut lines);
+        lines.extend_from_slice(b"\r\n");
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut written = HeaderMap::new();
+        if let Ok(httparse::Status::Complete((_, fs))) =
+            httparse::parse_headers(&lines, &mut fields)
+        {
+            for f in fs.iter() {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(f.name.as_bytes()),
+                    HeaderValue::from_bytes(f.value),
+                ) {
+                    written.append(n, v);
+                }
+            }
+        }
+        let mut built = HeaderMap::new();
+        RawFields {
+            head: raw.head.clone(),
+            spans: raw.spans,
+            n: raw.n,
+            length: raw.length,
+            date: raw.date,
+        }
+        .into_map(&mut built);
+        assert_eq!(
+            built.get(CONTENT_LENGTH).map(|v| v.as_bytes().to_vec()),
+            raw.length.map(|n| n.to_string().into_bytes())
+        );
+        vec![strip(written), strip(built)]
+    }
+
+    const INTERIM: &[u8] = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n";
+
+    /// Response heads from a pool of status lines, names (in several spellings, the framing
+    /// and hop-by-hop ones among them) and values, some with bare LF line endings; and
+    /// whether an interim response comes first.
+    fn head_strategy() -> impl Strategy<Value = (bool, Vec<u8>)> {
+        let status = prop::sample::select(vec![
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 204 No Content",
+            "HTTP/1.1 304 Not Modified",
+            "HTTP/1.0 200 OK",
+            "HTTP/1.1 404 Gone Fishing",
+            "HTTP/1.1 200",
+            "HTTP/1.1 999 X",
+        ]);
+        let name = prop::sample::select(vec![
+            "Content-Type",
+            "content-length",
+            "Content-Length",
+            "Transfer-Encoding",
+            "Connection",
+            "connection",
+            "Keep-Alive",
+            "TE",
+            "Trailer",
+            "Upgrade",
+            "Proxy-Connection",
+            "Date",
+            "X-Request-ID",
+            "X-A",
+            "x-a",
+            "X-B",
+            "Set-Cookie",
+            "Server",
+        ]);
+        let value = prop_oneof![
+            prop::sample::select(vec![
+                "0",
+                "12",
+                "12, 12",
+                "3,4",
+                "chunked",
+                "gzip, chunked",
+                "close",
+                "keep-alive",
+                "x-a",
+                "X-B, close",
+                "x-a, x-b",
+                "",
+                "  padded\t ",
+            ])
+            .prop_map(str::to_string),
+            "[ -~]{0,10}",
+        ];
+        let eol = prop::sample::select(vec!["\r\n", "\r\n", "\r\n", "\r\n", "\n"]);
+        (
+            prop::bool::weighted(0.2),
+            status,
+            prop::collection::vec((name, value, eol.clone()), 0..8),
+            eol,
+        )
+            .prop_map(|(interim, status, fields, eol)| {
+                let mut h = format!("{status}\r\n");
+                for (n, v, e) in fields {
+                    h.push_str(&format!("{n}: {v}{e}"));
+                }
+                h.push_str(eol);
+                (interim, h.into_bytes())
+            })
+    }
+
+    fn with_interim((interim, head): &(bool, Vec<u8>)) -> Vec<u8> {
+        let mut input = if *interim {
+            INTERIM.to_vec()
+        } else {
+            Vec::new()
+        };
+        input.extend_from_slice(head);
+        input
+    }
+
+    /// A parsed head in a form that compares.
+    type Summary = Option<Result<(u16, Vec<HeaderMap>, Framing, bool), String>>;
+
+    fn summary(r: Result<Option<Head>, InvalidHead>) -> Summary {
+        match r {
+            Ok(None) => None,
+            Ok(Some(h)) => Some(Ok((
+                h.response.status().as_u16(),
+                handed_on(&h),
+                h.framing,
+                h.keep_alive,
+            ))),
+            Err(e) => Some(Err(e.to_string())),
+        }
+    }
+
+    proptest! {
+        /// Whichever path a head takes (kept verbatim, or parsed into a map), what it hands on
+        /// is exactly its end-to-end fields, and the bytes after it stay in the buffer.
+        #[test]
+        fn a_head_hands_on_exactly_its_end_to_end_fields(
+            head in head_strategy(),
+            next in prop::collection::vec(any::<u8>(), 0..8),
+        ) {
+            let mut input = with_interim(&head);
+            input.extend_from_slice(&next);
+            let mut buf = BytesMut::from(&input[..]);
+            if let Ok(Some(h)) = parse_head(&mut buf, false, &mut Scratch::default()) {
+                let want = end_to_end(&head.1);
+                prop_assert!(want.is_some(), "took a head httparse refuses");
+                for got in handed_on(&h) {
+                    prop_assert_eq!(Some(&got), want.as_ref());
+                }
+                prop_assert_eq!(&buf[..], &next[..]);
+            }
+        }
+
+        /// A connection's name cache never makes one response head read like another: heads
+        /// parsed one after another on one scratch come out as on a fresh one each.
+        #[test]
+        fn a_connection_parses_its_heads_as_a_fresh_one_would(
+            heads in prop::collection::vec(head_strategy(), 1..5),
+        ) {
+            let mut scratch = Scratch::default();
+            for h in &heads {
+                let input = with_interim(h);
+                let shared = summary(parse_head(&mut BytesMut::from(&input[..]), false, &mut scratch));
+                let fresh = summary(parse_head(&mut BytesMut::from(&input[..]), false, &mut Scratch::default()));
+                prop_assert_eq!(shared, fresh);
+            }
+        }
+
+        /// Arbitrary bytes from an upstream get a head, a wait or an error, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic_the_response_parser(
+            input in prop::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let mut buf = BytesMut::from(&input[..]);
+            let _ = summary(parse_head(&mut buf, false, &mut Scratch::default()));
+        }
+    }
+}
