@@ -529,9 +529,9 @@ mod tests {
     use proptest::prelude::*;
 
     /// RFC 9110 §7.6.1 written out plainly, as the reference the parser is held to: a response
-    /// head's end-to-end fields are all of its fields but the hop-by-hop ones and those its
-    /// `Connection` names; `Content-Length` and `X-Request-ID` are left to the gateway.
-    /// `None`: httparse does not take the head.
+    /// head's end-to-end fields are all of its fields but the hop-by-hop ones (the gateway's
+    /// fixed list) and those its `Connection` names; `Content-Length` and `X-Request-ID` are
+    /// left to the gateway. `None`: httparse does not take the head.
     fn end_to_end(head: &[u8]) -> Option<HeaderMap> {
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut fields);
