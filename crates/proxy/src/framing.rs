@@ -267,6 +267,23 @@ pub(crate) fn chunk_size_line(w: &mut Vec<u8>, n: usize) {
     w.extend_from_slice(b"\r\n");
 }
 
+/// `input` cut into the pieces socket reads might deliver: ending at each of `cuts` (taken
+/// modulo the input's length, in order), the last at the end. For the parsers' split tests.
+#[cfg(test)]
+pub(crate) fn pieces<'a>(input: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+    let mut ends: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+    ends.sort_unstable();
+    ends.push(input.len());
+    let mut start = 0;
+    ends.into_iter()
+        .map(|end| {
+            let piece = &input[start..end];
+            start = end;
+            piece
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,18 +344,16 @@ mod tests {
     /// ended (bytes of the input consumed) and how it ended (`Ok(true)`: done).
     type Outcome = (Vec<u8>, bool, usize, Result<bool, FramingError>);
 
-    /// Feeds `input` to a decoder in pieces ending at `cuts` (taken modulo the input's length),
-    /// the way socket reads deliver it, with end of stream after the last piece.
+    /// Feeds `input` to a decoder in the [`pieces`] `cuts` make of it, with end of stream
+    /// after the last piece.
     fn feed(framing: Framing, input: &[u8], cuts: &[usize]) -> Outcome {
-        let mut ends: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
-        ends.sort_unstable();
-        ends.push(input.len());
+        let pieces = pieces(input, cuts);
         let mut d = Decoder::new(framing);
         let (mut buf, mut data, mut trailers, mut fed) = (BytesMut::new(), Vec::new(), false, 0);
-        for (i, &end) in ends.iter().enumerate() {
-            buf.extend_from_slice(&input[fed..end.max(fed)]);
-            fed = end.max(fed);
-            let eof = i + 1 == ends.len();
+        for (i, piece) in pieces.iter().enumerate() {
+            buf.extend_from_slice(piece);
+            fed += piece.len();
+            let eof = i + 1 == pieces.len();
             loop {
                 match d.decode(&mut buf, eof) {
                     Ok(Some(f)) => match f.into_data() {
