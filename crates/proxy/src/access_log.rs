@@ -2,9 +2,9 @@
 //! durations and byte counts are final).
 //!
 //! Lines are formatted into a shared buffer that a dedicated thread flushes in batches: the
-//! request path never makes a syscall for logging and never waits on a slow sink. If the sink
-//! falls more than `MAX_PENDING` behind, lines are dropped and counted rather than letting memory
-//! grow without bound.
+//! request path never waits on a slow sink, and its only syscall for logging is one wake-up of
+//! the flusher per full batch. If the sink falls more than `MAX_PENDING` behind, lines are
+//! dropped and counted rather than letting memory grow without bound.
 
 use prometheus_client::metrics::counter::Counter;
 use std::io::Write;
@@ -77,8 +77,45 @@ impl RouteFields {
 /// The members of a request that matched no route.
 const NO_ROUTE: &[u8] = b",\"tenant\":null,\"api\":null,\"route\":null";
 
+/// Lines waiting for the flusher, and what it has been told about them.
+#[derive(Default)]
+struct Pending {
+    lines: Vec<u8>,
+    /// The flusher was woken for a full batch and has not taken it yet. Waking it costs a
+    /// syscall even when it is already awake (a futex wake), so the lines that follow in the
+    /// meantime do not wake it again.
+    woken: bool,
+    /// `flush` wants the lines written now, however few.
+    forced: bool,
+}
+
+impl Pending {
+    /// Appends a request's line; says whether the flusher must be woken for it.
+    fn push(&mut self, r: &Record<'_>) -> bool {
+        format_record(&mut self.lines, r);
+        if self.lines.len() >= FLUSH_AT && !self.woken {
+            self.woken = true;
+            return true;
+        }
+        false
+    }
+
+    /// Whether the flusher should write now rather than at its next tick. Checked before it
+    /// sleeps too, so a wake-up sent while it was writing is not lost.
+    fn ready(&self) -> bool {
+        self.forced || self.lines.len() >= FLUSH_AT
+    }
+
+    /// Hands the lines to the flusher in exchange for its emptied buffer.
+    fn take(&mut self, out: &mut Vec<u8>) {
+        std::mem::swap(&mut self.lines, out);
+        self.woken = false;
+        self.forced = false;
+    }
+}
+
 struct Shared {
-    buf: Mutex<Vec<u8>>,
+    pending: Mutex<Pending>,
     wake: Condvar,
     /// Count of completed flush rounds, so `flush` can wait for a write to land.
     rounds: Mutex<u64>,
@@ -110,7 +147,10 @@ impl AccessLog {
     /// Starts the flushing thread. It lives as long as the process; `flush` forces a write.
     pub fn start(sink: Sink, dropped: Counter) -> Self {
         let shared = Arc::new(Shared {
-            buf: Mutex::new(Vec::with_capacity(FLUSH_AT * 2)),
+            pending: Mutex::new(Pending {
+                lines: Vec::with_capacity(FLUSH_AT * 2),
+                ..Pending::default()
+            }),
             wake: Condvar::new(),
             rounds: Mutex::new(0),
             round_done: Condvar::new(),
@@ -128,14 +168,19 @@ impl AccessLog {
     pub fn log(&self, r: &Record<'_>) {
         // Formatted straight into the shared buffer: the flusher holds the lock only to swap
         // buffers, so formatting under it costs no contention worth a second copy.
-        let mut buf = self.shared.buf.lock().unwrap_or_else(|p| p.into_inner());
-        if buf.len() > MAX_PENDING {
-            drop(buf);
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if pending.lines.len() > MAX_PENDING {
+            drop(pending);
             self.dropped.inc();
             return;
         }
-        format_record(&mut buf, r);
-        if buf.len() >= FLUSH_AT {
+        if pending.push(r) {
+            // Released first, so the flusher does not wake into a held lock.
+            drop(pending);
             self.shared.wake.notify_one();
         }
     }
@@ -144,6 +189,11 @@ impl AccessLog {
     pub fn flush(&self) {
         let rounds = self.shared.rounds.lock().unwrap_or_else(|p| p.into_inner());
         let start = *rounds;
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forced = true;
         self.shared.wake.notify_one();
         // Two rounds: the one in progress may have swapped out its buffer before our lines.
         let _ = self
@@ -157,12 +207,12 @@ fn flush_loop(shared: &Shared, mut sink: Sink) {
     let mut out = Vec::with_capacity(FLUSH_AT * 2);
     loop {
         {
-            let guard = shared.buf.lock().unwrap_or_else(|p| p.into_inner());
-            let (mut guard, _) = shared
+            let guard = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let (mut pending, _) = shared
                 .wake
-                .wait_timeout(guard, FLUSH_EVERY)
+                .wait_timeout_while(guard, FLUSH_EVERY, |p| !p.ready())
                 .unwrap_or_else(|p| p.into_inner());
-            std::mem::swap(&mut *guard, &mut out);
+            pending.take(&mut out);
         }
         if !out.is_empty() {
             write_batch(&mut sink, &out);
@@ -446,13 +496,11 @@ mod tests {
         assert_eq!(s, b"2001:db8::1");
     }
 
-    #[test]
-    fn memory_sink_receives_lines() {
-        let mem = Arc::new(Mutex::new(Vec::new()));
-        let log = AccessLog::start(Sink::Memory(mem.clone()), Counter::default());
-        let rec = Record {
+    /// A request that matched no route, with `id` as its request id.
+    fn unrouted(id: &str) -> Record<'_> {
+        Record {
             at: SystemTime::now(),
-            request_id: "x",
+            request_id: id,
             client_ip: [127, 0, 0, 1].into(),
             listener: "public",
             protocol: "HTTP/1.1",
@@ -469,14 +517,73 @@ mod tests {
             error: Some("not-found"),
             fault: Some("client"),
             aborted: false,
-        };
-        log.log(&rec);
+        }
+    }
+
+    #[test]
+    fn memory_sink_receives_lines() {
+        let mem = Arc::new(Mutex::new(Vec::new()));
+        let log = AccessLog::start(Sink::Memory(mem.clone()), Counter::default());
+        log.log(&unrouted("x"));
         log.flush();
         let text = String::from_utf8(mem.lock().expect("lock").clone()).expect("utf8");
         assert!(text.contains("\"error\":\"not-found\""), "{text}");
         let v: serde_json::Value = serde_json::from_str(text.trim()).expect("valid json");
         assert_eq!(v["route"], serde_json::Value::Null);
         assert_eq!(v["upstream"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_full_batch_wakes_the_flusher_once() {
+        let mut p = Pending::default();
+        for _ in 0..2 {
+            let (mut lines, mut wakes) = (0, 0);
+            while p.lines.len() < 3 * FLUSH_AT {
+                wakes += usize::from(p.push(&unrouted("x")));
+                lines += 1;
+                // Below a batch the flusher waits for its tick; from one batch on it writes
+                // whenever it looks, woken or not.
+                assert_eq!(p.ready(), p.lines.len() >= FLUSH_AT);
+            }
+            assert_eq!(wakes, 1, "one wake-up for {lines} lines");
+            let mut out = Vec::new();
+            p.take(&mut out);
+            assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), lines);
+            assert!(p.lines.is_empty() && !p.ready());
+        }
+        // A forced flush is ready with any number of lines, and taking them clears it.
+        p.push(&unrouted("x"));
+        p.forced = true;
+        assert!(p.ready());
+        p.take(&mut Vec::new());
+        assert!(!p.ready());
+    }
+
+    #[test]
+    fn lines_of_many_batches_arrive_whole_and_in_order() {
+        let mem = Arc::new(Mutex::new(Vec::new()));
+        let dropped = Counter::default();
+        let log = AccessLog::start(Sink::Memory(mem.clone()), dropped.clone());
+        let ids: Vec<String> = (0..2_000).map(|i| i.to_string()).collect();
+        for id in &ids {
+            log.log(&unrouted(id));
+        }
+        log.flush();
+        let text = String::from_utf8(mem.lock().expect("lock").clone()).expect("utf8");
+        assert!(
+            text.len() > 4 * FLUSH_AT,
+            "{} bytes: fewer batches than meant",
+            text.len()
+        );
+        let got: Vec<String> = text
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("valid json");
+                v["request_id"].as_str().expect("request_id").to_owned()
+            })
+            .collect();
+        assert_eq!(got, ids);
+        assert_eq!(dropped.get(), 0);
     }
 
     #[test]
