@@ -77,27 +77,22 @@ impl RouteFields {
 /// The members of a request that matched no route.
 const NO_ROUTE: &[u8] = b",\"tenant\":null,\"api\":null,\"route\":null";
 
-/// Lines waiting for the flusher, and what it has been told about them.
+/// Lines waiting for the flusher.
 #[derive(Default)]
 struct Pending {
     lines: Vec<u8>,
-    /// The flusher was woken for a full batch and has not taken it yet. Waking it costs a
-    /// syscall even when it is already awake (a futex wake), so the lines that follow in the
-    /// meantime do not wake it again.
-    woken: bool,
     /// `flush` wants the lines written now, however few.
     forced: bool,
 }
 
 impl Pending {
-    /// Appends a request's line; says whether the flusher must be woken for it.
+    /// Appends a request's line; says whether the flusher must be woken for it. Only the line
+    /// that fills a batch does: waking the flusher costs a syscall even when it is already awake
+    /// (a futex wake), and the lines after it are in the batch it is about to take.
     fn push(&mut self, r: &Record<'_>) -> bool {
+        let short = self.lines.len() < FLUSH_AT;
         format_record(&mut self.lines, r);
-        if self.lines.len() >= FLUSH_AT && !self.woken {
-            self.woken = true;
-            return true;
-        }
-        false
+        short && self.lines.len() >= FLUSH_AT
     }
 
     /// Whether the flusher should write now rather than at its next tick. Checked before it
@@ -106,10 +101,11 @@ impl Pending {
         self.forced || self.lines.len() >= FLUSH_AT
     }
 
-    /// Hands the lines to the flusher in exchange for its emptied buffer.
+    /// Hands the lines to the flusher in exchange for its emptied buffer, which starts the
+    /// next batch.
     fn take(&mut self, out: &mut Vec<u8>) {
+        debug_assert!(out.is_empty());
         std::mem::swap(&mut self.lines, out);
-        self.woken = false;
         self.forced = false;
     }
 }
