@@ -133,23 +133,30 @@ impl TraceParent {
         })
     }
 
-    /// Our span as a child of `parent` (same trace, new span id, flags kept), or a new trace.
-    pub fn child_or_new(parent: Option<&HeaderValue>, ids: &dyn IdSource) -> Self {
+    /// Our span as a child of `parent` (same trace, new span id, flags kept), or a new trace;
+    /// `true` when the parent's trace continues.
+    pub fn child_or_new(parent: Option<&HeaderValue>, ids: &dyn IdSource) -> (Self, bool) {
         let r = ids.next_u128();
         let span = (r as u64).max(1);
         match parent.and_then(|p| Self::parse(p.as_bytes())) {
-            Some(p) => Self {
-                trace_id: p.trace_id,
-                parent_id: span,
-                flags: p.flags & 0x01,
-            },
+            Some(p) => (
+                Self {
+                    trace_id: p.trace_id,
+                    parent_id: span,
+                    flags: p.flags & 0x01,
+                },
+                true,
+            ),
             None => {
                 let trace_id = ids.next_u128().max(1);
-                Self {
-                    trace_id,
-                    parent_id: span,
-                    flags: 0,
-                }
+                (
+                    Self {
+                        trace_id,
+                        parent_id: span,
+                        flags: 0,
+                    },
+                    false,
+                )
             }
         }
     }
@@ -239,7 +246,8 @@ mod tests {
     fn traceparent_child_keeps_trace_and_changes_span() {
         let parent =
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-        let child = TraceParent::child_or_new(Some(&parent), &SeededIds::new(1));
+        let (child, continued) = TraceParent::child_or_new(Some(&parent), &SeededIds::new(1));
+        assert!(continued);
         let s = child.to_header();
         let s = s.to_str().expect("ascii");
         assert!(s.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{s}");
@@ -260,6 +268,9 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
         ] {
             assert_eq!(TraceParent::parse(bad.as_bytes()), None, "{bad}");
+            let v = HeaderValue::from_str(bad).expect("value");
+            let (new, continued) = TraceParent::child_or_new(Some(&v), &SeededIds::new(2));
+            assert!(!continued && new.trace_id != 0x4bf92f3577b34da6a3ce929d0e0e4736);
         }
         // A future version may append fields.
         assert!(

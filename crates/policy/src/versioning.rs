@@ -73,21 +73,42 @@ impl Selector {
                 }
             }
         }
+        // RFC 9110 §12.5.1: the variant whose media type has the highest weight, unless the
+        // client weighs a type the default version could answer with (`application/json`,
+        // `application/*`, `*/*`) higher still. `text/html` and the like do not count.
+        let mut best: Option<(usize, f32)> = None;
+        let mut other = 0.0f32;
         for accept in req.headers.get_all(ACCEPT) {
             let Ok(accept) = accept.to_str() else {
                 continue;
             };
             for range in accept.split(',') {
-                let media = range.split(';').next().unwrap_or("").trim();
-                if let Some(i) = self.variants.iter().position(|(_, mt)| {
+                let mut params = range.split(';');
+                let media = params.next().unwrap_or("").trim();
+                let q = params
+                    .filter_map(|p| p.trim().strip_prefix("q=").or(p.trim().strip_prefix("Q=")))
+                    .find_map(|q| q.trim().parse::<f32>().ok())
+                    .unwrap_or(1.0);
+                match self.variants.iter().position(|(_, mt)| {
                     mt.as_deref()
                         .is_some_and(|mt| mt.eq_ignore_ascii_case(media))
                 }) {
-                    return Some(i + 1);
+                    Some(i) if q > 0.0 && best.is_none_or(|(_, bq)| q > bq) => {
+                        best = Some((i + 1, q));
+                    }
+                    Some(_) => {}
+                    None if media == "*/*"
+                        || media
+                            .get(..12)
+                            .is_some_and(|t| t.eq_ignore_ascii_case("application/")) =>
+                    {
+                        other = other.max(q)
+                    }
+                    None => {}
                 }
             }
         }
-        None
+        best.filter(|(_, q)| *q >= other).map(|(i, _)| i)
     }
 }
 
@@ -103,9 +124,55 @@ pub struct Versioning {
 
 #[derive(Debug)]
 struct GoneNotice {
+    /// As configured, possibly a template (`/v2/accounts/{id}`): the problem names it so.
     successor: Arc<str>,
+    /// The `Link` when the successor has no parameters; otherwise built per request.
     link: Option<HeaderValue>,
+    /// The retired route's path template, whose parameters fill the successor's.
+    template: Arc<str>,
     sunset: Option<HeaderValue>,
+}
+
+impl GoneNotice {
+    /// `Link` to the successor for this request: a URI reference cannot hold `{id}`, so the
+    /// successor's parameters take the values the request gave the retired route's. `None`
+    /// when the successor names a parameter the route does not have.
+    fn link_for(&self, path: &str) -> Option<HeaderValue> {
+        if self.link.is_some() || !self.successor.contains('{') {
+            return self.link.clone();
+        }
+        let mut values: Vec<(&str, &str)> = Vec::new();
+        let mut rest = path;
+        for t in self.template.split('/') {
+            let (seg, after) = rest.split_once('/').unwrap_or((rest, ""));
+            if let Some(name) = t.strip_prefix('{').and_then(|n| n.strip_suffix('}')) {
+                match name.strip_prefix('*') {
+                    // A catch-all takes the rest of the path.
+                    Some(name) => {
+                        values.push((name, rest));
+                        break;
+                    }
+                    None => values.push((name, seg)),
+                }
+            }
+            rest = after;
+        }
+        let mut out = String::with_capacity(self.successor.len() + 16);
+        for (i, seg) in self.successor.split('/').enumerate() {
+            if i > 0 {
+                out.push('/');
+            }
+            match seg.strip_prefix('{').and_then(|n| n.strip_suffix('}')) {
+                Some(name) => {
+                    let name = name.trim_start_matches('*');
+                    let (_, v) = values.iter().find(|(n, _)| *n == name)?;
+                    out.push_str(v);
+                }
+                None => out.push_str(seg),
+            }
+        }
+        HeaderValue::from_str(&format!("<{out}>; rel=\"successor-version\"")).ok()
+    }
 }
 
 impl Versioning {
@@ -141,8 +208,12 @@ impl Versioning {
         });
         let gone = route.gone.as_ref().map(|g| GoneNotice {
             successor: Arc::from(g.successor.as_str()),
-            link: HeaderValue::from_str(&format!("<{}>; rel=\"successor-version\"", g.successor))
-                .ok(),
+            link: if g.successor.contains('{') {
+                None
+            } else {
+                HeaderValue::from_str(&format!("<{}>; rel=\"successor-version\"", g.successor)).ok()
+            },
+            template: Arc::from(route.path.as_str()),
             sunset: g
                 .sunset
                 .and_then(|s| HeaderValue::from_str(&httpdate::fmt_http_date(s.0)).ok()),
@@ -192,7 +263,7 @@ impl Policy for Versioning {
         if let Some(g) = &self.gone {
             return Step::Reject(Self::gone_error(
                 &g.successor,
-                g.link.as_ref(),
+                g.link_for(req.uri.path()).as_ref(),
                 g.sunset.as_ref(),
             ));
         }
@@ -322,6 +393,33 @@ routes:
             ),
             ("/accounts/1", vec![("api-version", "1")], 1),
             ("/accounts/1", vec![("accept", "application/json")], 0),
+            // Weights decide between the default's type and the variant's.
+            (
+                "/accounts/1",
+                vec![(
+                    "accept",
+                    "application/json, application/vnd.bank.v1+json;q=0.9",
+                )],
+                0,
+            ),
+            (
+                "/accounts/1",
+                vec![(
+                    "accept",
+                    "application/json;q=0.5, application/vnd.bank.v1+json",
+                )],
+                1,
+            ),
+            (
+                "/accounts/1",
+                vec![("accept", "*/*, application/vnd.bank.v1+json")],
+                1,
+            ),
+            (
+                "/accounts/1",
+                vec![("accept", "application/vnd.bank.v1+json;q=0")],
+                0,
+            ),
         ] {
             let (c, r) = run(&neg, &mut parts(uri, &hdrs));
             assert!(r.is_ok());
@@ -372,5 +470,31 @@ routes:
             body.contains("\"successor\":\"/v2/accounts/{id}\""),
             "{body}"
         );
+        // The header is a URI reference: the template filled with the request's values.
+        let link = e.headers.iter().find(|(n, _)| n == LINK).map(|(_, v)| v);
+        assert_eq!(
+            link.and_then(|v| v.to_str().ok()),
+            Some("</v2/accounts/1>; rel=\"successor-version\"")
+        );
+        let g = |successor: &str, template: &str| GoneNotice {
+            successor: successor.into(),
+            link: None,
+            template: template.into(),
+            sunset: None,
+        };
+        let link = |n: GoneNotice, path: &str| {
+            n.link_for(path)
+                .map(|v| v.to_str().unwrap_or("").to_string())
+        };
+        assert_eq!(
+            link(g("/v2/{b}/x/{a}", "/v0/{a}/{b}"), "/v0/1/2").as_deref(),
+            Some("</v2/2/x/1>; rel=\"successor-version\"")
+        );
+        assert_eq!(
+            link(g("/v2/files/{*rest}", "/v0/files/{*rest}"), "/v0/files/a/b").as_deref(),
+            Some("</v2/files/a/b>; rel=\"successor-version\"")
+        );
+        // A parameter the retired route does not have: no header rather than a template.
+        assert_eq!(link(g("/v2/{zz}", "/v0/{a}"), "/v0/1"), None);
     }
 }

@@ -157,6 +157,7 @@ fn headers(c: &mut Criterion) {
             let id = tollgate_core::trace::new_request_id(&ids);
             let tp =
                 tollgate_core::trace::TraceParent::child_or_new(Some(black_box(&parent)), &ids)
+                    .0
                     .encode();
             (id, tp)
         })

@@ -55,6 +55,14 @@ impl Snapshot {
     pub fn config(&self) -> &Config {
         &self.loaded.config
     }
+
+    /// The routes a listener serves.
+    pub fn router(&self, listener: tollgate_core::Listener) -> &Router {
+        match listener {
+            tollgate_core::Listener::Public => &self.public,
+            tollgate_core::Listener::Tls => &self.tls,
+        }
+    }
 }
 
 /// Compile problems carry key paths like validation problems; `line` is filled from the source.
@@ -68,6 +76,13 @@ pub fn compile(
     let cfg = &loaded.config;
     let mut problems = Vec::new();
     let mut push = |key_path: String, message: String| {
+        // A route on both listeners would report its conflict once per listener.
+        if problems
+            .iter()
+            .any(|p: &Problem| p.key_path == key_path && p.message == message)
+        {
+            return;
+        }
         let line = tollgate_config::line_of(&loaded.source_text, &key_path);
         problems.push(Problem {
             key_path,

@@ -12,6 +12,7 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
@@ -106,20 +107,38 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// Client fields the pipeline deals with after the policies, noticed while stripping.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Noticed {
+    /// The API key field: authentication still needs it, the upstream never sees it.
+    pub api_key: bool,
+    /// `tracestate`: it goes with the client's trace, and goes away if we start another.
+    pub tracestate: bool,
+}
+
 /// Removes headers through which the gateway tells upstreams who the caller is
 /// (`X-Consumer-*`, `X-Auth-*`, the client-certificate header): only the gateway may set them,
-/// so a client's copies never pass.
-pub fn strip_identity(h: &mut HeaderMap, cert_header: &HeaderName) {
+/// so a client's copies never pass. One pass over the names, which also notices the fields
+/// dealt with later.
+pub fn strip_identity(
+    h: &mut HeaderMap,
+    cert_header: &HeaderName,
+    key_header: &HeaderName,
+) -> Noticed {
     let mut found: Vec<HeaderName> = Vec::new();
+    let mut seen = Noticed::default();
     for k in h.keys() {
         let s = k.as_str();
         if s.starts_with("x-consumer-") || s.starts_with("x-auth-") || k == cert_header {
             found.push(k.clone());
         }
+        seen.api_key |= k == key_header;
+        seen.tracestate |= k == TRACESTATE;
     }
     for k in found {
         h.remove(k);
     }
+    seen
 }
 
 fn trusted(ip: IpAddr, nets: &[IpNet]) -> bool {

@@ -121,6 +121,17 @@ pub(crate) async fn handle(
         }
     };
 
+    // A 405 matched a path but no route: the path's version notice still applies.
+    if route.is_none()
+        && error
+            .as_ref()
+            .is_some_and(|e| e.kind == Kind::MethodNotAllowed)
+        && let Some(p) = snap.router(conn.listener).version_policy(uri.path())
+    {
+        let (mut head, body) = resp.into_parts();
+        p.on_response(&ctx, &mut head);
+        resp = Response::from_parts(head, body);
+    }
     // Response hooks run for every response once the route is known, whatever produced it.
     if let Some(r) = &route
         && !r.policies.is_empty()
@@ -211,7 +222,11 @@ async fn run(
     if client.hop_by_hop {
         forward::strip_hop_by_hop(&mut parts.headers);
     }
-    forward::strip_identity(&mut parts.headers, &snap.identity.cert_header);
+    let noticed = forward::strip_identity(
+        &mut parts.headers,
+        &snap.identity.cert_header,
+        &snap.identity.api_key_header,
+    );
     for p in route.policies.iter() {
         let decision = match p.on_request(ctx, &mut parts) {
             Step::Continue => continue,
@@ -224,6 +239,11 @@ async fn run(
             Decision::Reject(e) => return Err(e),
             Decision::Respond(r) => return Ok(r.map(ResponseBody::full)),
         }
+    }
+    // A partner's key is its secret, whatever the route's schemes: the upstream learns the
+    // caller from `X-Consumer-ID`, and has no business holding the key (or logging it).
+    if noticed.api_key {
+        parts.headers.remove(&snap.identity.api_key_header);
     }
 
     if let Some(limit) = route.max_body_bytes
@@ -266,7 +286,13 @@ async fn run(
         Listener::Public => "http",
         Listener::Tls => "https",
     };
-    let traceparent = TraceParent::child_or_new(client.traceparent.as_ref(), &*shared.ids);
+    let (traceparent, continued) =
+        TraceParent::child_or_new(client.traceparent.as_ref(), &*shared.ids);
+    // W3C Trace Context §3.3: a vendor state describes the trace it came with; with that
+    // trace's `traceparent` missing or invalid, we started another and the state is void.
+    if noticed.tracestate && !continued {
+        parts.headers.remove(forward::TRACESTATE);
+    }
     let mut forwarded = forward::Forwarded::new(
         &parts.headers,
         &conn.peer_value,
@@ -384,11 +410,15 @@ fn route<'s>(
             "the path contains `.` or `..` segments",
         ));
     }
-    let router = match listener {
-        Listener::Public => &snap.public,
-        Listener::Tls => &snap.tls,
-    };
-    match router.lookup(method, path) {
+    // RFC 3986 §2.1: `%` starts two hex digits. An upstream would decode anything else in its
+    // own way (or refuse it), so the path it sees might not be the one we routed.
+    if has_bad_escape(path) {
+        return Err(GatewayError::new(
+            Kind::BadRequest,
+            "the path has a `%` that is not followed by two hex digits",
+        ));
+    }
+    match snap.router(listener).lookup(method, path) {
         Lookup::Found(r) => Ok(r),
         Lookup::MethodNotAllowed(allow) => Err(GatewayError::new(
             Kind::MethodNotAllowed,
@@ -410,6 +440,19 @@ fn has_dot_segment(path: &str) -> bool {
         return false;
     }
     path.split('/').any(|seg| is_dot_segment(seg.as_bytes()))
+}
+
+fn has_bad_escape(path: &str) -> bool {
+    let b = path.as_bytes();
+    let mut i = 0;
+    while let Some(at) = b[i..].iter().position(|&c| c == b'%') {
+        let at = i + at;
+        match b.get(at + 1..at + 3) {
+            Some([h, l]) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => i = at + 3,
+            _ => return true,
+        }
+    }
+    false
 }
 
 /// `.` or `..`, with any dot possibly percent-encoded as `%2e`/`%2E`.
@@ -620,7 +663,17 @@ impl Drop for LoggedBody {
 
 #[cfg(test)]
 mod tests {
-    use super::has_dot_segment;
+    use super::{has_bad_escape, has_dot_segment};
+
+    #[test]
+    fn percent_signs_must_start_an_escape() {
+        for p in ["/a%", "/a%2", "/a%zz", "/a%2g/b", "/%%41", "/a%20%"] {
+            assert!(has_bad_escape(p), "{p}");
+        }
+        for p in ["/", "/a%20b", "/%2F%2f", "/a/%41%42%43", "/100%25"] {
+            assert!(!has_bad_escape(p), "{p}");
+        }
+    }
 
     #[test]
     fn dot_segments_are_detected_plain_and_encoded() {

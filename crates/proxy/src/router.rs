@@ -43,10 +43,12 @@ impl std::fmt::Debug for CompiledRoute {
 }
 
 /// All routes sharing one path template.
-#[derive(Debug)]
 struct PathEntry {
     methods: Vec<(Method, Arc<CompiledRoute>)>,
     allow: HeaderValue,
+    /// The path's version policy, if a route here has one: a version's deprecation notice is
+    /// about the path, so it goes on a 405 there too.
+    version: Option<Arc<dyn Policy>>,
 }
 
 pub enum Lookup<'a> {
@@ -64,6 +66,33 @@ pub struct Router {
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Router").field("routes", &self.len).finish()
+    }
+}
+
+/// Whether some request path matches both templates. A `{param}` matches one non-empty
+/// segment, a trailing `{*rest}` one or more; anything else matches itself. The router picks a
+/// literal over a parameter, so `/a/{id}` and `/a/b` overlap even though both can be routed:
+/// a registration that did this would take requests away from another API.
+pub fn templates_overlap(a: &str, b: &str) -> bool {
+    fn param(seg: &str) -> Option<bool> {
+        let name = seg.strip_prefix('{')?.strip_suffix('}')?;
+        Some(name.starts_with('*'))
+    }
+    let (mut a, mut b) = (a.split('/'), b.split('/'));
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return true,
+            (Some(x), Some(y)) => match (param(x), param(y)) {
+                (Some(true), _) => return !y.is_empty(),
+                (_, Some(true)) => return !x.is_empty(),
+                (Some(false), Some(false)) => {}
+                (Some(false), None) if !y.is_empty() => {}
+                (None, Some(false)) if !x.is_empty() => {}
+                (None, None) if x == y => {}
+                _ => return false,
+            },
+            _ => return false,
+        }
     }
 }
 
@@ -134,14 +163,27 @@ impl RouterBuilder {
                 HeaderValue::from_str(&names.join(", ")).unwrap_or(HeaderValue::from_static("GET"));
             let first_key = list.first().map(|(_, _, k)| k.clone()).unwrap_or_default();
             len += list.len();
+            let version = list.iter().find_map(|(_, r, _)| {
+                r.policies
+                    .iter()
+                    .find(|p| p.phase() == tollgate_core::Phase::Version)
+                    .cloned()
+            });
             let entry = PathEntry {
                 methods: list.into_iter().map(|(m, r, _)| (m, r)).collect(),
                 allow,
+                version,
             };
             tree.insert(template.as_str(), entry)
                 .map_err(|e| RouteConflict {
                     key_path: first_key,
-                    message: format!("path `{template}` conflicts with another route: {e}"),
+                    message: match e {
+                        matchit::InsertError::Conflict { with } => format!(
+                            "path `{template}` overlaps `{with}`, which another route serves: \
+                             parameters in the same place must have the same name"
+                        ),
+                        other => format!("path `{template}` cannot be routed ({other})"),
+                    },
                 })?;
         }
         Ok(Router { tree, len })
@@ -159,11 +201,49 @@ impl Router {
         }
     }
 
+    /// The version policy of the routes at `path` (see [`PathEntry::version`]).
+    pub fn version_policy(&self, path: &str) -> Option<&Arc<dyn Policy>> {
+        self.tree.at(path).ok()?.value.version.as_ref()
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::templates_overlap;
+
+    #[test]
+    fn templates_overlap_when_one_request_path_could_match_both() {
+        for (a, b) in [
+            ("/acme/orders/{id}", "/acme/orders/{id}"),
+            ("/acme/orders/{id}", "/acme/orders/{order}"),
+            ("/acme/orders/{id}", "/acme/orders/special"),
+            ("/{a}/b", "/x/{c}"),
+            ("/files/{*rest}", "/files/a/b/c"),
+            ("/files/{*rest}", "/files/{id}"),
+            ("/v1", "/v1"),
+        ] {
+            assert!(templates_overlap(a, b), "{a} {b}");
+            assert!(templates_overlap(b, a), "{b} {a}");
+        }
+        for (a, b) in [
+            ("/acme/orders/{id}", "/beta/orders/{id}"),
+            ("/acme/orders/{id}", "/acme/orders/{id}/items"),
+            ("/acme/orders/{id}", "/acme/orders/"),
+            ("/acme/orders", "/acme/orders/"),
+            ("/files/{*rest}", "/files"),
+            ("/files/{*rest}", "/files/"),
+            ("/v1/payments", "/v1/payments/{id}"),
+        ] {
+            assert!(!templates_overlap(a, b), "{a} {b}");
+            assert!(!templates_overlap(b, a), "{b} {a}");
+        }
     }
 }

@@ -437,11 +437,7 @@ impl Auth {
             )
             .with_extension("error", "insufficient_scope".into()));
         }
-        // The upstream learns who the caller is from X-Consumer-ID; the partner's key itself
-        // has no business there (or in upstream logs).
-        if self.schemes.contains(&AuthScheme::ApiKey) {
-            req.headers.remove(&self.identity.api_key_header);
-        }
+        // The key itself is removed by the pipeline after every policy, on every route.
         // `X-Consumer-*` go with the consumer (`Consumer::upstream_fields`), written by the
         // upstream client rather than inserted into the request's map: any a client sent is
         // already gone (`forward::strip_identity`).

@@ -107,6 +107,7 @@ pub(super) fn parse(
     // Room for fields policies add: growing a map rehashes it.
     let mut headers = HeaderMap::with_capacity(scratch.fields.len() + ADDED_FIELDS);
     let mut fields = HeadFields::default();
+    let mut hosts = 0usize;
     for f in scratch.fields.iter() {
         let name = scratch
             .names
@@ -119,7 +120,10 @@ pub(super) fn parse(
         // The first of each, as a map lookup would find it.
         let slot = match f.kind {
             NameKind::RequestId => Some(&mut fields.request_id),
-            NameKind::Host => Some(&mut fields.host),
+            NameKind::Host => {
+                hosts += 1;
+                Some(&mut fields.host)
+            }
             NameKind::TraceParent => Some(&mut fields.traceparent),
             k => {
                 fields.hop_by_hop |= k.is_hop_by_hop();
@@ -135,6 +139,15 @@ pub(super) fn parse(
     }
 
     let http10 = scan.version == 0;
+    // RFC 9112 §3.2: the target's authority must be unambiguous, and the forwarding fields and
+    // routing by host depend on it. HTTP/1.0 predates `Host`.
+    match (hosts, &fields.host) {
+        (0, _) if !http10 => return Err(bad("the request has no Host field")),
+        (0, _) => {}
+        (1, Some(h)) if valid_host(h.as_bytes()) => {}
+        (1, _) => return Err(bad("the Host field is not a valid authority")),
+        _ => return Err(bad("the request has more than one Host field")),
+    }
     let f = &scan.framing;
     let framing = if f.transfer_encoding {
         // RFC 9112 §6.1: chunked must be the final coding, and a request cannot carry both
@@ -179,6 +192,35 @@ pub(super) fn parse(
         trailers: scan.trailers,
         fields,
     }))
+}
+
+/// `uri-host [ ":" port ]` (RFC 9110 §7.2, RFC 3986 §3.2.2) without user info, which the
+/// field must not carry; empty is allowed for a target without an authority.
+fn valid_host(v: &[u8]) -> bool {
+    v.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'['
+                    | b']'
+            )
+    })
 }
 
 /// What one pass over the raw head found.
@@ -306,29 +348,72 @@ mod tests {
     #[test]
     fn ambiguous_framing_is_a_400() {
         for bad in [
-            "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
             "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
-            "GET / HTTP/2.0\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n",
+            "GET / HTTP/2.0\r\nHost: a\r\n\r\n",
         ] {
             let e = parse_str(bad)
                 .err()
                 .unwrap_or_else(|| panic!("accepted {bad:?}"));
             assert_eq!(e.kind, Kind::BadRequest, "{bad:?}");
         }
-        let h = parse_str("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n")
+        let h = parse_str("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n")
             .expect("same value twice is one length")
             .expect("complete");
         assert_eq!(h.framing, Some(Framing::Length(5)));
     }
 
     #[test]
+    fn an_http11_request_has_exactly_one_valid_host() {
+        for (head, why) in [
+            ("GET / HTTP/1.1\r\n\r\n", "no Host field"),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n",
+                "more than one",
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                "more than one",
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: u@a\r\n\r\n",
+                "not a valid authority",
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n",
+                "not a valid authority",
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+                "not a valid authority",
+            ),
+            ("GET http://a/ HTTP/1.1\r\n\r\n", "no Host field"),
+        ] {
+            let e = parse_str(head)
+                .err()
+                .unwrap_or_else(|| panic!("accepted {head:?}"));
+            assert_eq!(e.kind, Kind::BadRequest, "{head:?}");
+            assert!(e.detail.contains(why), "{head:?}: {}", e.detail);
+        }
+        for head in [
+            "GET / HTTP/1.1\r\nHost: api.bank.test\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost:\r\n\r\n",
+            "GET / HTTP/1.0\r\n\r\n",
+        ] {
+            assert!(parse_str(head).expect(head).is_some(), "{head:?}");
+        }
+    }
+
+    #[test]
     fn the_fields_the_pipeline_reads_are_found_while_parsing() {
         let h = parse_str(
-            "GET / HTTP/1.1\r\nhost: a\r\nX-Request-Id: r1\r\nx-request-id: r2\r\nTraceParent: t\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: a\r\nX-Request-Id: r1\r\nx-request-id: r2\r\nTraceParent: t\r\n\r\n",
         )
         .expect("ok")
         .expect("complete");
@@ -355,12 +440,12 @@ mod tests {
             "Upgrade: x",
             "Proxy-Connection: x",
         ] {
-            let h = parse_str(&format!("GET / HTTP/1.1\r\n{hop}\r\n\r\n"))
+            let h = parse_str(&format!("GET / HTTP/1.1\r\n{hop}\r\nHost: a\r\n\r\n"))
                 .expect("ok")
                 .expect("complete");
             assert!(h.fields.hop_by_hop, "{hop}");
             assert!(HeadFields::of(h.request.headers()).hop_by_hop, "{hop}");
-            assert!(h.fields.request_id.is_none() && h.fields.host.is_none());
+            assert!(h.fields.request_id.is_none() && h.fields.traceparent.is_none());
         }
     }
 
@@ -374,15 +459,17 @@ mod tests {
             .expect("ok")
             .expect("complete");
         assert!(h.keep_alive);
-        let h = parse_str("GET / HTTP/1.1\r\nConnection: close\r\nTE: trailers\r\n\r\n")
+        let h = parse_str("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nTE: trailers\r\n\r\n")
             .expect("ok")
             .expect("complete");
         assert!(!h.keep_alive && h.trailers);
-        let h = parse_str("PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
-            .expect("ok")
-            .expect("complete");
+        let h = parse_str(
+            "PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+        )
+        .expect("ok")
+        .expect("complete");
         assert!(h.expect_continue);
-        let h = parse_str("GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n")
+        let h = parse_str("GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n")
             .expect("ok")
             .expect("complete");
         assert!(!h.expect_continue, "nothing to continue without a body");
@@ -503,15 +590,21 @@ mod tests {
                 .prop_map(str::to_string),
         ];
         let eol = pick(vec!["\r\n"], vec!["\n"]);
+        // Most heads name their host first, as clients do; the rest test its absence.
+        let host = pick(
+            vec!["Host: h\r\n", "host: a:80\r\n", "HOST: \r\n"],
+            vec![""],
+        );
         (
             method,
             target,
             version,
+            host,
             prop::collection::vec((name, value, eol.clone()), 0..6),
             eol,
         )
-            .prop_map(|(m, t, v, fields, eol)| {
-                let mut h = format!("{m} {t} {v}\r\n");
+            .prop_map(|(m, t, v, host, fields, eol)| {
+                let mut h = format!("{m} {t} {v}\r\n{host}");
                 for (n, val, e) in fields {
                     h.push_str(&format!("{n}: {val}{e}"));
                 }

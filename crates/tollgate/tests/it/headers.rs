@@ -298,9 +298,15 @@ async fn traceparent_reaches_the_upstream_as_a_child_of_the_same_trace() -> Resu
     let r = c
         .get(gw.url("/e/1"))
         .header("traceparent", sent)
+        .header("tracestate", "vendor=abc")
         .send()
         .await?;
     let echo: serde_json::Value = r.json().await?;
+    assert_eq!(
+        echoed(&echo, "tracestate"),
+        Some("vendor=abc"),
+        "the trace's state goes with it"
+    );
     let got = echoed(&echo, "traceparent").unwrap_or("");
     let (_, trace, parent, flags) =
         parse_tp(got).unwrap_or_else(|| panic!("invalid traceparent upstream: {got:?}"));
@@ -321,9 +327,15 @@ async fn traceparent_reaches_the_upstream_as_a_child_of_the_same_trace() -> Resu
         let r = c
             .get(gw.url("/e/1"))
             .header("traceparent", invalid)
+            .header("tracestate", "vendor=abc")
             .send()
             .await?;
         let echo: serde_json::Value = r.json().await?;
+        assert_eq!(
+            echoed(&echo, "tracestate"),
+            None,
+            "{invalid}: the state of a trace we did not continue"
+        );
         let got = echoed(&echo, "traceparent").unwrap_or("");
         let (_, trace, _, _) = parse_tp(got)
             .unwrap_or_else(|| panic!("{invalid}: invalid traceparent upstream: {got:?}"));

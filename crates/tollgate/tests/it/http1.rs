@@ -148,6 +148,16 @@ async fn ambiguous_or_malformed_heads_are_400_problems_and_close() -> Result<()>
             "bad field",
             format!("GET /read/1 HTTP/1.1\r\nHost: {addr}\r\nBad Field: x\r\n\r\n"),
         ),
+        // RFC 9112 §3.2: exactly one Host, and a valid one.
+        ("no host", "GET /read/1 HTTP/1.1\r\n\r\n".to_string()),
+        (
+            "two hosts",
+            format!("GET /read/1 HTTP/1.1\r\nHost: {addr}\r\nHost: other\r\n\r\n"),
+        ),
+        (
+            "user info in host",
+            "GET /read/1 HTTP/1.1\r\nHost: user@example\r\n\r\n".to_string(),
+        ),
     ] {
         let r = raw_request(addr, req.as_bytes(), SHORT).await?;
         assert_eq!(r.status, 400, "{what}");

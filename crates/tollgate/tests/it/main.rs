@@ -19,3 +19,4 @@ mod shutdown;
 mod streaming;
 mod traffic;
 mod upstreams;
+mod versions;

@@ -199,3 +199,22 @@ async fn dot_segments_are_a_400_problem() -> Result<()> {
     assert_eq!(up.hits(), 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_percent_sign_that_starts_no_escape_is_a_400_problem() -> Result<()> {
+    let (up, gw) = echo_gateway("up").await?;
+    for target in ["/e/%zz", "/e/1%", "/e/%4", "/e/%%41"] {
+        let r = raw_get(gw.public_addr(), target, &[]).await?;
+        let doc = assert_problem(r.status_code(), &r.headers, &r.body, 400);
+        assert!(
+            doc["detail"].as_str().is_some_and(|d| d.contains('%')),
+            "{target}: {doc}"
+        );
+    }
+    // Escapes pass as they came: the upstream decodes them.
+    let r = raw_get(gw.public_addr(), "/e/a%20b%2F", &[]).await?;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()?["path"], "/e/a%20b%2F");
+    assert_eq!(up.hits(), 1);
+    Ok(())
+}
