@@ -36,7 +36,9 @@ pub fn router(gateway: Gateway, token: Option<String>, manage: Option<Arc<Manage
         manage,
         guard: Arc::default(),
     };
-    let protected = routes::protected().route_layer(middleware::from_fn_with_state(
+    // `layer`, not `route_layer`: a wrong method on a protected path is a 401 to a caller
+    // without a token, not a 405 telling them what the path accepts.
+    let protected = routes::protected().layer(middleware::from_fn_with_state(
         state.clone(),
         auth::require_token,
     ));
@@ -46,6 +48,7 @@ pub fn router(gateway: Gateway, token: Option<String>, manage: Option<Arc<Manage
         .route("/metrics", get(routes::system::metrics))
         .merge(protected)
         .fallback(routes::system::not_found)
+        .layer(middleware::from_fn(routes::system::method_not_allowed))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(auth::request_id))
         .with_state(state)

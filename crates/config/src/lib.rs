@@ -182,10 +182,16 @@ pub fn parse_str(text: &str, env: &EnvOverrides, base_dir: &Path) -> Result<Conf
                 .location()
                 .map(|l| l.line())
                 .or_else(|| locate::line_of(text, &key_path));
+            let message = strip_location(&inner.to_string());
+            // The YAML error may name the path itself; the problem names it once.
+            let message = match message.strip_prefix(&format!("{key_path}: ")) {
+                Some(rest) if !key_path.is_empty() => rest.to_string(),
+                _ => message,
+            };
             return Err(vec![Problem {
                 key_path,
                 line,
-                message: strip_location(&inner.to_string()),
+                message,
             }]);
         }
     };

@@ -839,6 +839,16 @@ fn operation(
             (schemes.unwrap_or_default(), s)
         }
         None => {
+            // Fail closed: who may call an operation is always written down, on it or as the
+            // API's default; `[]` is how a public operation says so.
+            if top.auth.is_none() {
+                p.push(
+                    child(&xptr, "auth"),
+                    "required (here or at the top-level x-tollgate): the schemes that may call \
+                     this operation, e.g. [\"api_key\", \"jwt\"]; [] makes it public",
+                );
+                ok = false;
+            }
             let s = match get("scopes") {
                 Some(v) => {
                     let sptr = child(&xptr, "scopes");

@@ -69,8 +69,6 @@ impl std::fmt::Debug for Gateway {
 pub enum ReloadError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("reload already in progress")]
-    Busy,
 }
 
 impl Gateway {
@@ -149,8 +147,12 @@ impl Gateway {
     }
 
     fn try_reload(&self, path: &std::path::Path) -> Result<u64, ReloadError> {
-        let Ok(mut sources) = self.shared.reload_lock.try_lock() else {
-            return Err(ReloadError::Busy);
+        // A reload asked for while another runs waits its turn rather than being refused: the
+        // file may have changed since the other one read it (SIGHUP right after an edit the
+        // watcher also saw), and the last reload must see the last write.
+        let mut sources = match self.shared.reload_lock.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
         };
         let file = Arc::new(tollgate_config::load(path, &self.shared.env)?);
         let generation = self.swap(&file, &sources.overlay)?;

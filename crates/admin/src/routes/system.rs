@@ -4,14 +4,37 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AdminState;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::http::{HeaderValue, header};
-use axum::response::IntoResponse;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{Value, json};
-use tollgate_core::Kind;
+use tollgate_core::{GatewayError, Kind};
 
 pub async fn not_found() -> ApiError {
     ApiError::new(Kind::NotFound, "no admin route at this path")
+}
+
+/// The router answers a known path's wrong method with a bare 405; the admin API's errors are
+/// problem documents, this one included (with its `Allow`).
+pub async fn method_not_allowed(req: axum::extract::Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    if resp.status() != StatusCode::METHOD_NOT_ALLOWED
+        || resp.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return resp;
+    }
+    let allow = resp.headers().get(header::ALLOW).cloned();
+    let detail = match allow.as_ref().and_then(|a| a.to_str().ok()) {
+        Some(a) => format!("this method is not allowed here; allowed: {a}"),
+        None => "this method is not allowed here".to_owned(),
+    };
+    let mut e = GatewayError::new(Kind::MethodNotAllowed, detail);
+    if let Some(a) = allow {
+        e = e.with_header(header::ALLOW, a);
+    }
+    ApiError(e).into_response()
 }
 
 pub async fn live() -> Json<Value> {

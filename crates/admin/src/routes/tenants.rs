@@ -391,6 +391,17 @@ pub async fn put_api(
         check_if_match(&headers, &serde_json::Value::String(existing.document))?;
     }
     let candidate = with_api(&s.gateway.overlay(), &tenant, &api, Some(imported));
+    // A path another API serves stays that API's, whatever the methods: sharing it would let
+    // one tenant answer (or shadow) requests meant for another.
+    if let Ok(merged) = candidate.apply(&s.gateway.file_config()) {
+        let errors = path_clashes(&merged.config, &tenant, &api);
+        if !errors.is_empty() {
+            return Err(ApiError::invalid(
+                "the API's paths clash with another API's; nothing changed",
+                errors,
+            ));
+        }
+    }
     let gw = s.gateway.clone();
     let checked = tokio::task::spawn_blocking(move || gw.check_overlay(&candidate))
         .await
@@ -401,10 +412,13 @@ pub async fn put_api(
             )
         })?;
     checked.map_err(|problems| {
-        let errors = problems
-            .into_iter()
-            .map(|p| FieldError::new("/paths", format!("{}: {}", p.key_path, p.message)))
-            .collect();
+        let mut errors: Vec<FieldError> = Vec::new();
+        for p in problems {
+            let e = FieldError::new("/paths", format!("{}: {}", p.key_path, p.message));
+            if !errors.contains(&e) {
+                errors.push(e);
+            }
+        }
         ApiError::invalid(
             "the API clashes with the running configuration; nothing changed",
             errors,
@@ -492,4 +506,55 @@ pub async fn delete_api(
         st.delete_api(&tenant, &api, &caller.actor()).await
     })
     .await
+}
+
+/// Each path of `tenant/api` that some request path could reach through another API's route
+/// on a listener both serve, as a problem at the path (RFC 6901 pointer). The other API is not
+/// named: it may be another tenant's.
+fn path_clashes(cfg: &tollgate_config::Config, tenant: &str, api: &str) -> Vec<FieldError> {
+    use tollgate_config::ListenerName;
+    use tollgate_proxy::router::templates_overlap;
+    const BOTH: &[ListenerName] = &[ListenerName::Public, ListenerName::Tls];
+    let Some(mine) = cfg.tenants.get(tenant).and_then(|t| t.apis.get(api)) else {
+        return Vec::new();
+    };
+    let listeners = |a: &tollgate_config::Api, r: &tollgate_config::Route| {
+        r.listeners
+            .clone()
+            .or_else(|| a.listeners.clone())
+            .unwrap_or_else(|| BOTH.to_vec())
+    };
+    let mut taken: Vec<(&str, Vec<ListenerName>)> = Vec::new();
+    for (tn, t) in &cfg.tenants {
+        for (an, a) in &t.apis {
+            if tn == tenant && an == api {
+                continue;
+            }
+            for r in &a.routes {
+                taken.push((&r.path, listeners(a, r)));
+            }
+        }
+    }
+    if cfg.identity.token_issuer.is_some() {
+        taken.push(("/oauth2/token", BOTH.to_vec()));
+        taken.push(("/.well-known/jwks.json", BOTH.to_vec()));
+    }
+    let mut errors: Vec<FieldError> = Vec::new();
+    for r in &mine.routes {
+        let ls = listeners(mine, r);
+        let clash = taken
+            .iter()
+            .any(|(p, l)| templates_overlap(&r.path, p) && l.iter().any(|x| ls.contains(x)));
+        let pointer = format!("/paths/{}", r.path.replace('~', "~0").replace('/', "~1"));
+        if clash && !errors.iter().any(|e| e.pointer == pointer) {
+            errors.push(FieldError::new(
+                pointer,
+                format!(
+                    "`{}` overlaps a path another API serves: a request could match both",
+                    r.path
+                ),
+            ));
+        }
+    }
+    errors
 }

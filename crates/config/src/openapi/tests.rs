@@ -45,7 +45,10 @@ fn minimal(version: &str) -> Value {
                 }
             },
             "/v1/ping": {
-                "get": { "responses": { "200": { "description": "ok" } } }
+                "get": {
+                    "x-tollgate": { "auth": [] },
+                    "responses": { "200": { "description": "ok" } }
+                }
             }
         }
     })
@@ -90,6 +93,28 @@ fn check_minimal(imp: &Imported) {
 }
 
 #[test]
+fn who_may_call_an_operation_is_always_written_down() {
+    let mut doc = minimal("3.1.0");
+    doc["paths"]["/v1/ping"]["get"]
+        .as_object_mut()
+        .expect("op")
+        .remove("x-tollgate");
+    has(
+        &problems(&doc),
+        "/paths/~1v1~1ping/get/x-tollgate/auth",
+        "[] makes it public",
+    );
+    // An API-wide default covers operations that say nothing.
+    doc["x-tollgate"]["auth"] = json!(["api_key"]);
+    let imp = ok(&doc);
+    let ping = route(&imp.api, "GET", "/v1/ping");
+    assert_eq!(
+        ping.auth.as_ref().map(|a| a.any.clone()),
+        Some(vec![AuthScheme::ApiKey])
+    );
+}
+
+#[test]
 fn vendored_schemas_compile_offline() {
     assert!(VALIDATOR_30.is_ok(), "{:?}", VALIDATOR_30.as_ref().err());
     assert!(VALIDATOR_31.is_ok(), "{:?}", VALIDATOR_31.as_ref().err());
@@ -124,6 +149,7 @@ paths:
       responses: { "204": { description: gone } }
   /v1/ping:
     get:
+      x-tollgate: { auth: [] }
       responses: { "200": { description: ok } }
 "#;
 

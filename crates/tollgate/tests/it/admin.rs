@@ -187,6 +187,24 @@ async fn admin_flow(gw: &Gateway, up: &Upstream) -> Result<()> {
     assert_eq!(anon.status(), 401);
     let wrong = Admin::new(gw, "not-a-token");
     assert_eq!(wrong.get("/admin/tenants").await?.0, 401);
+    // A wrong method: the caller is checked first, then the answer is a problem with `Allow`.
+    let anon = gw
+        .client()
+        .patch(format!("{}/admin/tenants", gw.admin_url()))
+        .send()
+        .await?;
+    assert_eq!(anon.status(), 401);
+    let r = admin
+        .req(reqwest::Method::PATCH, "/admin/tenants")
+        .send()
+        .await?;
+    let (status, headers) = (r.status(), r.headers().clone());
+    assert_problem(status, &headers, &r.bytes().await?, 405);
+    let allow = headers
+        .get("allow")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
     assert_eq!(
         gw.client()
             .get(format!("{}/health/ready", gw.admin_url()))
@@ -327,6 +345,38 @@ async fn admin_flow(gw: &Gateway, up: &Upstream) -> Result<()> {
         status_with_key(gw, "/v1/accounts/1", "file-key").await?,
         200,
         "the file's route is untouched"
+    );
+    // A path another API serves is that API's, whatever the method; so is a literal path its
+    // template would match, which the router would otherwise prefer.
+    for (path, method) in [
+        ("/v1/accounts/{id}", "post"),
+        ("/v1/accounts/{acct}", "delete"),
+        ("/v1/accounts/special", "get"),
+        ("/widgets/{id}", "put"),
+    ] {
+        let mut doc = widgets_doc(up);
+        doc["paths"] = json!({ path: { method: {
+            "x-tollgate": {"auth": []},
+            "responses": {"200": {"description": "ok"}}
+        }}});
+        let (s, p) = acme.put("/admin/tenants/acme/apis/steal", doc).await?;
+        assert_eq!(s, 422, "{method} {path}: {p}");
+        let errors = p["errors"].as_array().context("errors")?;
+        let pointer = format!("/paths/{}", path.replace('/', "~1"));
+        assert!(
+            errors.len() == 1 && errors[0]["pointer"] == pointer.as_str(),
+            "{method} {path}: {p}"
+        );
+        assert!(
+            !p.to_string().contains("retail"),
+            "names another tenant: {p}"
+        );
+    }
+    assert_eq!(acme.get("/admin/tenants/acme/apis/steal").await?.0, 404);
+    assert_eq!(
+        status_with_key(gw, "/v1/accounts/special", "file-key").await?,
+        200,
+        "still the file's route"
     );
 
     // Plans, consumers, keys.

@@ -101,6 +101,33 @@ fn validate_names_an_unknown_upstream_with_its_path_and_line() -> Result<()> {
 }
 
 #[test]
+fn validate_names_a_wrong_type_once_and_a_route_conflict_once() -> Result<()> {
+    let dir = TempDir::new("tollgate-cli")?;
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "listeners:\n  public:\n    addr: \"127.0.0.1:0\"\nserver:\n  max_headers: lots\n",
+    )?;
+    let err = text(&validate(&path)?.stderr);
+    assert_eq!(err.matches("server.max_headers").count(), 1, "{err}");
+    assert!(err.contains("line 5") && err.contains("lots"), "{err}");
+
+    // One route on both listeners conflicts on each: one problem, not two.
+    let yaml = ConfigBuilder::new()
+        .upstream("up", "http://127.0.0.1:9")
+        .get("a", "/x/{id}", "up")
+        .get("b", "/x/{name}", "up")
+        .render();
+    std::fs::write(&path, &yaml)?;
+    let out = validate(&path)?;
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.matches("overlaps").count(), 1, "{err}");
+    assert!(!err.contains("Insertion failed"), "router internals: {err}");
+    Ok(())
+}
+
+#[test]
 fn validate_fails_for_a_missing_file() -> Result<()> {
     let out = validate(Path::new("/nonexistent/tollgate.yaml"))?;
     assert!(!out.status.success());
