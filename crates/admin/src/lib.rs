@@ -29,12 +29,18 @@ pub const MAX_BODY_BYTES: usize = 4 << 20;
 
 /// The admin router. `token` is the platform admin's bearer token; `manage` is the
 /// management plane (absent when the gateway runs without a store).
-pub fn router(gateway: Gateway, token: Option<String>, manage: Option<Arc<Management>>) -> Router {
+pub fn router(
+    gateway: Gateway,
+    token: Option<String>,
+    manage: Option<Arc<Management>>,
+    own_addrs: Vec<SocketAddr>,
+) -> Router {
     let state = AdminState {
         gateway,
         token: token.filter(|t| !t.is_empty()).map(Arc::from),
         manage,
         guard: Arc::default(),
+        own_addrs: own_addrs.into(),
     };
     // `layer`, not `route_layer`: a wrong method on a protected path is a 401 to a caller
     // without a token, not a 405 telling them what the path accepts.
@@ -54,17 +60,21 @@ pub fn router(gateway: Gateway, token: Option<String>, manage: Option<Arc<Manage
         .with_state(state)
 }
 
-/// Serves the admin router on `listener` until `shutdown` fires.
+/// Serves the admin router on `listener` until `shutdown` fires. `own_addrs`: the gateway's
+/// other listeners, as bound (the admin listener's own address is added here).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     gateway: Gateway,
     token: Option<String>,
     manage: Option<Arc<Management>>,
+    mut own_addrs: Vec<SocketAddr>,
     mut shutdown: tollgate_proxy::Shutdown,
 ) -> std::io::Result<()> {
+    own_addrs.extend(listener.local_addr().ok());
     axum::serve(
         listener,
-        router(gateway, token, manage).into_make_service_with_connect_info::<SocketAddr>(),
+        router(gateway, token, manage, own_addrs)
+            .into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move { shutdown.wait().await })
     .await

@@ -14,6 +14,9 @@ pub struct AdminState {
     /// The management plane; `None` when the gateway runs without a store.
     pub manage: Option<Arc<Management>>,
     pub guard: Arc<Guard>,
+    /// Where this gateway listens (public, TLS, admin), as bound: registered APIs may not
+    /// point there.
+    pub own_addrs: Arc<[std::net::SocketAddr]>,
 }
 
 impl AdminState {

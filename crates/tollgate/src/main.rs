@@ -262,6 +262,10 @@ async fn serve(
                     gateway.clone(),
                     token,
                     Some(manage.clone()),
+                    [bound.public_addr, bound.tls_addr]
+                        .into_iter()
+                        .flatten()
+                        .collect(),
                     shutdown.clone(),
                 )))
             }

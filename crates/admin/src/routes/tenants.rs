@@ -384,6 +384,24 @@ pub async fn put_api(
             errors,
         )
     })?;
+    if let Some(t) = imported
+        .upstream
+        .targets
+        .iter()
+        .find(|t| targets_own_listener(&t.url, &s.own_addrs))
+    {
+        return Err(ApiError::invalid(
+            "the document is not a valid API registration; nothing changed",
+            vec![FieldError::new(
+                "/x-tollgate/upstream",
+                format!(
+                    "`{}` is one of this gateway's own listeners: a registered API may not \
+                     expose the admin API or route through the gateway again",
+                    t.url
+                ),
+            )],
+        ));
+    }
     let view = api_view(&tenant, &api, &imported.api, false, Some(super::now_ms()));
 
     let _w = m.write_lock.lock().await;
@@ -557,4 +575,71 @@ fn path_clashes(cfg: &tollgate_config::Config, tenant: &str, api: &str) -> Vec<F
         }
     }
     errors
+}
+
+/// Whether `url` (`http://host:port`) reaches one of the gateway's listeners. Addresses only:
+/// a host name other than `localhost` is not resolved, and a listener on the unspecified address
+/// is matched through loopback, not through the machine's other addresses.
+fn targets_own_listener(url: &str, own: &[std::net::SocketAddr]) -> bool {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let Ok(uri) = url.parse::<axum::http::Uri>() else {
+        return false;
+    };
+    let Some(host) = uri.host() else {
+        return false;
+    };
+    let port = uri.port_u16().unwrap_or(80);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let targets: Vec<IpAddr> = if host.eq_ignore_ascii_case("localhost") {
+        vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]
+    } else {
+        match host.parse::<IpAddr>() {
+            Ok(ip) => vec![ip.to_canonical()],
+            Err(_) => return false,
+        }
+    };
+    // What a connection to `target` reaches on this machine, for a listener bound to `l`.
+    let reaches = |target: IpAddr, l: IpAddr| {
+        let local = target.is_loopback() || target.is_unspecified();
+        let same_family = target.is_ipv4() == l.is_ipv4();
+        // `::` usually accepts IPv4 as well (dual stack); `0.0.0.0` and loopback do not mix.
+        let any = l.is_unspecified() && (same_family || l.is_ipv6());
+        target == l || (local && (any || (l.is_loopback() && same_family)))
+    };
+    own.iter()
+        .any(|o| o.port() == port && targets.iter().any(|t| reaches(*t, o.ip().to_canonical())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::targets_own_listener;
+
+    #[test]
+    fn registered_upstreams_may_not_be_the_gateways_own_listeners() {
+        let own: Vec<std::net::SocketAddr> = vec![
+            "127.0.0.1:9901".parse().expect("addr"),
+            "0.0.0.0:8080".parse().expect("addr"),
+            "[::1]:8443".parse().expect("addr"),
+        ];
+        for url in [
+            "http://127.0.0.1:9901",
+            "http://localhost:9901/",
+            "http://127.0.0.2:9901",
+            "http://0.0.0.0:9901",
+            "http://127.0.0.1:8080",
+            "http://localhost:8443",
+            "http://[::ffff:127.0.0.1]:9901",
+        ] {
+            assert!(targets_own_listener(url, &own), "{url}");
+        }
+        for url in [
+            "http://127.0.0.1:9105",
+            "http://10.0.0.5:9901",
+            "http://backend.internal:9901",
+            "http://127.0.0.1:8443",
+            "http://[::1]:8080",
+        ] {
+            assert!(!targets_own_listener(url, &own), "{url}");
+        }
+    }
 }

@@ -1,8 +1,8 @@
 //! Usage analytics: exact request counts per consumer, API and minute/hour/day from the
 //! store, and the consumers behind the traffic of the last seconds.
 
-use super::Q;
 use super::rfc3339;
+use super::{PageQuery, Q};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AdminState;
@@ -26,6 +26,11 @@ pub struct UsageParams {
     pub to: Option<String>,
     /// `minute`, `hour` (default) or `day`.
     pub granularity: Option<Granularity>,
+    /// Items per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
@@ -148,25 +153,43 @@ pub async fn usage(
             bucket_ms,
         })
         .await?;
-    let items = rows
+    let page = PageQuery {
+        limit: p.limit,
+        cursor: p.cursor.clone(),
+    };
+    page.limit()?;
+    page.after()?;
+    let mut keyed: Vec<(String, UsageItem)> = rows
         .into_iter()
         .filter(|r| allowed.as_ref().is_none_or(|own| own.contains(&r.api)))
-        .map(|r| UsageItem {
-            start: rfc3339(r.start_ms),
-            latency_p50_ms: r.latency_quantile_ms(0.5).map(round2),
-            latency_p99_ms: r.latency_quantile_ms(0.99).map(round2),
-            consumer: r.consumer,
-            api: r.api,
-            requests: r.requests,
-            status_2xx: r.status_2xx,
-            status_4xx: r.status_4xx,
-            status_5xx: r.status_5xx,
-            throttled: r.throttled,
+        .map(|r| {
+            // Pages follow (start, consumer, api), which orders and identifies a row.
+            let key = format!("{:020}\u{0}{}\u{0}{}", r.start_ms, r.consumer, r.api);
+            (key, r)
+        })
+        .map(|(key, r)| {
+            (
+                key,
+                UsageItem {
+                    start: rfc3339(r.start_ms),
+                    latency_p50_ms: r.latency_quantile_ms(0.5).map(round2),
+                    latency_p99_ms: r.latency_quantile_ms(0.99).map(round2),
+                    consumer: r.consumer,
+                    api: r.api,
+                    requests: r.requests,
+                    status_2xx: r.status_2xx,
+                    status_4xx: r.status_4xx,
+                    status_5xx: r.status_5xx,
+                    throttled: r.throttled,
+                },
+            )
         })
         .collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    let list = page.paginate(keyed, |(k, _)| k)?;
     Ok(Json(UsageList {
-        items,
-        next_cursor: None,
+        items: list.items.into_iter().map(|(_, i)| i).collect(),
+        next_cursor: list.next_cursor,
     }))
 }
 
@@ -179,6 +202,11 @@ fn round2(v: f64) -> f64 {
 pub struct TopParams {
     /// How far back, e.g. `60s`, `5m` (default 60s, at most 1h).
     pub window: Option<String>,
+    /// Items per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -219,21 +247,33 @@ pub async fn top_consumers(
     if window < Duration::from_secs(1) || window > Duration::from_secs(3600) {
         return Err(ApiError::bad_request("`window` must be between 1s and 1h"));
     }
+    let page = PageQuery {
+        limit: p.limit,
+        cursor: p.cursor.clone(),
+    };
     let secs = window.as_secs();
-    let items = s
+    // Pages follow the ranking; a later page is ranked afresh, as a live view is.
+    let ranked: Vec<(String, TopItem)> = s
         .gateway
         .usage()
         .top_consumers(window)
         .into_iter()
-        .map(|(c, n)| TopItem {
-            consumer: c.to_string(),
-            requests: n,
-            rate_per_second: round2(n as f64 / secs as f64),
+        .enumerate()
+        .map(|(rank, (c, n))| {
+            (
+                format!("{rank:010}"),
+                TopItem {
+                    consumer: c.to_string(),
+                    requests: n,
+                    rate_per_second: round2(n as f64 / secs as f64),
+                },
+            )
         })
         .collect();
+    let list = page.paginate(ranked, |(k, _)| k)?;
     Ok(Json(TopList {
         window_seconds: secs,
-        items,
-        next_cursor: None,
+        items: list.items.into_iter().map(|(_, i)| i).collect(),
+        next_cursor: list.next_cursor,
     }))
 }

@@ -80,7 +80,7 @@ fn check_minimal(imp: &Imported) {
     let del = route(&imp.api, "DELETE", "/v1/rates/{pair}");
     assert_eq!(
         del.id, None,
-        "no operationId: the model's default `METHOD path` id"
+        "no operationId: the route gets the default `tenant/api/index` id"
     );
     assert_eq!(
         del.auth.as_ref().map(|a| a.any.clone()),

@@ -372,6 +372,18 @@ async fn admin_flow(gw: &Gateway, up: &Upstream) -> Result<()> {
             "names another tenant: {p}"
         );
     }
+    // Nor may a registered API lead back into the gateway: its admin API on the public port.
+    for url in [gw.admin_url(), gw.public_url()] {
+        let mut doc = widgets_doc(up);
+        doc["x-tollgate"]["upstream"] = json!(url);
+        doc["paths"] = json!({ "/steal/metrics": { "get": {
+            "x-tollgate": {"auth": []},
+            "responses": {"200": {"description": "ok"}}
+        }}});
+        let (s, p) = acme.put("/admin/tenants/acme/apis/steal", doc).await?;
+        assert_eq!(s, 422, "{url}: {p}");
+        assert_eq!(p["errors"][0]["pointer"], "/x-tollgate/upstream", "{p}");
+    }
     assert_eq!(acme.get("/admin/tenants/acme/apis/steal").await?.0, 404);
     assert_eq!(
         status_with_key(gw, "/v1/accounts/special", "file-key").await?,
@@ -566,6 +578,28 @@ async fn admin_flow(gw: &Gateway, up: &Upstream) -> Result<()> {
     );
     let (_, top) = admin.get("/admin/top-consumers?window=60s").await?;
     assert_eq!(top["items"][0]["consumer"], "acme-app", "{top}");
+    // Both page like every list: one item at a time gives the whole list, in order.
+    for base in [
+        "/admin/usage?granularity=minute",
+        "/admin/top-consumers?window=60s",
+    ] {
+        let (_, all) = admin.get(&format!("{base}&limit=1000")).await?;
+        let all = all["items"].as_array().context("items")?.clone();
+        let (mut paged, mut cursor) = (Vec::new(), String::new());
+        loop {
+            let (s, page) = admin.get(&format!("{base}&limit=1{cursor}")).await?;
+            assert_eq!(s, 200, "{page}");
+            paged.extend(page["items"].as_array().context("items")?.iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = format!("&cursor={c}"),
+                None => break,
+            }
+            assert!(paged.len() <= all.len(), "{base}: pages never end");
+        }
+        assert_eq!(paged, all, "{base}");
+        assert_eq!(admin.get(&format!("{base}&limit=0")).await?.0, 400);
+        assert_eq!(admin.get(&format!("{base}&cursor=%25%25")).await?.0, 400);
+    }
 
     // Rotation: a new key replaces the old at once.
     let (s, r) = admin
