@@ -284,11 +284,10 @@ fn api_view(
         routes: api
             .routes
             .iter()
-            .map(|r| RouteView {
-                id: r
-                    .id
-                    .clone()
-                    .unwrap_or_else(|| format!("{} {}", r.methods.join(","), r.path)),
+            .enumerate()
+            .map(|(i, r)| RouteView {
+                // The name logs and metrics use (the compiler's default when there is no id).
+                id: r.id.clone().unwrap_or_else(|| format!("{tenant}/{id}/{i}")),
                 methods: r.methods.clone(),
                 path: r.path.clone(),
             })
