@@ -29,15 +29,20 @@ pub fn default_config() -> PathBuf {
     std::fs::canonicalize(&p).unwrap_or(p)
 }
 
-/// Starts the sample backends, the demo identity provider and authorizer, and prints what to try.
-pub fn start(gateway: &Gateway) -> Result<()> {
-    let base = gateway.snapshot().loaded.base_dir.clone();
+/// Starts the sample backends, the demo identity provider and authorizer. Before the gateway,
+/// so that its first JWKS fetch finds the identity provider up.
+pub fn start_servers(base: &std::path::Path) {
     start_idp(&base.join("secrets/demo-idp-key.pem"));
     spawn_server(9191, "authorizer", |req| Box::pin(authorize(req)));
     for (name, port) in BACKENDS {
         spawn_server(*port, name, move |req| Box::pin(echo(name, req)));
     }
+}
+
+/// Prints what to try.
+pub fn announce(gateway: &Gateway) -> Result<()> {
     let snap = gateway.snapshot();
+    let base = snap.loaded.base_dir.clone();
     let cfg = snap.config();
     let public = cfg
         .listeners

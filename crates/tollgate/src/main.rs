@@ -214,6 +214,9 @@ async fn serve(
     {
         let env = EnvOverrides::from_env();
         let loaded = tollgate_config::load(&config, &env)?;
+        if demo {
+            demo::start_servers(&loaded.base_dir);
+        }
         let gateway = Gateway::new(
             loaded,
             Options {
@@ -277,7 +280,7 @@ async fn serve(
             }
         }
         if demo {
-            demo::start(&gateway)?;
+            demo::announce(&gateway)?;
         }
         tokio::spawn(signals(gateway.clone(), trigger));
         let _watcher = if watch {

@@ -320,9 +320,27 @@ pub async fn list_apis(
             all.push(api_view(&tenant, id, api, true, None));
         }
     }
+    // When each registered API was last put, as the PUT answered: the store has it, the
+    // running overlay does not. Page by page, so no tenant has more than the store hands out.
+    let mut updated = std::collections::HashMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = tollgate_store::Page {
+            after: after.as_deref(),
+            limit: tollgate_store::MAX_PAGE,
+        };
+        let docs = m.store().list_apis(Some(&tenant), page).await?;
+        let full = docs.len() == tollgate_store::MAX_PAGE as usize;
+        after = docs.last().map(|d| d.id.clone());
+        updated.extend(docs.into_iter().map(|d| (d.id, d.updated_at)));
+        if !full {
+            break;
+        }
+    }
     let overlay = s.gateway.overlay();
     for a in overlay.apis.iter().filter(|a| a.tenant == tenant) {
-        all.push(api_view(&tenant, &a.id, &a.api, false, None));
+        let at = updated.get(&a.id).copied();
+        all.push(api_view(&tenant, &a.id, &a.api, false, at));
     }
     all.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(Json(page.paginate(all, |a| &a.id)?))

@@ -5,6 +5,7 @@ mod admin;
 mod cli;
 mod cli_admin;
 mod common;
+mod demo;
 mod headers;
 mod http1;
 mod identity;
