@@ -7,6 +7,7 @@
 //! internally consistent (every reference resolves, every value is in range).
 
 mod duration;
+pub mod files;
 mod locate;
 pub use locate::line_of;
 pub use validate::parse_utc_offset;
@@ -149,9 +150,11 @@ impl EnvOverrides {
 
 /// Reads, parses, applies overrides and validates a config file.
 pub fn load(path: &Path, env: &EnvOverrides) -> Result<LoadedConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
+    let text = files::read_to_string(path, files::MAX_CONFIG_BYTES).map_err(|source| {
+        ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        }
     })?;
     let base_dir = path
         .parent()
@@ -172,6 +175,13 @@ pub fn load(path: &Path, env: &EnvOverrides) -> Result<LoadedConfig, ConfigError
 
 /// Parses and validates config text. `base_dir` is where relative file paths are checked.
 pub fn parse_str(text: &str, env: &EnvOverrides, base_dir: &Path) -> Result<Config, Vec<Problem>> {
+    if let Some(line) = too_deep(text) {
+        return Err(vec![Problem {
+            key_path: String::new(),
+            line: Some(line),
+            message: format!("collections nested deeper than {MAX_DEPTH} levels"),
+        }]);
+    }
     let de = yaml_serde::Deserializer::from_str(text);
     let mut cfg: Config = match serde_path_to_error::deserialize(de) {
         Ok(c) => c,
@@ -207,6 +217,56 @@ pub fn parse_str(text: &str, env: &EnvOverrides, base_dir: &Path) -> Result<Conf
         }
         Err(problems)
     }
+}
+
+/// Deeper than any gateway config needs; the YAML parser's time grows with the square of the
+/// nesting, so 100,000 levels of `[` took it 18 s.
+const MAX_DEPTH: usize = 64;
+
+/// The line where flow collections (`[`, `{`) first nest deeper than [`MAX_DEPTH`], outside
+/// quoted scalars and comments. Block nesting needs an indent per level, so a file deep in
+/// that way is long before it is slow; flow nesting costs one byte a level.
+fn too_deep(text: &str) -> Option<usize> {
+    let (mut depth, mut line) = (0usize, 1usize);
+    let mut chars = text.chars().peekable();
+    let mut prev = '\n';
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' => line += 1,
+            '#' if prev.is_whitespace() => while chars.next_if(|&c| c != '\n').is_some() {},
+            '"' => {
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        '\n' => line += 1,
+                        _ => {}
+                    }
+                }
+            }
+            '\'' if !prev.is_alphanumeric() => {
+                for c in chars.by_ref() {
+                    match c {
+                        '\'' => break,
+                        '\n' => line += 1,
+                        _ => {}
+                    }
+                }
+            }
+            '[' | '{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Some(line);
+                }
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        prev = c;
+    }
+    None
 }
 
 /// serde_path_to_error prints `.` for the root and `?` for untracked segments.

@@ -649,9 +649,14 @@ fn limit(v: &Value, ptr: &str, p: &mut Problems) -> Option<RouteLimits> {
             None
         }
         Some(r) => match r.as_f64() {
-            Some(x) if x.is_finite() && x > 0.0 => Some(x),
+            Some(x) if (crate::validate::MIN_RATE..=crate::validate::MAX_RATE).contains(&x) => {
+                Some(x)
+            }
             _ => {
-                p.push(child(ptr, "rate"), "must be a number greater than 0");
+                p.push(
+                    child(ptr, "rate"),
+                    "must be a number of requests per second between 0.00001 and 1e9",
+                );
                 None
             }
         },

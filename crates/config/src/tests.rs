@@ -97,12 +97,17 @@ fn path_templates_are_checked() {
 fn target_urls_are_checked() {
     assert!(validate::check_target_url("http://127.0.0.1:9101").is_ok());
     assert!(validate::check_target_url("http://backend.internal").is_ok());
+    assert!(validate::check_target_url("http://[::1]:8080/").is_ok());
+    assert!(validate::check_target_url("http://[::1]").is_ok());
     for bad in [
         "127.0.0.1:9101",
         "http://h:1/path",
         "https://h",
         "http://",
         "http://u@h",
+        "http://127.0.0.1:999999",
+        "http://127.0.0.1:0",
+        "http://[::1]:70000",
     ] {
         assert!(validate::check_target_url(bad).is_err(), "{bad}");
     }
@@ -233,4 +238,62 @@ fn plans_limits_and_edge_rules_are_checked() {
     assert_eq!(parse_utc_offset("-05:30"), Some(-19800));
     assert_eq!(parse_utc_offset("Z"), Some(0));
     assert_eq!(parse_utc_offset("02:00"), None);
+}
+
+#[test]
+fn limits_are_bounded_where_arithmetic_would_break() {
+    let base = "listeners: { public: { addr: \"127.0.0.1:0\" } }\n";
+    for (extra, key) in [
+        (
+            "server: { max_uri_bytes: 18446744073709551615 }",
+            "server.max_uri_bytes",
+        ),
+        (
+            "server: { max_connections: 18446744073709551615 }",
+            "server.max_connections",
+        ),
+        ("plans: { p: { rate: 1e-300, burst: 1 } }", "plans.p.rate"),
+        (
+            "plans: { p: { rate: 1, burst: 1, quota: { limit: 18446744073709551615, period: day } } }",
+            "plans.p.quota.limit",
+        ),
+    ] {
+        let text = format!("{base}{extra}\n");
+        let problems =
+            parse_str(&text, &EnvOverrides::default(), std::path::Path::new(".")).expect_err(extra);
+        assert!(
+            problems.iter().any(|p| p.key_path == key),
+            "{extra}: {problems:?}"
+        );
+    }
+}
+
+#[test]
+fn deep_nesting_is_refused_before_the_parser_sees_it() {
+    let deep = format!(
+        "listeners: {{ public: {{ addr: \"127.0.0.1:0\" }} }}\nserver:\n  max_connections: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let problems = parse_str(&deep, &EnvOverrides::default(), std::path::Path::new("."))
+        .expect_err("too deep");
+    assert!(
+        problems[0].message.contains("nested deeper"),
+        "{problems:?}"
+    );
+    assert_eq!(problems[0].line, Some(3));
+    // Brackets in quotes and comments are text; 64 levels are fine.
+    let ok = format!(
+        "listeners: {{ public: {{ addr: \"127.0.0.1:0\" }} }} # {}\nupstreams: {{ u: {{ targets: [{{ url: \"http://h/{}\" }}] }} }}\nx: '{}'\n",
+        "[".repeat(100),
+        "[".repeat(100),
+        "{".repeat(100)
+    );
+    let e = parse_str(&ok, &EnvOverrides::default(), std::path::Path::new("."));
+    assert!(
+        e.as_ref()
+            .err()
+            .is_none_or(|p| !p.iter().any(|p| p.message.contains("nested"))),
+        "{e:?}"
+    );
 }

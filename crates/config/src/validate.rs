@@ -33,11 +33,18 @@ pub fn validate(cfg: &Config, base_dir: &Path) -> Vec<Problem> {
     r.0
 }
 
+/// The slowest rate a token bucket takes: one request per 100,000 s (about a day). Slower is a
+/// quota's job, and a rate like 1e-300 would answer with a `Retry-After` of centuries.
+pub const MIN_RATE: f64 = 1e-5;
+pub const MAX_RATE: f64 = 1e9;
+/// The largest quota, as the admin API accepts it.
+pub const MAX_QUOTA: u64 = 1_000_000_000_000;
+
 fn check_rate(rate: f64, burst: u32, key: &str, r: &mut Report) {
-    if !(rate.is_finite() && rate > 0.0 && rate <= 1e9) {
+    if !(rate.is_finite() && (MIN_RATE..=MAX_RATE).contains(&rate)) {
         r.err(
             format!("{key}.rate"),
-            "must be a positive number of requests per second",
+            "must be a number of requests per second between 0.00001 and 1e9",
         );
     }
     if burst == 0 {
@@ -50,9 +57,12 @@ fn check_route_limits(l: &crate::RouteLimits, key: &str, r: &mut Report) {
         check_rate(x.rate, x.burst, &format!("{key}.rate"), r);
     }
     if let Some(q) = &l.quota
-        && q.limit == 0
+        && !(1..=MAX_QUOTA).contains(&q.limit)
     {
-        r.err(format!("{key}.quota.limit"), "must be at least 1");
+        r.err(
+            format!("{key}.quota.limit"),
+            "must be between 1 and 1000000000000",
+        );
     }
     if let Some(s) = &l.spike_arrest {
         check_rate(s.rate, 1, &format!("{key}.spike_arrest"), r);
@@ -84,9 +94,12 @@ fn traffic(cfg: &Config, r: &mut Report) {
         }
         check_rate(p.rate, p.burst, &key, r);
         if let Some(q) = &p.quota
-            && q.limit == 0
+            && !(1..=MAX_QUOTA).contains(&q.limit)
         {
-            r.err(format!("{key}.quota.limit"), "must be at least 1");
+            r.err(
+                format!("{key}.quota.limit"),
+                "must be between 1 and 1000000000000",
+            );
         }
         for (rid, l) in &p.routes {
             if !route_ids.contains(rid) {
@@ -194,12 +207,14 @@ pub fn parse_utc_offset(s: &str) -> Option<i32> {
     Some(sign * (h * 3600 + m * 60))
 }
 
-fn file_exists(base_dir: &Path, p: &Path) -> bool {
-    if p.is_absolute() {
-        p.is_file()
+/// Why a file the config names cannot be used, if it cannot (relative to the config's folder).
+fn file_problem(base_dir: &Path, p: &Path) -> Option<String> {
+    let full = if p.is_absolute() {
+        p.to_path_buf()
     } else {
-        base_dir.join(p).is_file()
-    }
+        base_dir.join(p)
+    };
+    crate::files::check(&full, crate::files::MAX_SECRET_BYTES).err()
 }
 
 fn identity(cfg: &Config, base_dir: &Path, r: &mut Report) {
@@ -211,12 +226,9 @@ fn identity(cfg: &Config, base_dir: &Path, r: &mut Report) {
         );
     }
     if let Some(p) = &id.hash_secret_file
-        && !file_exists(base_dir, p)
+        && let Some(why) = file_problem(base_dir, p)
     {
-        r.err(
-            "identity.hash_secret_file",
-            format!("file {} does not exist", p.display()),
-        );
+        r.err("identity.hash_secret_file", why);
     }
     for (i, j) in id.jwt.iter().enumerate() {
         let key = format!("identity.jwt[{i}]");
@@ -244,12 +256,9 @@ fn identity(cfg: &Config, base_dir: &Path, r: &mut Report) {
             ("hmac_secret_file", &j.hmac_secret_file),
         ] {
             if let Some(p) = p
-                && !file_exists(base_dir, p)
+                && let Some(why) = file_problem(base_dir, p)
             {
-                r.err(
-                    format!("{key}.{field}"),
-                    format!("file {} does not exist", p.display()),
-                );
+                r.err(format!("{key}.{field}"), why);
             }
         }
         let hmac: Vec<&String> = j
@@ -280,22 +289,16 @@ fn identity(cfg: &Config, base_dir: &Path, r: &mut Report) {
         }
     }
     if let Some(t) = &id.token_issuer {
-        if !file_exists(base_dir, &t.signing_key) {
-            r.err(
-                "identity.token_issuer.signing_key",
-                format!("file {} does not exist", t.signing_key.display()),
-            );
+        if let Some(why) = file_problem(base_dir, &t.signing_key) {
+            r.err("identity.token_issuer.signing_key", why);
         }
         if t.ttl.get().is_zero() || t.ttl.get() > std::time::Duration::from_secs(900) {
             r.err("identity.token_issuer.ttl", "must be between 1s and 15m");
         }
     }
     if let Some(m) = &id.mtls {
-        if !file_exists(base_dir, &m.client_ca) {
-            r.err(
-                "identity.mtls.client_ca",
-                format!("file {} does not exist", m.client_ca.display()),
-            );
+        if let Some(why) = file_problem(base_dir, &m.client_ca) {
+            r.err("identity.mtls.client_ca", why);
         }
         if cfg.listeners.tls.is_none() {
             r.err(
@@ -498,11 +501,8 @@ fn listeners(cfg: &Config, base_dir: &Path, r: &mut Report) {
                 } else {
                     base_dir.join(p)
                 };
-                if !full.is_file() {
-                    r.err(
-                        format!("listeners.tls.certificates[{i}].{field}"),
-                        format!("file {} does not exist", full.display()),
-                    );
+                if let Err(why) = crate::files::check(&full, crate::files::MAX_SECRET_BYTES) {
+                    r.err(format!("listeners.tls.certificates[{i}].{field}"), why);
                 }
             }
         }
@@ -553,6 +553,12 @@ fn server(cfg: &Config, r: &mut Report) {
     }
     if s.max_header_bytes > 1024 * 1024 {
         r.err("server.max_header_bytes", "must be at most 1 MiB");
+    }
+    if s.max_uri_bytes > 1024 * 1024 {
+        r.err("server.max_uri_bytes", "must be at most 1 MiB");
+    }
+    if s.max_connections > 10_000_000 {
+        r.err("server.max_connections", "must be at most 10000000");
     }
     if s.header_read_timeout.get().is_zero() {
         r.err("server.header_read_timeout", "must be greater than 0");
@@ -607,7 +613,12 @@ pub(crate) fn check_target_url(url: &str) -> Result<(), String> {
     if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
         return Err(format!("`{url}` must be http://host[:port] with no path"));
     }
-    if authority.parse::<http::uri::Authority>().is_err() {
+    // `http` takes any digits as a port; a connection needs 1-65535.
+    let port_ok = match authority.rsplit_once(':') {
+        Some((_, p)) if !authority.ends_with(']') => p.parse::<u16>().is_ok_and(|p| p > 0),
+        _ => true,
+    };
+    if !port_ok || authority.parse::<http::uri::Authority>().is_err() {
         return Err(format!("`{url}` has an invalid host or port"));
     }
     Ok(())

@@ -8,6 +8,7 @@ pub mod clock;
 mod context;
 mod error;
 mod policy;
+mod redact;
 pub mod trace;
 pub mod usage;
 
@@ -18,3 +19,4 @@ pub use context::{
 };
 pub use error::{Fault, GatewayError, Kind, PROBLEM_BASE, PROBLEM_JSON};
 pub use policy::{Decision, Phase, Policy, Step};
+pub use redact::redact_url;

@@ -41,6 +41,10 @@ pub(crate) struct Shared {
     /// Serialises reloads; never held on the request path. Guards the file config and the
     /// overlay the current snapshot was compiled from.
     pub reload_lock: Mutex<Sources>,
+    /// Reads of the config file, numbered as they start: files are parsed outside the lock
+    /// (a slow one must not stall the admin API), and one read after a newer one is applied
+    /// is stale.
+    pub reads: std::sync::atomic::AtomicU64,
     pub usage: Arc<crate::usage::Usage>,
 }
 
@@ -48,6 +52,8 @@ pub(crate) struct Shared {
 pub(crate) struct Sources {
     file: Arc<LoadedConfig>,
     overlay: Arc<Overlay>,
+    /// Which read of the file `file` is (see [`Shared::reads`]).
+    file_read: u64,
 }
 
 /// A running or ready-to-run gateway. Cheap to clone.
@@ -103,7 +109,9 @@ impl Gateway {
                 reload_lock: Mutex::new(Sources {
                     file,
                     overlay: Arc::default(),
+                    file_read: 0,
                 }),
+                reads: std::sync::atomic::AtomicU64::new(1),
                 usage: Arc::new(crate::usage::Usage::new(opts.clock.clone())),
             }),
         })
@@ -147,16 +155,24 @@ impl Gateway {
     }
 
     fn try_reload(&self, path: &std::path::Path) -> Result<u64, ReloadError> {
-        // A reload asked for while another runs waits its turn rather than being refused: the
-        // file may have changed since the other one read it (SIGHUP right after an edit the
-        // watcher also saw), and the last reload must see the last write.
+        // Reloads may overlap (SIGHUP right after an edit the watcher also saw): each reads
+        // and parses on its own, outside the lock, and the newest read wins. One that finds
+        // a newer read applied has nothing to add.
+        let read = self
+            .shared
+            .reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let file = Arc::new(tollgate_config::load(path, &self.shared.env)?);
         let mut sources = match self.shared.reload_lock.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let file = Arc::new(tollgate_config::load(path, &self.shared.env)?);
+        if sources.file_read > read {
+            return Ok(self.shared.snapshot.load().generation);
+        }
         let generation = self.swap(&file, &sources.overlay)?;
         sources.file = file;
+        sources.file_read = read;
         Ok(generation)
     }
 

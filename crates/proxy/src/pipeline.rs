@@ -347,11 +347,15 @@ async fn builtin(
             let limit = tollgate_policy::auth::token_endpoint::MAX_TOKEN_REQUEST_BYTES;
             let bytes = match http_body_util::Limited::new(body, limit).collect().await {
                 Ok(c) => c.to_bytes(),
-                Err(_) => {
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                     return Err(GatewayError::new(
                         Kind::PayloadTooLarge,
                         format!("token requests are limited to {limit} bytes"),
                     ));
+                }
+                Err(_) => {
+                    let r = tollgate_policy::auth::token_endpoint::unreadable_body();
+                    return Ok(r.map(ResponseBody::full));
                 }
             };
             tollgate_policy::auth::token_endpoint::token(
@@ -438,8 +442,28 @@ fn route<'s>(
     }
 }
 
+/// Segments split at `/` and at an encoded one (`%2F`), which an upstream may decode before it
+/// normalises: `/a/..%2Fadmin` is `/admin` to some.
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|seg| is_dot_segment(seg.as_bytes()))
+    path.split('/').any(|seg| {
+        let mut rest = seg.as_bytes();
+        loop {
+            let cut = rest
+                .windows(3)
+                .position(|w| w[0] == b'%' && w[1] == b'2' && (w[2] | 0x20) == b'f');
+            let (part, next) = match cut {
+                Some(i) => (&rest[..i], Some(&rest[i + 3..])),
+                None => (rest, None),
+            };
+            if is_dot_segment(part) {
+                return true;
+            }
+            match next {
+                Some(n) => rest = n,
+                None => return false,
+            }
+        }
+    })
 }
 
 fn has_bad_escape(path: &str) -> bool {
@@ -684,6 +708,10 @@ mod tests {
             "/a/%2e%2e/b",
             "/a/%2E./b",
             "/a/.%2e",
+            // An encoded slash is a separator to an upstream that decodes it first.
+            "/a/..%2fadmin",
+            "/a/x%2F..%2Fy",
+            "/a/%2e%2e%2f",
         ] {
             assert!(has_dot_segment(p), "{p}");
         }
@@ -693,6 +721,8 @@ mod tests {
             "/a/..b",
             "/v1/file.json",
             "/a/%2e%2ex",
+            "/a/x%2f.y",
+            "/a/%2f%2f",
         ] {
             assert!(!has_dot_segment(p), "{p}");
         }

@@ -296,8 +296,14 @@ impl Protocols {
             limits: HeadLimits {
                 // Our own limits answer with specific problems once the head is parsed; these
                 // stay above them and only keep the buffer bounded.
-                max_head: (server.max_header_bytes + server.max_uri_bytes + 4096).max(16 * 1024)
-                    * 2,
+                // Saturating: validation bounds both, but a bound checked elsewhere must not
+                // be what stands between a config value and a panic.
+                max_head: server
+                    .max_header_bytes
+                    .saturating_add(server.max_uri_bytes)
+                    .saturating_add(4096)
+                    .max(16 * 1024)
+                    .saturating_mul(2),
                 max_fields: server.max_headers.saturating_mul(2).max(100),
             },
             header_read_timeout: server.header_read_timeout.get(),

@@ -1082,8 +1082,9 @@ impl Write {
         actor: &str,
         action: &str,
         target: &str,
-        detail: serde_json::Value,
+        mut detail: serde_json::Value,
     ) -> Result<(), StoreError> {
+        redact_hashes(&mut detail);
         sqlx::query(
             "INSERT INTO audit (id, version, at_ms, actor, action, target, detail) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -1099,6 +1100,25 @@ impl Write {
         .await?;
         self.tx.commit().await?;
         Ok(())
+    }
+}
+
+/// Hashed credentials (`client_secret_hash`, ...) in an entity's body, as the audit log shows
+/// them: the log is readable by more people than the tables, and a keyed hash is still what a
+/// guess is checked against.
+fn redact_hashes(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if k.ends_with("_hash") && !x.is_null() {
+                    *x = serde_json::Value::String("(redacted)".into());
+                } else {
+                    redact_hashes(x);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(redact_hashes),
+        _ => {}
     }
 }
 

@@ -497,8 +497,12 @@ async fn audit_rows(f: &Fixture) -> Result<()> {
         .await?;
     s.put_api(&api("acme", "accounts", "{}"), "tenant:acme")
         .await?;
-    s.create_consumer("c", &json!({"plan": "gold"}), "bob")
-        .await?;
+    s.create_consumer(
+        "c",
+        &json!({"plan": "gold", "client_secret_hash": "h-abc"}),
+        "bob",
+    )
+    .await?;
     s.create_key(&key("k1", "c"), "bob").await?;
     s.revoke_key("c", "k1", "bob").await?;
     assert!(is_conflict(s.create_consumer("c", &json!({}), "bob").await));
@@ -527,7 +531,17 @@ async fn audit_rows(f: &Fixture) -> Result<()> {
         assert_eq!(r.id, format!("{:020}", r.version));
         assert!(r.at_ms > 1_700_000_000_000);
     }
-    assert_eq!(rows[3].detail, json!({"plan": "gold"}));
+    // Hashed credentials are stored, and the audit log says only that there was one.
+    assert_eq!(
+        rows[3].detail,
+        json!({"plan": "gold", "client_secret_hash": "(redacted)"})
+    );
+    assert_eq!(
+        s.get_consumer("c")
+            .await?
+            .map(|e| e.body["client_secret_hash"].clone()),
+        Some(json!("h-abc"))
+    );
     assert_eq!(rows[4].detail["key_id"], "k1");
     assert_eq!(rows[6].detail, json!({"apis": 1, "tokens": 1}));
     // Secrets' hashes never reach the audit log.

@@ -193,18 +193,6 @@ fn store_url(config: &Path, given: Option<String>) -> String {
     format!("sqlite://{}", dir.join("tollgate.db").display())
 }
 
-/// The URL without its password, for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 async fn serve(
     config: PathBuf,
     database_url: Option<String>,
@@ -227,13 +215,15 @@ async fn serve(
 
         let (trigger, shutdown) = shutdown_pair();
         let url = store_url(&config, database_url);
-        let store = tollgate_store::Store::open(&url)
-            .await
-            .with_context(|| format!("cannot open the store {}", redact(&url)))?;
-        tracing::info!(store = %redact(&url), "store open");
+        let store = tollgate_store::Store::open(&url).await.with_context(|| {
+            format!("cannot open the store {}", tollgate_core::redact_url(&url))
+        })?;
+        tracing::info!(store = %tollgate_core::redact_url(&url), "store open");
         let manage = tollgate_admin::Management::start(store, gateway.clone())
             .await
-            .with_context(|| format!("cannot read the store {}", redact(&url)))?;
+            .with_context(|| {
+                format!("cannot read the store {}", tollgate_core::redact_url(&url))
+            })?;
         let manage_task = manage.spawn(shutdown.clone());
         let snap = gateway.snapshot();
         let cfg = snap.config();

@@ -401,20 +401,29 @@ pub async fn put_api(
             errors,
         )
     })?;
-    if let Some(t) = imported
+    let urls: Vec<String> = imported
         .upstream
         .targets
         .iter()
-        .find(|t| targets_own_listener(&t.url, &s.own_addrs))
-    {
+        .map(|t| t.url.clone())
+        .collect();
+    let own = s.own_addrs.clone();
+    // Resolved as the upstream client will resolve it (getaddrinfo: `127.1`, `0x7f000001`,
+    // `localhost.` and names are all loopback to it), which blocks.
+    let own_target = tokio::task::spawn_blocking(move || {
+        urls.into_iter().find(|u| targets_own_listener(u, &own))
+    })
+    .await
+    .ok()
+    .flatten();
+    if let Some(url) = own_target {
         return Err(ApiError::invalid(
             "the document is not a valid API registration; nothing changed",
             vec![FieldError::new(
                 "/x-tollgate/upstream",
                 format!(
-                    "`{}` is one of this gateway's own listeners: a registered API may not \
-                     expose the admin API or route through the gateway again",
-                    t.url
+                    "`{url}` is one of this gateway's own listeners: a registered API may not \
+                     expose the admin API or route through the gateway again"
                 ),
             )],
         ));
@@ -594,11 +603,13 @@ fn path_clashes(cfg: &tollgate_config::Config, tenant: &str, api: &str) -> Vec<F
     errors
 }
 
-/// Whether `url` (`http://host:port`) reaches one of the gateway's listeners. Addresses only:
-/// a host name other than `localhost` is not resolved, and a listener on the unspecified address
-/// is matched through loopback, not through the machine's other addresses.
+/// Whether `url` (`http://host:port`) reaches one of the gateway's listeners, with the host
+/// resolved as the upstream client resolves it. Blocking. A name that does not resolve now is
+/// let through (the registration is not the place to require DNS), and one resolved again
+/// later may point elsewhere: this keeps tenants from the gateway's own listeners, it is not
+/// an egress policy.
 fn targets_own_listener(url: &str, own: &[std::net::SocketAddr]) -> bool {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use std::net::{IpAddr, ToSocketAddrs};
     let Ok(uri) = url.parse::<axum::http::Uri>() else {
         return false;
     };
@@ -607,13 +618,8 @@ fn targets_own_listener(url: &str, own: &[std::net::SocketAddr]) -> bool {
     };
     let port = uri.port_u16().unwrap_or(80);
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let targets: Vec<IpAddr> = if host.eq_ignore_ascii_case("localhost") {
-        vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]
-    } else {
-        match host.parse::<IpAddr>() {
-            Ok(ip) => vec![ip.to_canonical()],
-            Err(_) => return false,
-        }
+    let Ok(resolved) = (host, port).to_socket_addrs() else {
+        return false;
     };
     // What a connection to `target` reaches on this machine, for a listener bound to `l`.
     let reaches = |target: IpAddr, l: IpAddr| {
@@ -623,8 +629,10 @@ fn targets_own_listener(url: &str, own: &[std::net::SocketAddr]) -> bool {
         let any = l.is_unspecified() && (same_family || l.is_ipv6());
         target == l || (local && (any || (l.is_loopback() && same_family)))
     };
-    own.iter()
-        .any(|o| o.port() == port && targets.iter().any(|t| reaches(*t, o.ip().to_canonical())))
+    resolved.into_iter().any(|t| {
+        own.iter()
+            .any(|o| o.port() == port && reaches(t.ip().to_canonical(), o.ip().to_canonical()))
+    })
 }
 
 #[cfg(test)]
@@ -644,15 +652,21 @@ mod tests {
             "http://127.0.0.2:9901",
             "http://0.0.0.0:9901",
             "http://127.0.0.1:8080",
-            "http://localhost:8443",
+            "http://[::1]:8443",
             "http://[::ffff:127.0.0.1]:9901",
+            // Spellings the resolver reads as loopback.
+            "http://127.1:9901",
+            "http://2130706433:9901",
+            "http://0x7f000001:9901",
+            "http://127.000.000.001:9901",
+            "http://0:9901",
         ] {
             assert!(targets_own_listener(url, &own), "{url}");
         }
         for url in [
             "http://127.0.0.1:9105",
             "http://10.0.0.5:9901",
-            "http://backend.internal:9901",
+            "http://backend.invalid:9901",
             "http://127.0.0.1:8443",
             "http://[::1]:8080",
         ] {

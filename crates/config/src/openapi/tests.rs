@@ -481,7 +481,7 @@ fn bad_limit_and_body_values() {
     has(
         &p,
         "/paths/~1v1~1ping/get/x-tollgate/limit/rate",
-        "greater than 0",
+        "between 0.00001 and 1e9",
     );
     has(
         &p,

@@ -45,8 +45,8 @@ impl KeyHasher {
 
     /// Reads the secret file; surrounding whitespace is ignored so editors cannot break it.
     pub fn from_file(path: &Path) -> Result<Self, String> {
-        let raw =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let raw = tollgate_config::files::read(path, tollgate_config::files::MAX_SECRET_BYTES)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let secret = raw.trim_ascii();
         Self::new(secret)
             .ok_or_else(|| format!("{}: the secret must be at least 16 bytes", path.display()))
@@ -224,9 +224,12 @@ impl Identity {
             for (i, k) in c.sigv4_keys.iter().enumerate() {
                 let key = format!("consumers.{name}.sigv4_keys[{i}]");
                 let secret = match (&k.secret_file, &k.secret_env) {
-                    (Some(f), None) => std::fs::read_to_string(resolve(base_dir, f))
-                        .map(|s| s.trim().to_string())
-                        .map_err(|e| format!("cannot read {}: {e}", f.display())),
+                    (Some(f), None) => tollgate_config::files::read_to_string(
+                        &resolve(base_dir, f),
+                        tollgate_config::files::MAX_SECRET_BYTES,
+                    )
+                    .map(|s| s.trim().to_string())
+                    .map_err(|e| format!("cannot read {}: {e}", f.display())),
                     (None, Some(var)) => std::env::var(var)
                         .map_err(|_| format!("environment variable {var} is not set")),
                     _ => Err("set exactly one of `secret_file` and `secret_env`".to_string()),
@@ -269,7 +272,11 @@ impl Identity {
                 (None, Some(f), _) => JwksSource::File(resolve(base_dir, f)),
                 (None, None, Some(f)) => {
                     let alg = algorithms(&j.algorithms).into_iter().next();
-                    match (std::fs::read(resolve(base_dir, f)), alg) {
+                    let read = tollgate_config::files::read(
+                        &resolve(base_dir, f),
+                        tollgate_config::files::MAX_SECRET_BYTES,
+                    );
+                    match (read, alg) {
                         (Ok(secret), Some(alg)) => {
                             JwksSource::SharedSecrets(vec![jwt::SharedSecret::new(
                                 None,

@@ -512,16 +512,18 @@ fn issuer_state(c: IssuerConfig, options: &VerifierOptions) -> Result<IssuerStat
             (Source::Url { uri, url }, KeySet::empty())
         }
         JwksSource::File(path) => {
-            let body = match std::fs::read(&path) {
-                Ok(b) => b,
-                Err(source) => {
-                    return Err(JwtConfigError::ReadFile {
-                        issuer,
-                        path,
-                        source,
-                    });
-                }
-            };
+            let body =
+                match tollgate_config::files::read(&path, tollgate_config::files::MAX_SECRET_BYTES)
+                {
+                    Ok(b) => b,
+                    Err(source) => {
+                        return Err(JwtConfigError::ReadFile {
+                            issuer,
+                            path,
+                            source,
+                        });
+                    }
+                };
             if body.len() > options.max_jwks_bytes {
                 return Err(JwtConfigError::Keys {
                     issuer,

@@ -31,6 +31,16 @@ fn oauth_error(status: StatusCode, code: &str, description: &str) -> Response<By
     )
 }
 
+/// A token request whose body could not be read (broken chunked framing, fewer bytes than its
+/// `Content-Length`): the client's error, in RFC 6749 §5.2's form like the others.
+pub fn unreadable_body() -> Response<Bytes> {
+    oauth_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "the request body could not be read",
+    )
+}
+
 fn invalid_client(basic: bool) -> Response<Bytes> {
     let mut r = oauth_error(
         StatusCode::UNAUTHORIZED,

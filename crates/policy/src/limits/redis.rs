@@ -168,7 +168,7 @@ impl RedisLimiter {
             attempts: std::sync::atomic::AtomicU64::new(0),
             script: redis::Script::new(SCRIPT),
             breaker: Breaker::new(),
-            redacted: redact(url),
+            redacted: tollgate_core::redact_url(url),
         })
     }
 
@@ -351,39 +351,9 @@ fn verdict(reply: &[i64], n: usize) -> Result<Verdict, SharedLimitError> {
     Ok(Verdict::from_outcomes(&outcomes[..n]))
 }
 
-/// `redis://user:secret@host:6379/0` → `redis://user:***@host:6379/0`.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "(unparsable URL)".into();
-    };
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}{tail}")
-        }
-        None => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_never_reach_the_logs() {
-        assert_eq!(
-            redact("redis://:hunter2@10.0.0.5:6379/0"),
-            "redis://:***@10.0.0.5:6379/0"
-        );
-        assert_eq!(
-            redact("rediss://app:p@ss:w@rd@cache.internal:6380"),
-            "rediss://app:***@cache.internal:6380"
-        );
-        assert_eq!(redact("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
-        assert_eq!(redact("nonsense"), "(unparsable URL)");
-    }
 
     #[test]
     fn invalid_urls_are_refused_without_echoing_them() {

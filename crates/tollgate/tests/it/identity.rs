@@ -1227,6 +1227,16 @@ async fn token_endpoint_errors_follow_rfc6749() -> Result<()> {
         "invalid_request",
     )
     .await?;
+    // A body that cannot be read is the client's error in the same form, not a size problem.
+    let addr = fx.gw.public_addr();
+    let req = format!(
+        "POST /oauth2/token HTTP/1.1\r\nHost: {addr}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\ngrant_type\r\n0\r\n\r\n"
+    );
+    let r = tollgate_testkit::raw::raw_request(addr, req.as_bytes(), SHORT).await?;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()?["error"], "invalid_request");
     Ok(())
 }
 

@@ -103,6 +103,10 @@ pub(crate) async fn fetch_url(
 }
 
 pub(crate) async fn read_file(path: &Path, max_bytes: usize) -> Result<Fetched, FetchError> {
+    // Checked before reading: a path to a device or FIFO would never end.
+    if let Err(why) = tollgate_config::files::check(path, max_bytes as u64) {
+        return Err(std::io::Error::other(why).into());
+    }
     let body = tokio::fs::read(path).await?;
     if body.len() > max_bytes {
         return Err(FetchError::TooLarge(max_bytes));

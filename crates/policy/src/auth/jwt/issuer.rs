@@ -91,11 +91,14 @@ impl TokenIssuer {
         config: &TokenIssuerConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, TokenIssuerError> {
-        let pem =
-            std::fs::read(&config.private_key_pem).map_err(|source| TokenIssuerError::ReadKey {
-                path: config.private_key_pem.clone(),
-                source,
-            })?;
+        let pem = tollgate_config::files::read(
+            &config.private_key_pem,
+            tollgate_config::files::MAX_SECRET_BYTES,
+        )
+        .map_err(|source| TokenIssuerError::ReadKey {
+            path: config.private_key_pem.clone(),
+            source,
+        })?;
         Self::from_pem(config, &pem, clock)
     }
 
