@@ -200,14 +200,17 @@ impl Gateway {
         };
         let merged = Arc::new(overlay.apply(&file)?);
         let old = self.shared.snapshot.load_full();
-        compile(
+        let checked = compile(
             merged,
             Some(&old),
             &self.shared.metrics,
             &self.shared.policy_env,
             old.generation,
         )
-        .map(drop)
+        .map(drop);
+        // The candidate's routes were only looked at.
+        self.shared.metrics.prune_routes();
+        checked
     }
 
     /// The overlay the current snapshot was compiled with.
@@ -241,11 +244,17 @@ impl Gateway {
             &self.shared.policy_env,
             generation,
         )
-        .map_err(|problems| invalid(&loaded, problems))?;
+        .map_err(|problems| {
+            // A refused compile may have made handles for routes that never went live.
+            self.shared.metrics.prune_routes();
+            invalid(&loaded, problems)
+        })?;
         warn_on_restart_only_changes(&old, &snap);
         snap.identity.start();
         self.shared.snapshot.store(Arc::new(snap));
         self.shared.metrics.config_generation.set(generation as i64);
+        drop(old);
+        self.shared.metrics.prune_routes();
         Ok(generation)
     }
 }

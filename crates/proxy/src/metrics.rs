@@ -83,7 +83,14 @@ pub struct Metrics {
     pub connections_open: Family<ListenerLabels, Gauge>,
     pub access_log_dropped: Counter,
     throttled: Family<TierLabels, Counter>,
+    /// Each route's handles while a snapshot holds them: a route a reload (or a registration
+    /// checked and refused) leaves behind has its series removed by [`Metrics::prune_routes`],
+    /// so replacing routes cannot grow the exposition, or memory, without bound.
+    routes: std::sync::Mutex<RouteTable>,
 }
+
+type RouteTable =
+    std::collections::HashMap<(String, String, String), std::sync::Weak<RouteMetrics>>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TierLabels {
@@ -166,16 +173,23 @@ impl Metrics {
             config_generation,
             connections_open,
             access_log_dropped,
+            routes: std::sync::Mutex::default(),
         }
     }
 
-    /// Handles for one route; called at compile time, never per request.
+    /// Handles for one route; called at compile time, never per request. A route that
+    /// another live snapshot already has shares its handles.
     pub fn route(&self, tenant: &str, api: &str, route: &str) -> Arc<RouteMetrics> {
+        let key = (tenant.to_string(), api.to_string(), route.to_string());
+        let mut table = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = table.get(&key).and_then(std::sync::Weak::upgrade) {
+            return m;
+        }
         let handles = CLASSES.map(|status_class| {
             let labels = RouteLabels {
-                tenant: tenant.to_string(),
-                api: api.to_string(),
-                route: route.to_string(),
+                tenant: key.0.clone(),
+                api: key.1.clone(),
+                route: key.2.clone(),
                 status_class,
             };
             (
@@ -183,7 +197,32 @@ impl Metrics {
                 self.durations.get_or_create(&labels).clone(),
             )
         });
-        Arc::new(RouteMetrics { handles })
+        let m = Arc::new(RouteMetrics { handles });
+        table.insert(key, Arc::downgrade(&m));
+        m
+    }
+
+    /// Removes the series of routes no snapshot holds any more. After a swap (once the old
+    /// snapshot is let go) and after a compile that was only a check. Requests still running
+    /// on an old snapshot keep its routes until a later prune.
+    pub fn prune_routes(&self) {
+        let mut table = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        table.retain(|(tenant, api, route), m| {
+            if m.strong_count() > 0 {
+                return true;
+            }
+            for status_class in CLASSES {
+                let labels = RouteLabels {
+                    tenant: tenant.clone(),
+                    api: api.clone(),
+                    route: route.clone(),
+                    status_class,
+                };
+                self.requests.remove(&labels);
+                self.durations.remove(&labels);
+            }
+            false
+        });
     }
 
     /// Counts a request refused by a limit; `tier` comes from a fixed set of names.

@@ -115,11 +115,12 @@ impl Gateway {
     /// Serves until `shutdown` fires, then drains: no new connections, in-flight requests get
     /// up to the configured grace period, idle keep-alive connections are closed.
     pub async fn serve(&self, bound: Bound, shutdown: Shutdown) {
-        let snap = self.snapshot();
-        let server = &snap.config().server;
+        // The settings, not the snapshot: held for the server's lifetime, the first snapshot
+        // would keep its routes (and their metric series) alive through every reload.
+        let server = self.snapshot().config().server.clone();
         let permits = Arc::new(Semaphore::new(server.max_connections));
         let grace = server.shutdown_grace.get();
-        let builder = Arc::new(Protocols::new(server));
+        let builder = Arc::new(Protocols::new(&server));
         let mut tasks = Vec::new();
         if let Some(l) = bound.public {
             tasks.push(tokio::spawn(accept_loop(

@@ -647,6 +647,11 @@ async fn admin_flow(gw: &Gateway, up: &Upstream) -> Result<()> {
     assert_eq!(status_with_key(gw, "/widgets/8", &key).await?, 401);
     assert_eq!(acme.delete("/admin/tenants/acme/apis/widgets").await?, 204);
     assert_eq!(status_with_key(gw, "/widgets/9", "file-key").await?, 404);
+    // An unregistered API's routes leave /metrics too: registering and deleting APIs cannot
+    // grow it without bound.
+    let text = gw.metrics().await?;
+    assert!(text.contains("route=\"account\""), "{text}");
+    assert!(!text.contains("getWidget"), "{text}");
     assert_eq!(admin.delete("/admin/tenants/globex").await?, 204);
     assert_eq!(admin.get("/admin/tenants/globex").await?.0, 404);
     Ok(())

@@ -85,6 +85,46 @@ async fn the_admin_api_reloads_the_config() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_removed_routes_series_leave_the_metrics() -> Result<()> {
+    let up = Upstream::echo("up").await;
+    let gw = start(&extended(&up)).await?;
+    assert_eq!(status(&gw, "/second").await?, 200);
+    let has = |text: &str, route: &str| text.contains(&format!("route=\"{route}\""));
+    let text = gw.metrics().await?;
+    assert!(has(&text, "second") && has(&text, "first"), "{text}");
+    // Renamed and removed routes, reload after reload: only the live ones are exported.
+    for i in 0..5 {
+        let cfg = base(&up).get(&format!("gen-{i}"), "/second", "up");
+        gw.rewrite_config(&cfg.render())?;
+        assert_eq!(gw.admin_reload().await?.status(), 200);
+        assert_eq!(status(&gw, "/second").await?, 200);
+    }
+    let text = gw.metrics().await?;
+    assert!(has(&text, "first") && has(&text, "gen-4"), "{text}");
+    for gone in ["second", "gen-0", "gen-3"] {
+        assert!(!has(&text, gone), "{gone} is still exported: {text}");
+    }
+    assert_eq!(
+        metric_value(
+            &text,
+            "tollgate_requests_total",
+            &[("route", "first"), ("status_class", "2xx")]
+        ),
+        Some(0.0),
+        "a live route's series stay, requested or not"
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "tollgate_requests_total",
+            &[("route", "gen-4"), ("status_class", "2xx")]
+        ),
+        Some(1.0)
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_changed_config_file_is_reloaded() -> Result<()> {
     let up = Upstream::echo("up").await;
     let gw = Gateway::builder(BIN, &base(&up).render())
