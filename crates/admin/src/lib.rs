@@ -22,6 +22,7 @@ use axum::routing::get;
 use state::AdminState;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tollgate_proxy::Gateway;
 
 /// Largest admin request body: registered OpenAPI documents can be big, nothing else is.
@@ -60,8 +61,20 @@ pub fn router(
         .with_state(state)
 }
 
-/// Serves the admin router on `listener` until `shutdown` fires. `own_addrs`: the gateway's
-/// other listeners, as bound (the admin listener's own address is added here).
+/// At most this many admin connections at once: the admin listener shares the process's file
+/// descriptors with the data plane, so idle or half-sent connections must not exhaust them.
+const MAX_CONNECTIONS: usize = 256;
+/// Time for a request head to arrive, and for an idle connection to send its next one.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time for a whole request, body included, to be answered.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long in-flight admin requests get once shutdown starts.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Serves the admin router on `listener` until `shutdown` fires, then lets in-flight requests
+/// finish. `own_addrs`: the gateway's other listeners, as bound (the admin listener's own
+/// address is added here). Unlike `axum::serve`, it bounds what a client can hold: connections,
+/// the time to send a head, and the time for a whole request.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     gateway: Gateway,
@@ -70,12 +83,63 @@ pub async fn serve(
     mut own_addrs: Vec<SocketAddr>,
     mut shutdown: tollgate_proxy::Shutdown,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     own_addrs.extend(listener.local_addr().ok());
-    axum::serve(
-        listener,
-        router(gateway, token, manage, own_addrs)
-            .into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.wait().await })
-    .await
+    let app = router(gateway, token, manage, own_addrs).layer(middleware::from_fn(
+        routes::system::request_timeout(REQUEST_TIMEOUT),
+    ));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let builder = Arc::new(builder);
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.wait() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors, most likely: let some close rather than spin.
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "admin connection refused: {MAX_CONNECTIONS} already open");
+            continue;
+        };
+        let app = app.clone();
+        let builder = builder.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    let mut app = app.clone();
+                    async move {
+                        tower_service::Service::call(&mut app, req.map(axum::body::Body::new)).await
+                    }
+                },
+            );
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.wait() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(permit);
+        });
+    }
+    // Every connection holds a permit until it closes.
+    let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, permits.acquire_many(all)).await;
+    Ok(())
 }

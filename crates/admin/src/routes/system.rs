@@ -16,6 +16,32 @@ pub async fn not_found() -> ApiError {
     ApiError::new(Kind::NotFound, "no admin route at this path")
 }
 
+/// A middleware answering 408 when a request (body included) takes longer than `limit`: a
+/// client sending its body a byte a minute must not hold a connection and a handler forever.
+pub fn request_timeout(
+    limit: std::time::Duration,
+) -> impl Fn(
+    axum::extract::Request,
+    Next,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |req, next| {
+        Box::pin(async move {
+            match tokio::time::timeout(limit, next.run(req)).await {
+                Ok(resp) => resp,
+                Err(_) => ApiError::new(
+                    Kind::RequestTimeout,
+                    format!("the request took longer than {}s", limit.as_secs()),
+                )
+                .into_response(),
+            }
+        })
+    }
+}
+
 /// The router answers a known path's wrong method with a bare 405; the admin API's errors are
 /// problem documents, this one included (with its `Allow`).
 pub async fn method_not_allowed(req: axum::extract::Request, next: Next) -> Response {

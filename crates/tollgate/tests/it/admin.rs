@@ -876,3 +876,31 @@ async fn a_node_that_loses_the_database_keeps_serving() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_admin_listener_does_not_wait_forever_on_a_client() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::echo("widgets").await;
+    let dir = TempDir::new("admin-slow")?;
+    let gw = Gateway::start(BIN, &config(&dir, &up)).await?;
+    // Half a head, then silence: closed once the header read timeout (10 s) runs out.
+    let mut s = tokio::net::TcpStream::connect(gw.admin_addr()).await?;
+    s.write_all(b"GET /health/live HTTP/1.1\r\nHost: a\r\n")
+        .await?;
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "still open after 30 s");
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "closed too early"
+    );
+    // The listener still serves.
+    let r = gw
+        .client()
+        .get(format!("{}/health/live", gw.admin_url()))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    Ok(())
+}
