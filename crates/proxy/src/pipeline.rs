@@ -315,7 +315,10 @@ async fn run(
     let req = Request::from_parts(parts, RequestBody::new(body, route.max_body_bytes));
     let sent = Instant::now();
     info.target = Some(target.clone());
-    let result = upstream.send(&target, req, Some(forwarded), sent).await;
+    let body_timeout = snap.config().server.header_read_timeout.get();
+    let result = upstream
+        .send(&target, req, Some(forwarded), sent, body_timeout)
+        .await;
     info.duration = Some(sent.elapsed());
     let resp = result.inspect_err(|e| {
         if e.fault() == tollgate_core::Fault::Upstream {

@@ -20,6 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const KIND: &str = "x-test-kind";
+/// How long the tests' clients may leave a request body waiting.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A fake upstream: runs `script` for every accepted connection and counts them.
 struct Fake {
@@ -162,7 +164,10 @@ async fn front_with_pool(upstream: SocketAddr, limit: Option<u64>) -> (SocketAdd
                         let body = crate::body::ClientBody::Hyper(body);
                         let req = Request::from_parts(parts, RequestBody::new(body, limit));
                         Ok::<_, Infallible>(
-                            match up.send(&target, req, None, std::time::Instant::now()).await {
+                            match up
+                                .send(&target, req, None, std::time::Instant::now(), BODY_TIMEOUT)
+                                .await
+                            {
                                 Ok(r) => {
                                     // hyper's server writes fields from the map alone.
                                     let mut r = r.map(ResponseBody::Upstream);
@@ -563,7 +568,7 @@ async fn a_pooled_connections_timer_from_an_earlier_request_does_not_cut_off_a_l
         let up = &up;
         async move {
             let r = up
-                .send(&target, req, None, std::time::Instant::now())
+                .send(&target, req, None, std::time::Instant::now(), BODY_TIMEOUT)
                 .await?;
             // Read to the end: the connection goes back to the pool.
             let body = r.into_body().collect().await.unwrap().to_bytes();

@@ -32,12 +32,67 @@ pub(super) enum Failure {
     Body(RequestBodyError),
     #[error("the request body ended {0} bytes short of its content-length")]
     ShortBody(u64),
+    #[error("the client stopped sending its request body")]
+    BodyStalled,
 }
 
 impl Failure {
     /// The connection failed rather than the request: another connection may do.
     pub(super) fn is_connection(&self) -> bool {
         matches!(self, Failure::Write(_) | Failure::Read(_) | Failure::Closed)
+    }
+}
+
+/// Where a request with a body stands, so that a timeout blames the right party: the
+/// response timeout runs from the body's last write, and a client that stops sending its body
+/// runs out of its own time, not the upstream's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Progress {
+    /// Head (and any body that came with it) being sent: the send's own deadline applies.
+    Head,
+    /// Waiting for the client's next body bytes since then.
+    Client(tokio::time::Instant),
+    /// Body bytes last handed to the upstream then; the response (or the write) is the
+    /// upstream's to finish.
+    Upstream(tokio::time::Instant),
+}
+
+/// [`Progress`], shared between the exchange and the timer that watches it. Both run on the
+/// request's task; an atomic (relaxed: a plain load and store) only because the future must be
+/// `Send`. Instants are kept as nanoseconds since `base`, the state in the top two bits.
+pub(super) struct ProgressCell {
+    base: tokio::time::Instant,
+    bits: std::sync::atomic::AtomicU64,
+}
+
+impl ProgressCell {
+    const CLIENT: u64 = 1 << 62;
+    const UPSTREAM: u64 = 2 << 62;
+    const TIME: u64 = (1 << 62) - 1;
+
+    pub(super) fn new(base: tokio::time::Instant) -> Self {
+        Self {
+            base,
+            bits: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn set(&self, tag: u64) {
+        let nanos = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(Self::TIME);
+        self.bits.store(
+            tag | nanos.min(Self::TIME),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    pub(super) fn get(&self) -> Progress {
+        let bits = self.bits.load(std::sync::atomic::Ordering::Relaxed);
+        let at = self.base + std::time::Duration::from_nanos(bits & Self::TIME);
+        match bits & !Self::TIME {
+            Self::CLIENT => Progress::Client(at),
+            Self::UPSTREAM => Progress::Upstream(at),
+            _ => Progress::Head,
+        }
     }
 }
 
@@ -170,10 +225,11 @@ pub(super) async fn exchange(
     host: &HeaderValue,
     reused: bool,
     seen: &mut bool,
+    progress: &ProgressCell,
 ) -> Result<Answer, Failure> {
     let head_request = out.method == Method::HEAD;
     out.prefetch().await?;
-    match send(conn, out, host, seen, head_request).await {
+    match send(conn, out, host, seen, head_request, progress).await {
         Ok(Some(head)) => Ok(Answer {
             head,
             request_complete: false,
@@ -205,6 +261,7 @@ async fn send(
     host: &HeaderValue,
     seen: &mut bool,
     head_request: bool,
+    progress: &ProgressCell,
 ) -> Result<Option<Head>, Failure> {
     conn.wbuf.clear();
     out.encode_head(&mut conn.wbuf, host);
@@ -260,6 +317,7 @@ async fn send(
         }
         conn.wbuf.clear();
         tail = b"";
+        progress.set(ProgressCell::CLIENT);
         let frame = tokio::select! {
             biased;
             r = conn.stream.readable() => {
@@ -273,6 +331,7 @@ async fn send(
             f = out.body.frame() => f,
         };
         data = Bytes::new();
+        progress.set(ProgressCell::UPSTREAM);
         match frame {
             Some(Ok(frame)) => {
                 out.taken = true;

@@ -182,12 +182,15 @@ impl Upstream {
     /// Sends the request to `target` and waits for the response head within the response
     /// timeout, counted from `now`. The request keeps its path and query (origin form); `Host`
     /// becomes the target's, and `forwarded` replaces the request's fields of its names.
+    /// `client_body_timeout`: how long the client may leave its request body waiting before it
+    /// gets a 408 (the response timeout only starts once the body is with the upstream).
     pub async fn send(
         &self,
         target: &Arc<Target>,
         req: Request<RequestBody>,
         forwarded: Option<Forwarded<'_>>,
         now: std::time::Instant,
+        client_body_timeout: Duration,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
         // One deadline for the whole send: a fresh connection and a retry fit inside it.
         let deadline = Instant::from_std(now) + self.response_timeout;
@@ -215,23 +218,34 @@ impl Upstream {
             }
             conn.used = now;
             let mut seen = false;
+            let progress = exchange::ProgressCell::new(Instant::from_std(now));
             let result = {
                 let mut exchange = pin!(exchange::exchange(
                     &mut conn,
                     &mut out,
                     &target.host,
                     reused,
-                    &mut seen
+                    &mut seen,
+                    &progress,
                 ));
                 poll_fn(|cx| {
                     if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
                         return Poll::Ready(Some(r));
                     }
                     while timer.as_mut().poll(cx).is_ready() {
-                        if Instant::now() >= deadline {
-                            return Poll::Ready(None);
+                        // Whose time is running depends on where the body is.
+                        let limit = match progress.get() {
+                            exchange::Progress::Head => deadline,
+                            exchange::Progress::Client(since) => since + client_body_timeout,
+                            exchange::Progress::Upstream(at) => at + self.response_timeout,
+                        };
+                        if Instant::now() >= limit {
+                            return Poll::Ready(match progress.get() {
+                                exchange::Progress::Client(_) => Some(Err(Failure::BodyStalled)),
+                                _ => None,
+                            });
                         }
-                        timer.as_mut().reset(deadline);
+                        timer.as_mut().reset(limit);
                     }
                     Poll::Pending
                 })
@@ -293,6 +307,10 @@ fn classify(name: &str, target: &Target, f: Failure) -> GatewayError {
             GatewayError::new(Kind::BadRequest, "the request body could not be read")
                 .with_cause(f.to_string())
         }
+        Failure::BodyStalled => GatewayError::new(
+            Kind::RequestTimeout,
+            "the request body stopped arriving before it was complete",
+        ),
         _ => GatewayError::new(
             Kind::UpstreamBadResponse,
             "the upstream closed the connection or sent an invalid response",

@@ -184,3 +184,58 @@ async fn download_gateway(size: u64) -> Result<(Upstream, Gateway)> {
     .await?;
     Ok((up, gw))
 }
+
+/// A request body is the client's to send and the response the upstream's to give: a slow but
+/// steady upload outlasts the upstream's response timeout, and one that stops is the client's
+/// fault (408), not a 504.
+#[tokio::test]
+async fn a_slow_upload_is_timed_as_the_clients_and_a_stalled_one_is_a_408() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::echo("up").await;
+    let gw = start(
+        &ConfigBuilder::new()
+            .server("header_read_timeout", "2s")
+            .upstream_spec(
+                UpstreamSpec::new("up")
+                    .target(&up.url())
+                    .response_timeout("1s"),
+            )
+            .route(RouteSpec::new("upload", "/upload", "up").methods(&["POST"])),
+    )
+    .await?;
+    let head = |len: usize| {
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: {}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n",
+            gw.public_addr()
+        )
+    };
+    let read_all = |mut s: tokio::net::TcpStream| async move {
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf)).await??;
+        anyhow::Ok(String::from_utf8_lossy(&buf).into_owned())
+    };
+
+    // Six bytes over 2.5 s: longer than the upstream's 1 s, never idle for 2 s.
+    let mut s = tokio::net::TcpStream::connect(gw.public_addr()).await?;
+    s.write_all(head(6).as_bytes()).await?;
+    for b in b"abcdef" {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s.write_all(&[*b]).await?;
+    }
+    let text = read_all(s).await?;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("abcdef"), "{text}");
+
+    // Half a body, then nothing: a 408 problem once the client has been idle for 2 s.
+    let mut s = tokio::net::TcpStream::connect(gw.public_addr()).await?;
+    s.write_all(head(10).as_bytes()).await?;
+    s.write_all(b"abcde").await?;
+    let text = read_all(s).await?;
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request-timeout"), "{text}");
+    let line = gw
+        .wait_access_log(SHORT, |l| l["status"] == 408)
+        .await?;
+    assert_eq!(line["fault"], "client", "{line}");
+    Ok(())
+}
