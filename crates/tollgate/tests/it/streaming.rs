@@ -233,9 +233,7 @@ async fn a_slow_upload_is_timed_as_the_clients_and_a_stalled_one_is_a_408() -> R
     let text = read_all(s).await?;
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("request-timeout"), "{text}");
-    let line = gw
-        .wait_access_log(SHORT, |l| l["status"] == 408)
-        .await?;
+    let line = gw.wait_access_log(SHORT, |l| l["status"] == 408).await?;
     assert_eq!(line["fault"], "client", "{line}");
     Ok(())
 }
