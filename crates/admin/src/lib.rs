@@ -56,6 +56,7 @@ pub fn router(
         .merge(protected)
         .fallback(routes::system::not_found)
         .layer(middleware::from_fn(routes::system::method_not_allowed))
+        .layer(middleware::from_fn(routes::system::request_timeout))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(auth::request_id))
         .with_state(state)
@@ -66,8 +67,6 @@ pub fn router(
 const MAX_CONNECTIONS: usize = 256;
 /// Time for a request head to arrive, and for an idle connection to send its next one.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time for a whole request, body included, to be answered.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight admin requests get once shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -85,9 +84,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     own_addrs.extend(listener.local_addr().ok());
-    let app = router(gateway, token, manage, own_addrs).layer(middleware::from_fn(
-        routes::system::request_timeout(REQUEST_TIMEOUT),
-    ));
+    let app = router(gateway, token, manage, own_addrs);
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

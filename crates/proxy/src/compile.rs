@@ -20,6 +20,8 @@ pub struct Limits {
     pub max_uri_bytes: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// How long a request body being forwarded may pause (`server.header_read_timeout`).
+    pub body_pause: std::time::Duration,
 }
 
 /// One immutable, fully compiled configuration.
@@ -327,6 +329,7 @@ pub fn compile(
             max_uri_bytes: s.max_uri_bytes,
             max_header_bytes: s.max_header_bytes,
             max_headers: s.max_headers,
+            body_pause: s.header_read_timeout.get(),
         },
         trusted_proxies: s.trusted_proxies.clone().into(),
         unmatched: metrics.route("", "", "unmatched"),

@@ -315,9 +315,8 @@ async fn run(
     let req = Request::from_parts(parts, RequestBody::new(body, route.max_body_bytes));
     let sent = Instant::now();
     info.target = Some(target.clone());
-    let body_timeout = snap.config().server.header_read_timeout.get();
     let result = upstream
-        .send(&target, req, Some(forwarded), sent, body_timeout)
+        .send(&target, req, Some(forwarded), sent, snap.limits.body_pause)
         .await;
     info.duration = Some(sent.elapsed());
     let resp = result.inspect_err(|e| {

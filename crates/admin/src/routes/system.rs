@@ -16,29 +16,22 @@ pub async fn not_found() -> ApiError {
     ApiError::new(Kind::NotFound, "no admin route at this path")
 }
 
-/// A middleware answering 408 when a request (body included) takes longer than `limit`: a
-/// client sending its body a byte a minute must not hold a connection and a handler forever.
-pub fn request_timeout(
-    limit: std::time::Duration,
-) -> impl Fn(
-    axum::extract::Request,
-    Next,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>>
-+ Clone
-+ Send
-+ Sync
-+ 'static {
-    move |req, next| {
-        Box::pin(async move {
-            match tokio::time::timeout(limit, next.run(req)).await {
-                Ok(resp) => resp,
-                Err(_) => ApiError::new(
-                    Kind::RequestTimeout,
-                    format!("the request took longer than {}s", limit.as_secs()),
-                )
-                .into_response(),
-            }
-        })
+/// How long an admin request, body included, may take.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Answers 408 when a request takes longer than [`REQUEST_TIMEOUT`]: a client sending its body
+/// a byte a minute must not hold a connection and a handler forever.
+pub async fn request_timeout(req: axum::extract::Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(
+            Kind::RequestTimeout,
+            format!(
+                "the request took longer than {}s",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+        )
+        .into_response(),
     }
 }
 

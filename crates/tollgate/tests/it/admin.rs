@@ -895,6 +895,24 @@ async fn the_admin_listener_does_not_wait_forever_on_a_client() -> Result<()> {
         started.elapsed() >= Duration::from_secs(5),
         "closed too early"
     );
+    // A whole head and half a body: a 408 problem once the request has had 30 s.
+    let mut s = tokio::net::TcpStream::connect(gw.admin_addr()).await?;
+    s.write_all(
+        format!(
+            "POST /admin/tenants HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{{\"id\""
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(45), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.contains("request-timeout") && text.contains("x-request-id"),
+        "{text}"
+    );
     // The listener still serves.
     let r = gw
         .client()
