@@ -160,9 +160,17 @@ impl Auth {
         let ids = &self.identity;
         match scheme {
             AuthScheme::ApiKey => {
-                let Some(key) = req.headers.get(&ids.api_key_header) else {
+                let mut keys = req.headers.get_all(&ids.api_key_header).iter();
+                let Some(key) = keys.next() else {
                     return Attempt::Miss(Miss::Absent);
                 };
+                // Two keys name two callers (or one caller and a guess): never pick one.
+                if keys.next().is_some() {
+                    return Attempt::Miss(Miss::Invalid {
+                        scheme: "api_key",
+                        reason: "more than one API key",
+                    });
+                }
                 match ids.by_api_key(key.as_bytes()) {
                     Some(e) => Attempt::Found(Found {
                         consumer: e.consumer.clone(),
@@ -180,6 +188,12 @@ impl Auth {
                 let (Some(token), Some(v)) = (Self::bearer(req), ids.jwt.as_ref()) else {
                     return Attempt::Miss(Miss::Absent);
                 };
+                if req.headers.get_all(AUTHORIZATION).iter().nth(1).is_some() {
+                    return Attempt::Miss(Miss::Invalid {
+                        scheme: "jwt",
+                        reason: "more than one Authorization field",
+                    });
+                }
                 match v.verify_cached(token) {
                     Verdict::Valid(claims) => self.consumer_of_token(&claims),
                     Verdict::Invalid(e) => Attempt::Miss(Miss::Invalid {

@@ -670,6 +670,32 @@ async fn api_key_identifies_its_consumer_and_stays_at_the_gateway() -> Result<()
     let echo = echo_of(fx.get("/either/3", &[("x-api-key", ALICE_KEY)]).await?).await?;
     assert_eq!(echoed(&echo, "x-consumer-id"), Some("alice"));
 
+    // Two keys, or two tokens: ambiguous, so neither is taken.
+    let hits = fx.up.hits();
+    problem(
+        fx.get(
+            "/key/1",
+            &[("x-api-key", ALICE_KEY), ("x-api-key", BOB_KEY)],
+        )
+        .await?,
+        401,
+        &[ALICE_KEY, BOB_KEY],
+    )
+    .await;
+    let token = fx.rsa.sign(&claims("alice", "accounts:read"));
+    let auth = format!("Bearer {token}");
+    problem(
+        fx.get(
+            "/either/1",
+            &[("authorization", &auth), ("authorization", &auth)],
+        )
+        .await?,
+        401,
+        &[token.as_str()],
+    )
+    .await;
+    assert_eq!(fx.up.hits(), hits);
+
     // An unknown key: 401 naming the ApiKey scheme, the key echoed nowhere.
     let bogus = "tg_bogus_not_a_real_key_424242";
     let (h, doc) = problem(
