@@ -93,21 +93,14 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (stream, peer) = tokio::select! {
+        // A connection slot first, as the data plane does: at the cap we stop accepting and
+        // the kernel queues; slow clients lose their slot within the header read timeout.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = shutdown.wait() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of descriptors, most likely: let some close rather than spin.
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "admin connection refused: {MAX_CONNECTIONS} already open");
-            continue;
+        let Some((stream, peer)) = tollgate_proxy::accept(&listener, &mut shutdown).await else {
+            break;
         };
         let app = app.clone();
         let builder = builder.clone();

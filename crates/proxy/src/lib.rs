@@ -24,7 +24,7 @@ pub mod usage;
 
 pub use gateway::{Gateway, Options, ReloadError};
 pub use pipeline::X_REQUEST_ID;
-pub use server::{Bound, Shutdown, ShutdownTrigger, shutdown_pair};
+pub use server::{Bound, Shutdown, ShutdownTrigger, accept, shutdown_pair};
 
 /// Installs the process-wide rustls crypto provider (aws-lc-rs). Idempotent.
 pub fn install_crypto_provider() {

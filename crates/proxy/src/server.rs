@@ -167,6 +167,26 @@ fn with_addr(e: std::io::Error, name: &str, addr: SocketAddr) -> std::io::Error 
     std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({name}): {e}"))
 }
 
+/// The next connection, or `None` once `shutdown` fires. An accept error (out of file
+/// descriptors, most likely) is logged and retried after a pause instead of spinning.
+pub async fn accept(
+    listener: &TcpListener,
+    shutdown: &mut Shutdown,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => return Some(x),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.wait() => return None,
+        }
+    }
+}
+
 async fn accept_loop(
     gw: Gateway,
     listener: TcpListener,
@@ -189,17 +209,8 @@ async fn accept_loop(
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = shutdown.wait() => break,
         };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.wait() => break,
+        let Some((stream, peer)) = accept(&listener, &mut shutdown).await else {
+            break;
         };
         let _ = stream.set_nodelay(true);
         let conn = ConnMeta {
