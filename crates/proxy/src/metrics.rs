@@ -230,12 +230,97 @@ impl Metrics {
         self.throttled.get_or_create(&TierLabels { tier }).inc();
     }
 
+    /// The OpenMetrics text of every series.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+
+    /// Every series in the format the scraper asked for.
+    pub fn encode_as(&self, format: Exposition) -> String {
+        match format {
+            Exposition::OpenMetrics => self.encode(),
+            Exposition::Prometheus => openmetrics_to_prometheus(&self.encode()),
+        }
+    }
+}
+
+/// The two text formats Prometheus scrapes. Prometheus itself asks for OpenMetrics first;
+/// everything else (curl, older scrapers, the Prometheus text parsers in client libraries)
+/// expects the classic format 0.0.4, as exporters serve it when OpenMetrics was not asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exposition {
+    OpenMetrics,
+    Prometheus,
+}
+
+impl Exposition {
+    /// OpenMetrics when `Accept` lists `application/openmetrics-text` with a non-zero q.
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        let asked = accept.is_some_and(|a| {
+            a.split(',').any(|range| {
+                let mut parts = range.split(';');
+                let media = parts.next().unwrap_or("").trim();
+                media.eq_ignore_ascii_case("application/openmetrics-text")
+                    && !parts.any(|p| {
+                        p.split_once('=').is_some_and(|(k, v)| {
+                            k.trim().eq_ignore_ascii_case("q")
+                                && v.trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
+                        })
+                    })
+            })
+        });
+        if asked {
+            Self::OpenMetrics
+        } else {
+            Self::Prometheus
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Self::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// Rewrites OpenMetrics text as the Prometheus text format 0.0.4. The samples are the same;
+/// the metadata differs: a counter's family is named by its samples (`_total`), there are no
+/// `# UNIT` lines, and no `# EOF`. Only counters, gauges and histograms are registered here,
+/// and they need nothing else.
+fn openmetrics_to_prometheus(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    // prometheus-client writes HELP before TYPE, so a family's HELP waits for its type.
+    let mut help: Option<(&str, &str)> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, doc) = rest.split_once(' ').unwrap_or((rest, ""));
+            help = Some((name, doc));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let suffix = if kind == "counter" && !name.ends_with("_total") {
+                "_total"
+            } else {
+                ""
+            };
+            if let Some((help_name, doc)) = help.take().filter(|(n, _)| *n == name) {
+                out.push_str(&format!("# HELP {help_name}{suffix} {doc}\n"));
+            }
+            out.push_str(&format!("# TYPE {name}{suffix} {kind}\n"));
+            continue;
+        }
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// Per-route, per-status-class handles.
@@ -250,5 +335,83 @@ impl RouteMetrics {
         let (c, h) = &self.handles[class];
         c.inc();
         h.observe(elapsed.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Metrics {
+        let m = Metrics::new();
+        m.throttled("plan");
+        m.config_generation.set(3);
+        m.durations
+            .get_or_create(&RouteLabels {
+                tenant: "t".into(),
+                api: "a".into(),
+                route: "r".into(),
+                status_class: StatusClass::Success,
+            })
+            .observe(0.002);
+        m
+    }
+
+    #[test]
+    fn prometheus_text_names_counter_families_by_their_samples() {
+        let text = sample().encode_as(Exposition::Prometheus);
+        assert!(
+            text.contains("# TYPE tollgate_throttled_total counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP tollgate_throttled_total Requests refused"));
+        assert!(text.contains("tollgate_throttled_total{tier=\"plan\"} 1\n"));
+        assert!(text.contains("# TYPE tollgate_config_generation gauge\n"));
+        assert!(text.contains("tollgate_config_generation 3\n"));
+        assert!(text.contains("# TYPE tollgate_request_duration_seconds histogram\n"));
+        assert!(text.contains("tollgate_request_duration_seconds_bucket{"));
+        assert!(!text.contains("# UNIT"), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
+        // Every sample of the OpenMetrics text is there, unchanged.
+        let om = sample().encode_as(Exposition::OpenMetrics);
+        assert!(om.ends_with("# EOF\n"));
+        for line in om.lines().filter(|l| !l.starts_with('#')) {
+            assert!(text.lines().any(|t| t == line), "missing {line}");
+        }
+        // Each TYPE line names a family whose samples follow it.
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = line.split(' ').nth(2).unwrap_or("");
+            assert!(
+                text.lines()
+                    .any(|l| !l.starts_with('#') && l.starts_with(name)),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn openmetrics_only_when_asked_for() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(
+            Exposition::negotiate(Some(prometheus)),
+            Exposition::OpenMetrics
+        );
+        assert_eq!(
+            Exposition::negotiate(Some("Application/OpenMetrics-Text")),
+            Exposition::OpenMetrics
+        );
+        for other in [
+            None,
+            Some("*/*"),
+            Some("text/plain;version=0.0.4"),
+            Some("application/openmetrics-text;q=0, text/plain"),
+            Some("application/openmetrics-textual"),
+        ] {
+            assert_eq!(
+                Exposition::negotiate(other),
+                Exposition::Prometheus,
+                "{other:?}"
+            );
+        }
     }
 }

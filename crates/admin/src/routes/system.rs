@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{Value, json};
 use tollgate_core::{GatewayError, Kind};
+use tollgate_proxy::metrics::Exposition;
 
 pub async fn not_found() -> ApiError {
     ApiError::new(Kind::NotFound, "no admin route at this path")
@@ -65,13 +66,21 @@ pub async fn ready(State(s): State<AdminState>) -> Json<Value> {
     Json(json!({"status": "ready", "config_generation": snap.generation}))
 }
 
-pub async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+pub async fn metrics(
+    State(s): State<AdminState>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Exposition::negotiate(accept);
     (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        )],
-        s.gateway.metrics().encode(),
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(format.content_type()),
+            ),
+            (header::VARY, HeaderValue::from_static("accept")),
+        ],
+        s.gateway.metrics().encode_as(format),
     )
 }
 

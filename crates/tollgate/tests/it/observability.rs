@@ -211,6 +211,50 @@ async fn metrics_count_requests_by_route_and_status_class() -> Result<()> {
 }
 
 #[tokio::test]
+async fn metrics_speak_the_format_the_scraper_asks_for() -> Result<()> {
+    let (_up, gw) = echo_gateway("up").await?;
+    let c = gw.client();
+    c.get(gw.url("/echo")).send().await?.bytes().await?;
+    let url = format!("{}/metrics", gw.admin_url());
+
+    // curl and classic scrapers: the Prometheus text format 0.0.4.
+    let r = c.get(&url).send().await?;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = r.text().await?;
+    assert!(
+        text.contains("# TYPE tollgate_requests_total counter"),
+        "{text}"
+    );
+    assert!(text.contains("tollgate_requests_total{"), "{text}");
+    assert!(
+        !text.contains("# EOF") && !text.contains("# UNIT"),
+        "{text}"
+    );
+
+    // Prometheus asks for OpenMetrics first, and gets it.
+    let r = c
+        .get(&url)
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        )
+        .send()
+        .await?;
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let om = r.text().await?;
+    assert!(om.contains("# TYPE tollgate_requests counter"), "{om}");
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn health_endpoints_answer_without_a_token() -> Result<()> {
     let (_up, gw) = echo_gateway("up").await?;
     let c = gw.client();
