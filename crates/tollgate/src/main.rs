@@ -202,6 +202,7 @@ async fn serve(
     {
         let env = EnvOverrides::from_env();
         let loaded = tollgate_config::load(&config, &env)?;
+        raise_open_file_limit(loaded.config.server.max_connections);
         if demo {
             demo::start_servers(&loaded.base_dir);
         }
@@ -290,6 +291,29 @@ async fn serve(
         tracing::info!("shut down");
         gateway.flush_access_log();
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Raises the soft open-file limit towards what `max_connections` needs. Many systems start
+/// services at a soft limit of 1024, which a gateway allowed 10,000 connections would hit at a
+/// few hundred clients (each holds an upstream connection too) with `EMFILE` on accept and
+/// connect; the hard limit is the operator's, and is only ever reported.
+fn raise_open_file_limit(max_connections: usize) {
+    // A client connection and its upstream connection, plus the admin listener's connections,
+    // the store's pool, log files and the listeners themselves.
+    let wanted = u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(2)
+        .saturating_add(1024);
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(limit) if limit < wanted => tracing::warn!(
+            limit,
+            wanted,
+            max_connections,
+            "the open-file limit is below what server.max_connections needs; connections beyond it fail with EMFILE: raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower server.max_connections"
+        ),
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, wanted, "cannot raise the open-file limit"),
     }
 }
 

@@ -199,3 +199,56 @@ async fn environment_overrides_replace_listener_addresses() -> Result<()> {
     assert_eq!(r.status(), 200);
     Ok(())
 }
+
+/// The soft limit in `/proc/PID/limits`, or `None` when unlimited.
+fn open_file_limits(pid: u32) -> Result<(Option<u64>, Option<u64>)> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .ok_or_else(|| anyhow::anyhow!("no open-file line in {limits}"))?;
+    let mut f = line["Max open files".len()..].split_whitespace();
+    let mut next = || f.next().and_then(|v| v.parse().ok());
+    Ok((next(), next()))
+}
+
+#[tokio::test]
+async fn serve_raises_a_low_open_file_limit_for_its_connections() -> Result<()> {
+    // Started the way many service managers start it: soft limit far below what 1,000
+    // connections need. The wrapper execs, so the gateway keeps its pid.
+    let dir = TempDir::new("tollgate-nofile")?;
+    let wrapper = dir.path().join("tollgate-low-nofile");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nulimit -Sn 256\nexec {BIN} \"$@\"\n"),
+    )?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let yaml = ConfigBuilder::new()
+        .upstream("up", "http://127.0.0.1:9")
+        .get("echo", "/e/{id}", "up")
+        .server("max_connections", "1000")
+        .render();
+    let gw = Gateway::start(&wrapper, &yaml).await?;
+    let (soft, hard) = open_file_limits(gw.pid())?;
+    let wanted = 2 * 1000 + 1024;
+    match hard {
+        Some(h) if h < wanted => {
+            assert_eq!(soft, Some(h), "raised as far as the hard limit allows");
+            assert!(
+                gw.stderr_text().contains("open-file limit is below"),
+                "{}",
+                gw.stderr_text()
+            );
+        }
+        _ => {
+            assert_eq!(soft, Some(wanted), "raised to what 1,000 connections need");
+            assert!(!gw.stderr_text().contains("open-file limit is below"));
+        }
+    }
+    let r = gw.client().get(gw.url("/nowhere")).send().await?;
+    assert_eq!(r.status(), 404);
+    Ok(())
+}
