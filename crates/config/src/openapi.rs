@@ -274,7 +274,15 @@ pub fn import(tenant: &str, api_id: &str, doc: &Value) -> Result<Imported, Vec<D
 
     let upstream_name = format!("{tenant}/{api_id}");
     let top = top_level(root, &mut p);
-    let routes = routes(root, &top, &mut p);
+    let mut routes = routes(root, &top, &mut p);
+    // Route ids name routes across the whole gateway (logs, metrics, limiter state, plans'
+    // per-route rates), and operationIds are only unique within a document: scoped by tenant
+    // and API, two tenants may both have a `getWidget`, and neither learns of the other's.
+    for r in &mut routes {
+        if let Some(op) = r.id.take() {
+            r.id = Some(format!("{tenant}/{api_id}/{op}"));
+        }
+    }
 
     let upstream = top
         .upstream_url

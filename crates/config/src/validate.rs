@@ -666,7 +666,8 @@ fn tenants(cfg: &Config, r: &mut Report) {
             }
             for (i, route) in api.routes.iter().enumerate() {
                 let rkey = format!("{akey}.routes[{i}]");
-                check_route(cfg, api.upstream.as_deref(), route, &rkey, r);
+                let scope = format!("{tname}/{aname}/");
+                check_route(cfg, api.upstream.as_deref(), route, &rkey, &scope, r);
                 if let Some(a) = &route.auth {
                     let ls = route
                         .listeners
@@ -708,7 +709,16 @@ fn check_listeners(cfg: &Config, ls: &[ListenerName], key: &str, r: &mut Report)
     }
 }
 
-fn check_route(cfg: &Config, api_upstream: Option<&str>, route: &Route, key: &str, r: &mut Report) {
+/// `scope`: `tenant/api/`, the prefix a route id may carry (registered APIs' operationIds are
+/// scoped so: see `openapi::import`).
+fn check_route(
+    cfg: &Config,
+    api_upstream: Option<&str>,
+    route: &Route,
+    key: &str,
+    scope: &str,
+    r: &mut Report,
+) {
     if let Err(msg) = check_path_template(&route.path) {
         r.err(format!("{key}.path"), msg);
     }
@@ -727,7 +737,7 @@ fn check_route(cfg: &Config, api_upstream: Option<&str>, route: &Route, key: &st
         }
     }
     if let Some(id) = &route.id
-        && !is_ident(id)
+        && !is_ident(id.strip_prefix(scope).unwrap_or(id))
     {
         r.err(
             format!("{key}.id"),

@@ -71,7 +71,11 @@ fn check_minimal(imp: &Imported) {
     assert_eq!(imp.api.routes.len(), 3);
 
     let get = route(&imp.api, "GET", "/v1/rates/{pair}");
-    assert_eq!(get.id.as_deref(), Some("get-rate"));
+    assert_eq!(
+        get.id.as_deref(),
+        Some("markets/fx-history/get-rate"),
+        "operationIds are scoped by tenant and API"
+    );
     let auth = get.auth.as_ref().expect("auth");
     assert_eq!(auth.any, [AuthScheme::ApiKey, AuthScheme::Jwt]);
     assert!(auth.all.is_empty());
@@ -529,7 +533,10 @@ fn bank_example_imports_cleanly() {
     assert_eq!(imp.upstream.targets[0].url, "http://127.0.0.1:9104");
     assert_eq!(imp.api.routes.len(), 4);
     let list = route(&imp.api, "GET", "/v1/fx/history");
-    assert_eq!(list.id.as_deref(), Some("list-fx-history"));
+    assert_eq!(
+        list.id.as_deref(),
+        Some("markets/fx-history/list-fx-history")
+    );
     let a = list.auth.as_ref().expect("auth");
     assert_eq!(a.any, [AuthScheme::ApiKey, AuthScheme::Jwt]);
     assert_eq!(a.scopes, ["fx:read"]);
