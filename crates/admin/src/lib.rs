@@ -9,6 +9,7 @@ mod auth;
 mod doc;
 pub mod error;
 pub mod manage;
+mod paths;
 mod routes;
 mod state;
 

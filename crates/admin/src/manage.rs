@@ -28,9 +28,16 @@ pub struct Management {
     applied: AtomicI64,
     sync_lock: tokio::sync::Mutex<()>,
     flush_lock: tokio::sync::Mutex<()>,
-    /// Serialises this node's writes, so "check the merged config, then store" cannot race
-    /// with another request on the same node.
-    pub write_lock: tokio::sync::Mutex<()>,
+    /// Serialises this node's writes; [`Management::begin_write`] adds the store's lock for
+    /// other nodes' writes.
+    write_lock: tokio::sync::Mutex<()>,
+}
+
+/// A management write in progress: see [`Management::begin_write`]. Dropping it ends the write.
+#[derive(Debug)]
+pub struct WriteGuard<'a> {
+    _store: tollgate_store::WriteLock,
+    _node: tokio::sync::MutexGuard<'a, ()>,
 }
 
 impl std::fmt::Debug for Management {
@@ -65,16 +72,24 @@ impl Management {
         &self.gateway
     }
 
-    /// Reads the managed entities and swaps in a snapshot built from them. A set that does not
-    /// compile (say, the file changed under it) is logged and the running snapshot stays.
+    /// Reads the managed entities and swaps in a snapshot built from them. Entities that no
+    /// longer fit (say, the config file took a path a registered API had) are left out, each
+    /// logged and counted, so that one of them cannot hold back every later change, a key's
+    /// revocation included. Only a set that does not compile even without them leaves the
+    /// running snapshot as it is.
     pub async fn sync(&self) -> Result<(), StoreError> {
         let _g = self.sync_lock.lock().await;
         let dynamic = self.store.load_all().await?;
         let version = dynamic.version;
-        let overlay = Arc::new(build_overlay(&dynamic));
+        let overlay = build_overlay(&dynamic);
         let gw = self.gateway.clone();
-        match tokio::task::spawn_blocking(move || gw.set_overlay(overlay)).await {
-            Ok(Ok(generation)) => {
+        match tokio::task::spawn_blocking(move || apply_what_fits(&gw, overlay)).await {
+            Ok(Ok((generation, left_out))) => {
+                let count = i64::try_from(left_out.len()).unwrap_or(i64::MAX);
+                self.gateway.metrics().managed_left_out.set(count);
+                for (what, why) in &left_out {
+                    tracing::error!(version, entity = %what, reason = %why, "stored entity left out of the running config");
+                }
                 tracing::debug!(version, generation, "managed entities applied");
             }
             Ok(Err(e)) => {
@@ -88,14 +103,30 @@ impl Management {
         Ok(())
     }
 
-    /// Deletes through `op` under this node's write lock and makes the result live here at
-    /// once: 204, or 404 naming `what` when there was nothing to delete.
+    /// Starts a write: takes this node's write lock and the store's lock for every node's
+    /// writes, then brings this node's snapshot up to everything committed before. Whatever a
+    /// handler checks after this (path clashes against the running routes, a plan's users,
+    /// an `If-Match`) cannot be invalidated by another node's write before its own commits;
+    /// checked against a snapshot a poll behind, two nodes could each accept one of two
+    /// clashing registrations.
+    pub async fn begin_write(&self) -> Result<WriteGuard<'_>, StoreError> {
+        let node = self.write_lock.lock().await;
+        let store = self.store.lock_writes().await?;
+        self.poll().await?;
+        Ok(WriteGuard {
+            _store: store,
+            _node: node,
+        })
+    }
+
+    /// Deletes through `op` as one write ([`Management::begin_write`]) and makes the result
+    /// live here at once: 204, or 404 naming `what` when there was nothing to delete.
     pub async fn delete(
         &self,
         what: &str,
         op: impl AsyncFnOnce(&Store) -> Result<bool, StoreError>,
     ) -> Result<axum::http::StatusCode, ApiError> {
-        let _w = self.write_lock.lock().await;
+        let _w = self.begin_write().await?;
         if !op(&self.store).await? {
             return Err(ApiError::not_found(what));
         }
@@ -224,14 +255,97 @@ pub fn import_api(
     })
 }
 
+/// Swaps in `overlay`, or as much of it as fits. Blocking. Returns the generation and what
+/// was left out, with why.
+fn apply_what_fits(
+    gw: &Gateway,
+    overlay: Overlay,
+) -> Result<(u64, Vec<(String, String)>), tollgate_proxy::ReloadError> {
+    /// Rounds of leaving out what the compiler names before giving up.
+    const ROUNDS: usize = 4;
+    let refused = match gw.set_overlay(Arc::new(overlay.clone())) {
+        Ok(generation) => return Ok((generation, Vec::new())),
+        Err(e) => e,
+    };
+    let mut o = overlay;
+    let mut left = Vec::new();
+    let (kept, clashing) =
+        crate::paths::fitting_apis(&gw.file_config().config, std::mem::take(&mut o.apis));
+    o.apis = kept;
+    for a in clashing {
+        left.push((
+            format!("api {}/{}", a.tenant, a.id),
+            "a path it registered is served by the config file or an older API".to_owned(),
+        ));
+    }
+    for _ in 0..ROUNDS {
+        let problems = match gw.set_overlay(Arc::new(o.clone())) {
+            Ok(generation) => return Ok((generation, left)),
+            Err(tollgate_proxy::ReloadError::Config(tollgate_config::ConfigError::Invalid {
+                problems,
+                ..
+            })) => problems,
+            Err(e) => return Err(e),
+        };
+        if !leave_out_named(&mut o, &problems, &mut left) {
+            break;
+        }
+    }
+    Err(refused)
+}
+
+/// Removes from `o` each stored entity a problem's key path points into; false if none.
+fn leave_out_named(
+    o: &mut Overlay,
+    problems: &[tollgate_config::Problem],
+    left: &mut Vec<(String, String)>,
+) -> bool {
+    let names = |prefix: &str, p: &tollgate_config::Problem| {
+        p.key_path == prefix
+            || p.key_path.starts_with(&format!("{prefix}."))
+            || p.key_path.starts_with(&format!("{prefix}["))
+    };
+    let before = left.len();
+    for p in problems {
+        let why = format!("{}: {}", p.key_path, p.message);
+        if let Some(i) = o.apis.iter().position(|a| {
+            names(&format!("tenants.{}.apis.{}", a.tenant, a.id), p)
+                || names(&format!("upstreams.{}", a.upstream_name), p)
+        }) {
+            let a = o.apis.remove(i);
+            left.push((format!("api {}/{}", a.tenant, a.id), why));
+        } else if let Some(id) = o
+            .consumers
+            .keys()
+            .find(|c| names(&format!("consumers.{c}"), p))
+            .cloned()
+        {
+            o.consumers.remove(&id);
+            left.push((format!("consumer {id}"), why));
+        } else if let Some(id) = o
+            .plans
+            .keys()
+            .find(|c| names(&format!("plans.{c}"), p))
+            .cloned()
+        {
+            o.plans.remove(&id);
+            left.push((format!("plan {id}"), why));
+        }
+    }
+    left.len() > before
+}
+
 /// The store's entities as a config overlay. Rows that no longer import are logged and left
-/// out rather than taking every other entity down with them.
+/// out rather than taking every other entity down with them. APIs come oldest first, which is
+/// the order [`apply_what_fits`] keeps them in.
 pub fn build_overlay(d: &Dynamic) -> Overlay {
     let mut o = Overlay::default();
     for t in &d.tenants {
         o.tenants.insert(t.id.clone(), t.name.clone());
     }
-    for a in &d.apis {
+    let mut apis: Vec<_> = d.apis.iter().collect();
+    apis.sort_by(|x, y| (x.updated_at, &x.tenant, &x.id).cmp(&(y.updated_at, &y.tenant, &y.id)));
+    for a in apis {
         match import_api(
             &a.tenant,
             &a.id,

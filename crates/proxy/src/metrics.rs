@@ -82,6 +82,7 @@ pub struct Metrics {
     pub config_generation: Gauge,
     pub connections_open: Family<ListenerLabels, Gauge>,
     pub access_log_dropped: Counter,
+    pub managed_left_out: Gauge,
     throttled: Family<TierLabels, Counter>,
     /// Each route's handles while a snapshot holds them: a route a reload (or a registration
     /// checked and refused) leaves behind has its series removed by [`Metrics::prune_routes`],
@@ -157,6 +158,12 @@ impl Metrics {
             "Access log lines dropped because the log sink could not keep up",
             access_log_dropped.clone(),
         );
+        let managed_left_out = Gauge::default();
+        registry.register(
+            "managed_entities_left_out",
+            "Entities in the store (APIs, plans, consumers) left out of the running config because they no longer fit it",
+            managed_left_out.clone(),
+        );
         let throttled = Family::<TierLabels, Counter>::default();
         registry.register(
             "throttled",
@@ -173,6 +180,7 @@ impl Metrics {
             config_generation,
             connections_open,
             access_log_dropped,
+            managed_left_out,
             routes: std::sync::Mutex::default(),
         }
     }

@@ -86,6 +86,41 @@ pub struct Store {
 
 type Tx = Transaction<'static, Any>;
 
+/// How long a management write waits for another node's to finish.
+pub const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// The advisory lock management writes take on PostgreSQL (an arbitrary, fixed number).
+const WRITE_LOCK_KEY: i64 = 0x746f_6c6c_6761_7465;
+
+/// Held while a management write checks and changes the store; see [`Store::lock_writes`].
+pub struct WriteLock {
+    tx: Option<Tx>,
+}
+
+impl std::fmt::Debug for WriteLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteLock")
+            .field("held", &self.tx.is_some())
+            .finish()
+    }
+}
+
+impl Drop for WriteLock {
+    fn drop(&mut self) {
+        // Ending the transaction releases the lock. A dropped sqlx transaction only queues
+        // its rollback until the connection is next used, which could keep other nodes
+        // waiting; end it now.
+        if let Some(tx) = self.tx.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            // A failed rollback means a broken connection, which the server ends, and the
+            // lock with it.
+            rt.spawn(async move {
+                let _ = tx.rollback().await;
+            });
+        }
+    }
+}
+
 /// A mutation in progress: the version is already bumped (which also takes the write lock
 /// first, so SQLite never has to upgrade a read transaction), the audit row is written by
 /// [`Write::commit`].
@@ -264,6 +299,30 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         Ok(v)
+    }
+
+    /// Serialises management writes across every node sharing this store, so a write's checks
+    /// (does the path clash, is the plan in use, does `If-Match` still hold) and the write
+    /// itself are one step: a second writer waits until the first has committed, then sees
+    /// its change. On PostgreSQL a transaction-scoped advisory lock, held until the
+    /// [`WriteLock`] is dropped; on SQLite nothing beyond the caller's own lock, as one process
+    /// owns the file. [`StoreError::Backend`] if it is not granted within [`LOCK_WAIT`].
+    pub async fn lock_writes(&self) -> Result<WriteLock, StoreError> {
+        if self.backend != Backend::Postgres {
+            return Ok(WriteLock { tx: None });
+        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            LOCK_WAIT.as_millis()
+        )))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(WRITE_LOCK_KEY)
+            .execute(&mut *tx)
+            .await?;
+        Ok(WriteLock { tx: Some(tx) })
     }
 
     async fn write(&self) -> Result<Write, StoreError> {

@@ -128,6 +128,24 @@ impl PostgresServer {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
+    /// Runs SQL in the database of `url` (one made by [`Self::create_database`]) with `psql`:
+    /// for tests that put rows in behind the gateway's back.
+    pub fn psql_db(&self, url: &str, sql: &str) -> Result<String> {
+        let db = url
+            .rsplit('/')
+            .next()
+            .and_then(|tail| tail.split('?').next())
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("no database name in {url}"))?;
+        let out = self.run_checked(
+            Command::new(self.tool("psql"))
+                .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args(["-U", "postgres", "-d", db, "-c", sql]),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
     fn url_of(&self, db: &str) -> String {
         // No TLS on the test server: skip the negotiation.
         format!(

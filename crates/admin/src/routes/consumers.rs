@@ -301,6 +301,8 @@ pub async fn create(
     caller.platform()?;
     let m = s.manage()?;
     let new: NewConsumer = json_body(&headers, body_in)?;
+    // Before the plan is looked up: a plan deleted meanwhile on any node must be seen.
+    let write = m.begin_write().await?;
     let mut errors = Vec::new();
     check_id("/id", &new.id, &mut errors);
     check_scopes("/scopes", &new.scopes, &mut errors);
@@ -328,13 +330,11 @@ pub async fn create(
         client_secret_hash: None,
     };
     let body = serde_json::to_value(&stored).unwrap_or_default();
-    {
-        let _w = m.write_lock.lock().await;
-        m.store()
-            .create_consumer(&new.id, &body, &caller.actor())
-            .await?;
-        m.sync().await?;
-    }
+    m.store()
+        .create_consumer(&new.id, &body, &caller.actor())
+        .await?;
+    m.sync().await?;
+    drop(write);
     let v = stored_view(&new.id, &body, &[])?;
     let tag = etag_of(&etag(&v));
     let mut resp = created(format!("/admin/consumers/{}", new.id), Json(v));
@@ -379,7 +379,7 @@ pub async fn patch(
 ) -> ApiResult<Response> {
     let m = for_change(&s, &caller, &id)?;
     let patch: ConsumerPatch = json_body(&headers, body_in)?;
-    let _w = m.write_lock.lock().await;
+    let _w = m.begin_write().await?;
     let Some(cur) = m.store().get_consumer(&id).await? else {
         return Err(ApiError::not_found("consumer"));
     };
@@ -460,7 +460,7 @@ pub async fn create_key(
     let m = for_change(&s, &caller, &id)?;
     let (key, row) = new_key(&s, &id)?;
     {
-        let _w = m.write_lock.lock().await;
+        let _w = m.begin_write().await?;
         if m.store().get_consumer(&id).await?.is_none() {
             return Err(ApiError::not_found("consumer"));
         }
@@ -515,7 +515,7 @@ pub async fn create_client_secret(
     let hasher = hasher(&s)?;
     let secret = super::random_token("cs_")?;
     {
-        let _w = m.write_lock.lock().await;
+        let _w = m.begin_write().await?;
         let Some(cur) = m.store().get_consumer(&id).await? else {
             return Err(ApiError::not_found("consumer"));
         };
@@ -555,7 +555,7 @@ pub async fn rotate_key(
     let m = for_change(&s, &caller, &id)?;
     let (key, row) = new_key(&s, &id)?;
     {
-        let _w = m.write_lock.lock().await;
+        let _w = m.begin_write().await?;
         if !m
             .store()
             .keys(Some(&id))

@@ -204,7 +204,7 @@ pub async fn create(
     }
     let b = body(new.rate, new.burst, &new.quota);
     {
-        let _w = m.write_lock.lock().await;
+        let _w = m.begin_write().await?;
         m.store().create_plan(&new.id, &b, &caller.actor()).await?;
         m.sync().await?;
     }
@@ -269,7 +269,7 @@ pub async fn put(
     }
     let b = body(upd.rate, upd.burst, &upd.quota);
     let is_new = {
-        let _w = m.write_lock.lock().await;
+        let _w = m.begin_write().await?;
         if let Some(cur) = m.store().get_plan(&id).await? {
             check_if_match(&headers, &etag(&stored_view(&id, &cur.body)?))?;
         } else if headers.contains_key(header::IF_MATCH) {
@@ -310,7 +310,7 @@ pub async fn delete(
     if s.gateway.file_config().config.plans.contains_key(&id) {
         return Err(ApiError::read_only("plan"));
     }
-    let _w = m.write_lock.lock().await;
+    let _w = m.begin_write().await?;
     let consumers = m
         .store()
         .list_consumers(tollgate_store::Page {

@@ -191,7 +191,7 @@ pub async fn create(
         created_at: super::now_ms(),
     };
     {
-        let _w = m.write_lock.lock().await;
+        let _w = m.begin_write().await?;
         m.store().create_tenant(&t, &caller.actor()).await?;
         m.sync().await?;
     }
@@ -430,7 +430,7 @@ pub async fn put_api(
     }
     let view = api_view(&tenant, &api, &imported.api, false, Some(super::now_ms()));
 
-    let _w = m.write_lock.lock().await;
+    let _w = m.begin_write().await?;
     if let Some(existing) = m.store().get_api(&tenant, &api).await? {
         check_if_match(&headers, &serde_json::Value::String(existing.document))?;
     }
@@ -552,55 +552,12 @@ pub async fn delete_api(
     .await
 }
 
-/// Each path of `tenant/api` that some request path could reach through another API's route
-/// on a listener both serve, as a problem at the path (RFC 6901 pointer). The other API is not
-/// named: it may be another tenant's.
+/// Each path of `tenant/api` that another API of `cfg` serves (see [`crate::paths`]).
 fn path_clashes(cfg: &tollgate_config::Config, tenant: &str, api: &str) -> Vec<FieldError> {
-    use tollgate_config::ListenerName;
-    use tollgate_proxy::router::templates_overlap;
-    const BOTH: &[ListenerName] = &[ListenerName::Public, ListenerName::Tls];
-    let Some(mine) = cfg.tenants.get(tenant).and_then(|t| t.apis.get(api)) else {
-        return Vec::new();
-    };
-    let listeners = |a: &tollgate_config::Api, r: &tollgate_config::Route| {
-        r.listeners
-            .clone()
-            .or_else(|| a.listeners.clone())
-            .unwrap_or_else(|| BOTH.to_vec())
-    };
-    let mut taken: Vec<(&str, Vec<ListenerName>)> = Vec::new();
-    for (tn, t) in &cfg.tenants {
-        for (an, a) in &t.apis {
-            if tn == tenant && an == api {
-                continue;
-            }
-            for r in &a.routes {
-                taken.push((&r.path, listeners(a, r)));
-            }
-        }
+    match cfg.tenants.get(tenant).and_then(|t| t.apis.get(api)) {
+        Some(mine) => crate::paths::TakenPaths::of(cfg, Some((tenant, api))).clashes(mine),
+        None => Vec::new(),
     }
-    if cfg.identity.token_issuer.is_some() {
-        taken.push(("/oauth2/token", BOTH.to_vec()));
-        taken.push(("/.well-known/jwks.json", BOTH.to_vec()));
-    }
-    let mut errors: Vec<FieldError> = Vec::new();
-    for r in &mine.routes {
-        let ls = listeners(mine, r);
-        let clash = taken
-            .iter()
-            .any(|(p, l)| templates_overlap(&r.path, p) && l.iter().any(|x| ls.contains(x)));
-        let pointer = format!("/paths/{}", r.path.replace('~', "~0").replace('/', "~1"));
-        if clash && !errors.iter().any(|e| e.pointer == pointer) {
-            errors.push(FieldError::new(
-                pointer,
-                format!(
-                    "`{}` overlaps a path another API serves: a request could match both",
-                    r.path
-                ),
-            ));
-        }
-    }
-    errors
 }
 
 /// Whether `url` (`http://host:port`) reaches one of the gateway's listeners, with the host
