@@ -54,6 +54,7 @@
 //! more than that many blocked addresses at once. [`EdgeRules::purge_idle`] drops idle entries
 //! eagerly, e.g. from a timer.
 
+use crate::limits::redis::{RedisLimiter, RedisSettings, SharedIpRule};
 use http::header::RETRY_AFTER;
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
@@ -62,6 +63,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tollgate_config::FailureMode;
 use tollgate_core::{Clock, GatewayError, Kind, Phase, Policy, RequestCtx, Step};
 
 /// Counters per rule and address; see the module docs for the error bound this gives.
@@ -144,6 +146,9 @@ pub enum Verdict {
         rule: usize,
         retry_after_secs: u64,
     },
+    /// The rate rules are shared through Redis, Redis gave no answer, and the failure mode is
+    /// `deny`.
+    Unavailable,
 }
 
 /// The compiled edge rules of one config snapshot.
@@ -152,6 +157,17 @@ pub struct EdgeRules {
     allow: Option<CidrSet>,
     deny: CidrSet,
     rate: Option<Arc<RateTable>>,
+    shared: Option<SharedRules>,
+}
+
+/// The rate rules counted in Redis, so that an address is counted, and blocked, by every node
+/// together. The in-process table stays the `local` fallback.
+#[derive(Debug)]
+struct SharedRules {
+    redis: Arc<RedisLimiter>,
+    settings: RedisSettings,
+    failure_mode: FailureMode,
+    rules: Vec<SharedIpRule>,
 }
 
 impl EdgeRules {
@@ -168,7 +184,91 @@ impl EdgeRules {
             allow: cfg.allow.as_deref().map(CidrSet::new),
             deny: CidrSet::new(&cfg.deny),
             rate,
+            shared: None,
         })
+    }
+
+    /// Counts and blocks through `redis` from now on (when there are rate rules), so several
+    /// gateway processes act as one; `failure_mode` says what happens when Redis gives no
+    /// answer: `local` judges by this process's own counts, `allow` lets the request by,
+    /// `deny` refuses it with 503.
+    pub fn share_through(
+        &mut self,
+        redis: Arc<RedisLimiter>,
+        settings: RedisSettings,
+        failure_mode: FailureMode,
+    ) {
+        let Some(table) = &self.rate else { return };
+        let rules = table
+            .rules
+            .iter()
+            .map(|r| SharedIpRule {
+                key: format!(
+                    "{}/{}/{}",
+                    r.spec.max_requests,
+                    r.spec.window.as_millis(),
+                    r.spec.block_for.as_millis()
+                ),
+                slot_width: Duration::from_nanos(r.slot_ns),
+                slots: SLOTS as u32,
+                max_requests: r.max,
+                block_for: Duration::from_nanos(r.block_ns),
+            })
+            .collect();
+        self.shared = Some(SharedRules {
+            redis,
+            settings,
+            failure_mode,
+            rules,
+        });
+    }
+
+    /// Whether the rate rules are decided in Redis: then [`EdgeRules::check_shared`] decides.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Like [`check`](Self::check), with the rate rules counted in Redis when they are shared.
+    pub async fn check_shared(&self, ip: IpAddr, now: SystemTime) -> Verdict {
+        let Some(sh) = &self.shared else {
+            return self.check(ip, now);
+        };
+        let ip = canonical(ip);
+        if self.deny.contains(ip) {
+            return Verdict::Denied;
+        }
+        if self.allow.as_ref().is_some_and(|a| !a.contains(ip)) {
+            return Verdict::NotAllowed;
+        }
+        match sh
+            .redis
+            .check_ip(&sh.settings, &sh.rules, &ip.to_string(), now)
+            .await
+        {
+            Ok(None) => Verdict::Pass,
+            Ok(Some((rule, left))) => Verdict::RateLimited {
+                rule,
+                retry_after_secs: retry_after_secs(duration_nanos(left)),
+            },
+            Err(_) => match sh.failure_mode {
+                FailureMode::Local => match &self.rate {
+                    Some(table) => table.hit(ip, unix_nanos(now)),
+                    None => Verdict::Pass,
+                },
+                FailureMode::Allow => Verdict::Pass,
+                FailureMode::Deny => Verdict::Unavailable,
+            },
+        }
+    }
+
+    /// The 503 for [`Verdict::Unavailable`], as traffic control answers it.
+    pub fn unavailable() -> GatewayError {
+        GatewayError::new(
+            Kind::ServiceUnavailable,
+            "rate limits cannot be checked right now",
+        )
+        .with_header(RETRY_AFTER, HeaderValue::from(1u64))
+        .with_extension("limit", "shared-limits".into())
     }
 
     /// True when no rule can ever refuse a request: the policy need not be installed.
@@ -292,6 +392,7 @@ impl Policy for Edge {
             v @ (Verdict::Denied | Verdict::NotAllowed) => {
                 Step::Reject(EdgeRules::forbidden(ip, v))
             }
+            Verdict::Unavailable => Step::Reject(EdgeRules::unavailable()),
             Verdict::RateLimited {
                 rule,
                 retry_after_secs,
@@ -650,6 +751,7 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
     use std::time::Instant;
     use tollgate_core::{Listener, ManualClock};
+    use tollgate_testkit::RedisServer;
 
     /// Deliberately not on a slot boundary, so no test depends on alignment.
     fn t0() -> SystemTime {
@@ -678,6 +780,102 @@ mod tests {
             ..EdgeConfig::default()
         })
         .expect("valid rules")
+    }
+
+    fn shared_rules(rules: Vec<IpRateRule>, mode: FailureMode) -> (RedisServer, EdgeRules) {
+        let server = RedisServer::start().unwrap_or_else(|e| panic!("{e:#}"));
+        let redis = Arc::new(RedisLimiter::open(&server.url()).unwrap_or_else(|e| panic!("{e}")));
+        let mut shared = rate_rules(rules);
+        let settings = RedisSettings {
+            // Generous: this is about decisions, not latency, on a busy 2-core box.
+            timeout: Duration::from_secs(2),
+            key_prefix: Arc::from("edge-test:"),
+            ..RedisSettings::default()
+        };
+        shared.share_through(redis, settings, mode);
+        (server, shared)
+    }
+
+    /// The script is the table's algorithm on the gateway's clock: on the same traffic, the
+    /// shared rules decide exactly as the in-process table, retry times included.
+    #[tokio::test]
+    async fn shared_rules_decide_like_the_in_process_table() {
+        let rules = vec![
+            // Blocks shorter than windows: what a trip leaves counted matters afterwards.
+            IpRateRule {
+                max_requests: 6,
+                window: Duration::from_secs(1),
+                block_for: Duration::from_millis(400),
+            },
+            IpRateRule {
+                max_requests: 15,
+                window: Duration::from_secs(4),
+                block_for: Duration::from_secs(2),
+            },
+        ];
+        let local = rate_rules(rules.clone());
+        let (_server, shared) = shared_rules(rules, FailureMode::Deny);
+        let addrs = [ip("192.0.2.1"), ip("192.0.2.2"), ip("2001:db8::1")];
+        // Whole milliseconds, so the script's microseconds and the table's nanoseconds agree.
+        let start = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
+        let mut t = start;
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut limited = 0;
+        for i in 0..1500 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            t += Duration::from_millis(x % 40);
+            let a = addrs[usize::try_from((x >> 20) % 3).unwrap_or(0)];
+            let want = local.check(a, t);
+            let got = shared.check_shared(a, t).await;
+            assert_eq!(
+                got,
+                want,
+                "request {i} from {a} at +{:?}",
+                t.duration_since(start)
+            );
+            if matches!(want, Verdict::RateLimited { .. }) {
+                limited += 1;
+            }
+        }
+        assert!(
+            (100..1400).contains(&limited),
+            "the traffic must both pass and trip the rules: {limited} limited"
+        );
+    }
+
+    /// Without Redis the failure mode decides: `deny` refuses, `local` counts in-process.
+    #[tokio::test]
+    async fn shared_rules_follow_the_failure_mode_when_redis_is_gone() {
+        let rule = IpRateRule {
+            max_requests: 2,
+            window: Duration::from_secs(10),
+            block_for: Duration::from_secs(60),
+        };
+        let a = ip("192.0.2.9");
+        let (mut server, deny) = shared_rules(vec![rule], FailureMode::Deny);
+        assert_eq!(deny.check_shared(a, t0()).await, Verdict::Pass);
+        server.kill();
+        assert_eq!(deny.check_shared(a, t0()).await, Verdict::Unavailable);
+        let (mut server, local) = shared_rules(vec![rule], FailureMode::Local);
+        server.kill();
+        assert_eq!(local.check_shared(a, t0()).await, Verdict::Pass);
+        assert_eq!(local.check_shared(a, t0()).await, Verdict::Pass);
+        assert_eq!(local.check_shared(a, t0()).await, blocked(60));
+        // Denied addresses never reach Redis.
+        let mut listed = EdgeRules::new(&EdgeConfig {
+            deny: nets(&["192.0.2.0/24"]),
+            rate_rules: vec![rule],
+            ..EdgeConfig::default()
+        })
+        .expect("valid rules");
+        listed.share_through(
+            Arc::new(RedisLimiter::open("redis://127.0.0.1:1/").expect("url")),
+            RedisSettings::default(),
+            FailureMode::Deny,
+        );
+        assert_eq!(listed.check_shared(a, t0()).await, Verdict::Denied);
     }
 
     fn blocked(secs: u64) -> Verdict {

@@ -266,6 +266,19 @@ pub struct PlanBook {
     pub expected_nodes: u32,
 }
 
+/// How the shared limits are consulted, from `limits.redis`.
+pub fn redis_settings(cfg: &Config) -> RedisSettings {
+    let r = &cfg.limits.redis;
+    RedisSettings {
+        timeout: r.timeout.get(),
+        breaker: BreakerSettings {
+            failures: r.breaker.failures.max(1),
+            cool_down: r.breaker.cool_down.get(),
+        },
+        key_prefix: Arc::from(r.key_prefix.as_str()),
+    }
+}
+
 fn period(p: Period) -> crate::limits::Period {
     match p {
         Period::Hour => crate::limits::Period::Hour,
@@ -290,14 +303,7 @@ impl PlanBook {
         let r = &cfg.limits.redis;
         let mut book = PlanBook {
             utc_offset,
-            redis: RedisSettings {
-                timeout: r.timeout.get(),
-                breaker: BreakerSettings {
-                    failures: r.breaker.failures.max(1),
-                    cool_down: r.breaker.cool_down.get(),
-                },
-                key_prefix: Arc::from(r.key_prefix.as_str()),
-            },
+            redis: redis_settings(cfg),
             failure_mode: r.failure_mode,
             expected_nodes: r.expected_nodes.max(1),
             ..Default::default()

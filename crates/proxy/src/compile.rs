@@ -138,6 +138,13 @@ pub fn compile(
                 if let Some(prev) = previous.and_then(|p| p.edge.as_ref()) {
                     rules.carry_state_from(prev);
                 }
+                if let Some(redis) = policy_env.stores.redis.get() {
+                    rules.share_through(
+                        redis.clone(),
+                        tollgate_policy::traffic::redis_settings(cfg),
+                        cfg.limits.redis.failure_mode,
+                    );
+                }
                 (!rules.is_empty()).then(|| Arc::new(rules))
             }
             Err(e) => {

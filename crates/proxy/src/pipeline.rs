@@ -201,7 +201,14 @@ async fn run(
     // and apply to every path, known or not.
     if let Some(edge) = &snap.edge {
         use tollgate_policy::edge::{EdgeRules, Verdict};
-        match edge.check(ctx.client_ip, shared.policy_env.clock.now()) {
+        let now = shared.policy_env.clock.now();
+        let verdict = if edge.is_shared() {
+            // Boxed: the round trip's future is large, and only this configuration needs it.
+            Box::pin(edge.check_shared(ctx.client_ip, now)).await
+        } else {
+            edge.check(ctx.client_ip, now)
+        };
+        match verdict {
             Verdict::Pass => {}
             Verdict::RateLimited {
                 rule,
@@ -210,6 +217,7 @@ async fn run(
                 ctx.throttled = Some("ip");
                 return Err(edge.rate_limited(ctx.client_ip, rule, retry_after_secs));
             }
+            Verdict::Unavailable => return Err(EdgeRules::unavailable()),
             v => return Err(EdgeRules::forbidden(ctx.client_ip, v)),
         }
     }

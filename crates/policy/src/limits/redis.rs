@@ -91,6 +91,70 @@ end
 return out
 "#;
 
+/// The edge's per-address rate rules, with the in-process table's semantics (see `edge`'s
+/// module docs): one block per address, which is not extended and during which nothing is
+/// counted; every rule counted for every other request in its slotted window; a rule that
+/// trips starts its count again, and of several tripping at once the longest block wins.
+/// `KEYS[1]`: the address's block (`until:rule`, µs); then per rule its counter hash (slot
+/// number → requests). `ARGV[1]`: now (µs since the epoch); then per rule: slot width (µs),
+/// slots, the most requests a window may hold, block length (µs). Reply: `{0}` to pass, or
+/// `{1, rule (from 1), block left (µs)}`. Time is the gateway's, as in [`SCRIPT`]; keys only
+/// expire for tidiness.
+const IP_SCRIPT: &str = r#"
+local now = tonumber(ARGV[1])
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local sep = string.find(cur, ':', 1, true)
+  if sep then
+    local untl = tonumber(string.sub(cur, 1, sep - 1))
+    if untl and now < untl then
+      return {1, tonumber(string.sub(cur, sep + 1)), math.ceil(untl - now)}
+    end
+  end
+end
+local trip, trip_until = 0, 0
+for r = 1, #KEYS - 1 do
+  local a = 2 + (r - 1) * 4
+  local w, slots = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local max, block = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local h = KEYS[r + 1]
+  local slot = math.floor(now / w)
+  redis.call('HINCRBY', h, slot, 1)
+  local all = redis.call('HGETALL', h)
+  local sum = 0
+  for i = 1, #all, 2 do
+    if tonumber(all[i]) > slot - slots then
+      sum = sum + tonumber(all[i + 1])
+    else
+      redis.call('HDEL', h, all[i])
+    end
+  end
+  if sum > max then
+    redis.call('DEL', h)
+    local u = now + block
+    if trip == 0 or u > trip_until then trip, trip_until = r, u end
+  else
+    redis.call('PEXPIRE', h, math.ceil(w * slots / 1000) + 1000)
+  end
+end
+if trip == 0 then return {0} end
+redis.call('SET', KEYS[1], string.format('%.17g', trip_until) .. ':' .. trip,
+  'PX', math.ceil((trip_until - now) / 1000) + 1000)
+return {1, trip, math.ceil(trip_until - now)}
+"#;
+
+/// One per-address rate rule as the shared check needs it.
+#[derive(Debug, Clone)]
+pub struct SharedIpRule {
+    /// Names the rule's state in Redis by what it counts, so a reload that keeps the rule keeps
+    /// its counts and blocks, whatever its position.
+    pub key: String,
+    pub slot_width: Duration,
+    pub slots: u32,
+    pub max_requests: u32,
+    pub block_for: Duration,
+}
+
 /// How the shared limits are consulted; from `limits.redis` in the config.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
@@ -144,6 +208,7 @@ pub struct RedisLimiter {
     conn: Mutex<Option<(u64, Connecting)>>,
     attempts: std::sync::atomic::AtomicU64,
     script: redis::Script,
+    ip_script: redis::Script,
     breaker: Breaker,
     redacted: String,
 }
@@ -167,6 +232,7 @@ impl RedisLimiter {
             conn: Mutex::new(None),
             attempts: std::sync::atomic::AtomicU64::new(0),
             script: redis::Script::new(SCRIPT),
+            ip_script: redis::Script::new(IP_SCRIPT),
             breaker: Breaker::new(),
             redacted: tollgate_core::redact_url(url),
         })
@@ -194,11 +260,61 @@ impl RedisLimiter {
         if rates.len() + quotas.len() > MAX_TIERS {
             return Err(SharedLimitError::TooManyTiers);
         }
+        let invocation = invocation(&self.script, rates, quotas, now);
+        let reply = self.run(settings, &invocation, now).await?;
+        verdict(&reply, rates.len() + quotas.len())
+    }
+
+    /// Counts a request from `ip` (its canonical text) against the edge's rate rules, or finds
+    /// it blocked: `None` to pass, else the rule's position and how long the block lasts.
+    pub async fn check_ip(
+        &self,
+        settings: &RedisSettings,
+        rules: &[SharedIpRule],
+        ip: &str,
+        now: SystemTime,
+    ) -> Result<Option<(usize, Duration)>, SharedLimitError> {
+        let mut inv = self.ip_script.prepare_invoke();
+        let mut block_key = format!("{}ipb|", settings.key_prefix);
+        for r in rules {
+            block_key.push_str(&r.key);
+            block_key.push('|');
+        }
+        block_key.push_str(ip);
+        inv.key(block_key).arg(unix_nanos(now) / 1000);
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
+        for r in rules {
+            inv.key(format!("{}ipw|{}|{ip}", settings.key_prefix, r.key))
+                .arg(us(r.slot_width))
+                .arg(r.slots)
+                .arg(r.max_requests)
+                .arg(us(r.block_for));
+        }
+        let reply = self.run(settings, &inv, now).await?;
+        match reply.as_slice() {
+            [0] => Ok(None),
+            [1, rule, left] => {
+                let rule = usize::try_from(*rule - 1).map_err(|_| SharedLimitError::Reply)?;
+                if rule >= rules.len() {
+                    return Err(SharedLimitError::Reply);
+                }
+                Ok(Some((rule, micros(*left))))
+            }
+            _ => Err(SharedLimitError::Reply),
+        }
+    }
+
+    /// Runs one script call through the breaker, within the timeout.
+    async fn run(
+        &self,
+        settings: &RedisSettings,
+        invocation: &redis::ScriptInvocation<'_>,
+        now: SystemTime,
+    ) -> Result<Vec<i64>, SharedLimitError> {
         match self.breaker.admit(&settings.breaker, now) {
             Admission::Refuse => return Err(SharedLimitError::BreakerOpen),
             Admission::Call | Admission::Probe => {}
         }
-        let invocation = invocation(&self.script, rates, quotas, now);
         let call = async {
             let (id, mut conn) = self.connection().await?;
             let reply = invocation
@@ -208,7 +324,7 @@ impl RedisLimiter {
             Ok::<_, (Option<u64>, SharedLimitError)>(reply)
         };
         let result = match tokio::time::timeout(settings.timeout, call).await {
-            Ok(Ok(reply)) => verdict(&reply, rates.len() + quotas.len()),
+            Ok(Ok(reply)) => Ok(reply),
             Ok(Err((id, e))) => {
                 if let (Some(id), SharedLimitError::Redis(re)) = (id, &e)
                     && !is_script_error(re)

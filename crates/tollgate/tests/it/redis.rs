@@ -547,3 +547,70 @@ async fn a_redis_password_is_hidden_in_the_log() -> Result<()> {
     assert!(!log.contains("hunter2"), "{log}");
     Ok(())
 }
+
+/// The per-address rule counts across nodes: "more than 10 requests in 10 s" trips on the
+/// 11th request whichever node each went to, and the block holds on every node.
+#[tokio::test]
+async fn redis_ip_rules_count_and_block_across_two_gateway_processes() -> Result<()> {
+    let redis = RedisServer::start()?;
+    let up = Upstream::echo("up").await;
+    let yaml = format!(
+        r#"
+listeners:
+  public: {{ addr: "127.0.0.1:0" }}
+  admin: {{ addr: "127.0.0.1:0" }}
+server: {{ trusted_proxies: [127.0.0.0/8] }}
+access_log: {{ enabled: false }}
+edge:
+  ip_rules:
+    - {{ max_requests: 10, window: 10s, block_for: 60s }}
+upstreams:
+  up: {{ targets: [{{ url: "{url}" }}] }}
+tenants:
+  t:
+    apis:
+      a:
+        upstream: up
+        routes:
+          - {{ id: r, path: "/r/{{id}}", methods: [GET] }}
+"#,
+        url = up.url()
+    );
+    let start = || {
+        Gateway::builder(BIN, &yaml)
+            .env("TOLLGATE_REDIS_URL", &redis.url())
+            .start()
+    };
+    let (a, b) = (start().await?, start().await?);
+    let client = a.client();
+    let get = |gw: &Gateway, ip: &str| {
+        client
+            .get(gw.url("/r/1"))
+            .header("x-forwarded-for", ip)
+            .send()
+    };
+    for i in 0..10 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(get(gw, "198.51.100.7").await?.status(), 200, "request {i}");
+    }
+    let r = get(&a, "198.51.100.7").await?;
+    let doc = expect_problem(r, 429).await;
+    assert_eq!(doc["limit"], "ip", "{doc}");
+    let r = get(&b, "198.51.100.7").await?;
+    let retry: u64 = r.headers()["retry-after"].to_str()?.parse()?;
+    assert!(
+        (55..=60).contains(&retry),
+        "blocked on the other node too: {retry}"
+    );
+    expect_problem(r, 429).await;
+    assert_eq!(
+        get(&b, "198.51.100.8").await?.status(),
+        200,
+        "another address"
+    );
+    assert!(
+        !redis_keys(&redis, "tollgate:ipb|*").is_empty(),
+        "the block lives in Redis"
+    );
+    Ok(())
+}
