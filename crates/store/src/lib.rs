@@ -305,8 +305,10 @@ impl Store {
     /// (does the path clash, is the plan in use, does `If-Match` still hold) and the write
     /// itself are one step: a second writer waits until the first has committed, then sees
     /// its change. On PostgreSQL a transaction-scoped advisory lock, held until the
-    /// [`WriteLock`] is dropped; on SQLite nothing beyond the caller's own lock, as one process
-    /// owns the file. [`StoreError::Backend`] if it is not granted within [`LOCK_WAIT`].
+    /// [`WriteLock`] is dropped. On SQLite nothing beyond the caller's own lock: a SQLite store
+    /// is one node's (processes sharing a file still see each other's changes, but their
+    /// checks are not serialised; clusters use PostgreSQL). [`StoreError::Backend`] if it is
+    /// not granted within [`LOCK_WAIT`].
     pub async fn lock_writes(&self) -> Result<WriteLock, StoreError> {
         if self.backend != Backend::Postgres {
             return Ok(WriteLock { tx: None });
