@@ -272,11 +272,8 @@ fn apply_what_fits(
     let (kept, clashing) =
         crate::paths::fitting_apis(&gw.file_config().config, std::mem::take(&mut o.apis));
     o.apis = kept;
-    for a in clashing {
-        left.push((
-            format!("api {}/{}", a.tenant, a.id),
-            "a path it registered is served by the config file or an older API".to_owned(),
-        ));
+    for (a, why) in clashing {
+        left.push((format!("api {}/{}", a.tenant, a.id), why));
     }
     for _ in 0..ROUNDS {
         let problems = match gw.set_overlay(Arc::new(o.clone())) {

@@ -8,10 +8,11 @@ use tollgate_proxy::router::templates_overlap;
 
 const BOTH: &[ListenerName] = &[ListenerName::Public, ListenerName::Tls];
 
-/// Path templates already served, with the listeners they are served on.
+/// Path templates already served, with the listeners they are served on and who serves them
+/// (`tenant/api`; for the operator's log, never for a tenant's answer).
 #[derive(Debug, Default)]
 pub struct TakenPaths {
-    taken: Vec<(String, Vec<ListenerName>)>,
+    taken: Vec<(String, Vec<ListenerName>, String)>,
 }
 
 fn listeners(a: &Api, r: &Route) -> Vec<ListenerName> {
@@ -29,22 +30,35 @@ impl TakenPaths {
         for (tn, t) in &cfg.tenants {
             for (an, a) in &t.apis {
                 if except != Some((tn.as_str(), an.as_str())) {
-                    me.add(a);
+                    me.add(&format!("{tn}/{an}"), a);
                 }
             }
         }
         if cfg.identity.token_issuer.is_some() {
             for p in ["/oauth2/token", "/.well-known/jwks.json"] {
-                me.taken.push((p.to_owned(), BOTH.to_vec()));
+                me.taken
+                    .push((p.to_owned(), BOTH.to_vec(), "the token issuer".into()));
             }
         }
         me
     }
 
-    pub fn add(&mut self, api: &Api) {
+    pub fn add(&mut self, owner: &str, api: &Api) {
         for r in &api.routes {
-            self.taken.push((r.path.clone(), listeners(api, r)));
+            self.taken
+                .push((r.path.clone(), listeners(api, r), owner.to_owned()));
         }
+    }
+
+    /// Each route of `api` a taken one overlaps, and the first owner found.
+    fn overlaps<'s>(&'s self, api: &'s Api) -> impl Iterator<Item = (&'s Route, &'s str)> + 's {
+        api.routes.iter().filter_map(move |r| {
+            let ls = listeners(api, r);
+            self.taken
+                .iter()
+                .find(|(p, l, _)| templates_overlap(&r.path, p) && l.iter().any(|x| ls.contains(x)))
+                .map(|(_, _, owner)| (r, owner.as_str()))
+        })
     }
 
     /// Each path of `api` that some request path could reach through a taken route on a
@@ -52,14 +66,9 @@ impl TakenPaths {
     /// named: it may be another tenant's.
     pub fn clashes(&self, api: &Api) -> Vec<FieldError> {
         let mut errors: Vec<FieldError> = Vec::new();
-        for r in &api.routes {
-            let ls = listeners(api, r);
-            let clash = self
-                .taken
-                .iter()
-                .any(|(p, l)| templates_overlap(&r.path, p) && l.iter().any(|x| ls.contains(x)));
+        for (r, _) in self.overlaps(api) {
             let pointer = format!("/paths/{}", r.path.replace('~', "~0").replace('/', "~1"));
-            if clash && !errors.iter().any(|e| e.pointer == pointer) {
+            if !errors.iter().any(|e| e.pointer == pointer) {
                 errors.push(FieldError::new(
                     pointer,
                     format!(
@@ -74,18 +83,27 @@ impl TakenPaths {
 }
 
 /// Splits stored APIs, oldest first, into those that fit beside the file's routes and the
-/// APIs kept before them, and those that do not. Writes are checked for this before they are
-/// stored, so a stored set only fails it when the config file took a path since (or the rows
-/// were written by hand): then the API that came later loses, not every change after it.
-pub fn fitting_apis(file: &Config, apis: Vec<OverlayApi>) -> (Vec<OverlayApi>, Vec<OverlayApi>) {
+/// APIs kept before them, and those that do not, each with why (for the operator's log).
+/// Writes are checked for this before they are stored, so a stored set only fails it when the
+/// config file took a path since (or the rows were written by hand): then the API that came
+/// later loses, not every change after it.
+pub fn fitting_apis(
+    file: &Config,
+    apis: Vec<OverlayApi>,
+) -> (Vec<OverlayApi>, Vec<(OverlayApi, String)>) {
     let mut taken = TakenPaths::of(file, None);
     let (mut kept, mut left) = (Vec::new(), Vec::new());
     for a in apis {
-        if taken.clashes(&a.api).is_empty() {
-            taken.add(&a.api);
-            kept.push(a);
-        } else {
-            left.push(a);
+        let why = taken
+            .overlaps(&a.api)
+            .next()
+            .map(|(r, owner)| format!("its path `{}` overlaps one {owner} serves", r.path));
+        match why {
+            None => {
+                taken.add(&format!("{}/{}", a.tenant, a.id), &a.api);
+                kept.push(a);
+            }
+            Some(why) => left.push((a, why)),
         }
     }
     (kept, left)
