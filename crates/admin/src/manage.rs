@@ -291,17 +291,33 @@ fn apply_what_fits(
     Err(refused)
 }
 
+/// Whether `p`'s key path points into `prefix` (`consumers.gold`, `tenants.t.apis.a`).
+fn names(prefix: &str, p: &tollgate_config::Problem) -> bool {
+    p.key_path
+        .strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
+}
+
+/// Removes the entry of `map` (a config section such as `consumers`) that `p` points into.
+fn take_named<V>(
+    map: &mut BTreeMap<String, V>,
+    section: &str,
+    p: &tollgate_config::Problem,
+) -> Option<String> {
+    let id = map
+        .keys()
+        .find(|k| names(&format!("{section}.{k}"), p))
+        .cloned()?;
+    map.remove(&id);
+    Some(id)
+}
+
 /// Removes from `o` each stored entity a problem's key path points into; false if none.
 fn leave_out_named(
     o: &mut Overlay,
     problems: &[tollgate_config::Problem],
     left: &mut Vec<(String, String)>,
 ) -> bool {
-    let names = |prefix: &str, p: &tollgate_config::Problem| {
-        p.key_path == prefix
-            || p.key_path.starts_with(&format!("{prefix}."))
-            || p.key_path.starts_with(&format!("{prefix}["))
-    };
     let before = left.len();
     for p in problems {
         let why = format!("{}: {}", p.key_path, p.message);
@@ -311,21 +327,9 @@ fn leave_out_named(
         }) {
             let a = o.apis.remove(i);
             left.push((format!("api {}/{}", a.tenant, a.id), why));
-        } else if let Some(id) = o
-            .consumers
-            .keys()
-            .find(|c| names(&format!("consumers.{c}"), p))
-            .cloned()
-        {
-            o.consumers.remove(&id);
+        } else if let Some(id) = take_named(&mut o.consumers, "consumers", p) {
             left.push((format!("consumer {id}"), why));
-        } else if let Some(id) = o
-            .plans
-            .keys()
-            .find(|c| names(&format!("plans.{c}"), p))
-            .cloned()
-        {
-            o.plans.remove(&id);
+        } else if let Some(id) = take_named(&mut o.plans, "plans", p) {
             left.push((format!("plan {id}"), why));
         }
     }
@@ -407,5 +411,54 @@ impl From<Vec<tollgate_config::Problem>> for ApiError {
             "the change does not fit the running configuration; nothing changed",
             errors,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(key_path: &str) -> tollgate_config::Problem {
+        tollgate_config::Problem {
+            key_path: key_path.into(),
+            line: None,
+            message: "m".into(),
+        }
+    }
+
+    #[test]
+    fn only_the_entity_a_problem_points_into_is_left_out() {
+        let mut o = Overlay::default();
+        for id in ["a", "ab"] {
+            o.consumers.insert(id.into(), Consumer::default());
+        }
+        o.plans.insert(
+            "a".into(),
+            Plan {
+                rate: 1.0,
+                burst: 1,
+                quota: None,
+                routes: BTreeMap::new(),
+            },
+        );
+        let mut left = Vec::new();
+        assert!(leave_out_named(
+            &mut o,
+            &[problem("consumers.ab.plan")],
+            &mut left
+        ));
+        assert_eq!(
+            left,
+            [("consumer ab".to_owned(), "consumers.ab.plan: m".to_owned())]
+        );
+        assert!(o.consumers.contains_key("a") && o.plans.contains_key("a"));
+        // A path into the file's own sections names no stored entity.
+        assert!(!leave_out_named(
+            &mut o,
+            &[problem("tenants.retail.apis.accounts.routes[0].id")],
+            &mut left
+        ));
+        assert!(leave_out_named(&mut o, &[problem("plans.a")], &mut left));
+        assert!(o.plans.is_empty() && o.consumers.contains_key("a"));
     }
 }

@@ -945,7 +945,8 @@ async fn stored_entities_that_no_longer_fit_are_left_out_alone() -> Result<()> {
     assert!(
         a.stderr_text().contains("stored entity left out")
             && a.stderr_text().contains("copycat")
-            && a.stderr_text().contains("`/widgets/{id}` overlaps one acme/widgets serves")
+            && a.stderr_text()
+                .contains("`/widgets/{id}` overlaps one acme/widgets serves")
             && a.stderr_text().contains("orphan"),
         "{}",
         a.stderr_text()
