@@ -232,6 +232,16 @@ impl Upstream {
                     if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
                         return Poll::Ready(Some(r));
                     }
+                    // Waiting for the client's body: its own time, usually shorter than the
+                    // response timeout the timer is set for, runs from now. Bring the timer
+                    // forward to it; when the body moves on, the early firing below sets it to
+                    // whatever runs then.
+                    if let exchange::Progress::Client(since) = progress.get() {
+                        let limit = since + client_body_timeout;
+                        if timer.deadline() > limit {
+                            timer.as_mut().reset(limit);
+                        }
+                    }
                     while timer.as_mut().poll(cx).is_ready() {
                         // Whose time is running depends on where the body is.
                         let limit = match progress.get() {

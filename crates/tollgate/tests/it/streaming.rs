@@ -237,3 +237,53 @@ async fn a_slow_upload_is_timed_as_the_clients_and_a_stalled_one_is_a_408() -> R
     assert_eq!(line["fault"], "client", "{line}");
     Ok(())
 }
+
+/// The client's time for its body is its own, also when the upstream's response timeout is
+/// much longer: a pause past `header_read_timeout` is a 408 at that point, not when the
+/// response timeout runs out, and not a 200 once the client resumes.
+#[tokio::test]
+async fn a_body_pause_is_bounded_by_the_clients_timeout_not_the_upstreams() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::echo("up").await;
+    let gw = start(
+        &ConfigBuilder::new()
+            .server("header_read_timeout", "1s")
+            .upstream_spec(
+                UpstreamSpec::new("up")
+                    .target(&up.url())
+                    .response_timeout("20s"),
+            )
+            .route(RouteSpec::new("upload", "/upload", "up").methods(&["POST"])),
+    )
+    .await?;
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: {}\r\nContent-Length: 10\r\nConnection: close\r\n\r\n",
+        gw.public_addr()
+    );
+    for resume_after in [None, Some(Duration::from_millis(2500))] {
+        let mut s = tokio::net::TcpStream::connect(gw.public_addr()).await?;
+        s.write_all(head.as_bytes()).await?;
+        s.write_all(b"abcde").await?;
+        let started = std::time::Instant::now();
+        if let Some(d) = resume_after {
+            tokio::time::sleep(d).await;
+            // The gateway may have closed already; what it answered is what counts.
+            let _ = s.write_all(b"fghij").await;
+        }
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut buf)).await??;
+        let text = String::from_utf8_lossy(&buf);
+        assert!(
+            text.starts_with("HTTP/1.1 408"),
+            "resume after {resume_after:?}: {text}"
+        );
+        if resume_after.is_none() {
+            let took = started.elapsed();
+            assert!(
+                took < Duration::from_secs(5),
+                "the 408 comes at the client's 1 s, not the upstream's 20 s: {took:?}"
+            );
+        }
+    }
+    Ok(())
+}
