@@ -88,19 +88,42 @@ pub(crate) async fn handle(
     let client_ip = forward::client_ip(conn.peer.ip(), &parts.headers, &snap.trusted_proxies);
     let mut ctx = RequestCtx::new(request_id, client_ip, conn.listener, started);
     ctx.client_cert = conn.client_cert.clone();
-    let method = parts.method.clone();
-    let uri = parts.uri.clone();
-    let version = parts.version;
-    // Declared by the framing (`Content-Length`, or none at all): no field lookup.
-    let bytes_in = body.size_hint().exact();
-
-    let mut info = UpstreamInfo::default();
-    let mut route: Option<Arc<CompiledRoute>> = None;
+    let mut pending = Unanswered {
+        shared: &shared,
+        snap: &snap,
+        listener: conn.listener,
+        ctx,
+        route: None,
+        info: UpstreamInfo::default(),
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        version: parts.version,
+        started,
+        // Declared by the framing (`Content-Length`, or none at all): no field lookup.
+        bytes_in: body.size_hint().exact(),
+        answered: false,
+    };
     let mut body = Some(body);
+    let p = &mut pending;
     let result = run(
-        &shared, &snap, &mut ctx, &conn, parts, fields, &mut body, &mut route, &mut info,
+        &shared,
+        &snap,
+        &mut p.ctx,
+        &conn,
+        parts,
+        fields,
+        &mut body,
+        &mut p.route,
+        &mut p.info,
     )
     .await;
+    pending.answered = true;
+    let ctx = &mut pending.ctx;
+    let route = pending.route.take();
+    let info = std::mem::take(&mut pending.info);
+    let method = std::mem::take(&mut pending.method);
+    let uri = std::mem::take(&mut pending.uri);
+    let (version, bytes_in) = (pending.version, pending.bytes_in);
     // Refused before the body was read: read it off the wire so the client sees our answer.
     if let Some(b) = body.take() {
         crate::body::linger(b);
@@ -129,7 +152,7 @@ pub(crate) async fn handle(
         && let Some(p) = snap.router(conn.listener).version_policy(uri.path())
     {
         let (mut head, body) = resp.into_parts();
-        p.on_response(&ctx, &mut head);
+        p.on_response(ctx, &mut head);
         resp = Response::from_parts(head, body);
     }
     // Response hooks run for every response once the route is known, whatever produced it.
@@ -142,7 +165,7 @@ pub(crate) async fn handle(
         }
         let (mut head, body) = resp.into_parts();
         for p in r.policies.iter().rev() {
-            p.on_response(&ctx, &mut head);
+            p.on_response(ctx, &mut head);
         }
         resp = Response::from_parts(head, body);
     }
@@ -162,7 +185,7 @@ pub(crate) async fn handle(
         throttled: ctx.throttled,
         held: std::mem::take(&mut ctx.held),
         log: snap.config().access_log.enabled,
-        request_id: ctx.request_id,
+        request_id: std::mem::replace(&mut ctx.request_id, HeaderValue::from_static("-")),
         client_ip: ctx.client_ip,
         listener: conn.listener,
         version,
@@ -503,6 +526,62 @@ fn is_dot_segment(mut seg: &[u8]) -> bool {
         dots += 1;
     }
     dots == 1 || dots == 2
+}
+
+/// The status a request is recorded with when its client left before the response: nginx's
+/// convention for "client closed request", which log readers know.
+const CLIENT_CLOSED: u16 = 499;
+
+/// A request between its head and its response. A client that leaves meanwhile makes the
+/// connection drop the request's future, and with it this: the request is still recorded (a
+/// log line with status 499 and `aborted`, its metrics and usage), and what it held (its
+/// concurrency slots) is given back.
+struct Unanswered<'a> {
+    shared: &'a Arc<Shared>,
+    snap: &'a Snapshot,
+    listener: Listener,
+    ctx: RequestCtx,
+    route: Option<Arc<CompiledRoute>>,
+    info: UpstreamInfo,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    started: Instant,
+    bytes_in: Option<u64>,
+    answered: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        Completion {
+            shared: self.shared.clone(),
+            route: match self.route.take() {
+                Some(r) => Recorder::Route(r),
+                None => Recorder::Unmatched(self.snap.unmatched.clone()),
+            },
+            consumer: self.ctx.consumer.as_ref().map(|c| c.id.clone()),
+            throttled: self.ctx.throttled,
+            held: std::mem::take(&mut self.ctx.held),
+            log: self.snap.config().access_log.enabled,
+            request_id: self.ctx.request_id.clone(),
+            client_ip: self.ctx.client_ip,
+            listener: self.listener,
+            version: self.version,
+            method: std::mem::take(&mut self.method),
+            uri: std::mem::take(&mut self.uri),
+            status: CLIENT_CLOSED,
+            started: self.started,
+            upstream: self.info.target.take(),
+            upstream_duration: None,
+            bytes_in: self.bytes_in,
+            bytes_out: 0,
+            error: None,
+        }
+        .finish(true);
+    }
 }
 
 /// Everything needed to record a request once its response has been fully sent (or the client

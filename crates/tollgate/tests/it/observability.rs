@@ -3,7 +3,9 @@
 use crate::common::*;
 use anyhow::Result;
 use std::time::Duration;
-use tollgate_testkit::{ADMIN_TOKEN, API, TENANT, eventually, expect_problem, metric_value};
+use tollgate_testkit::{
+    ADMIN_TOKEN, API, TENANT, Upstream, eventually, expect_problem, metric_value,
+};
 
 #[tokio::test]
 async fn every_request_gets_one_json_access_log_line() -> Result<()> {
@@ -300,5 +302,60 @@ async fn admin_routes_need_the_bearer_token() -> Result<()> {
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await?;
     assert_eq!(v["config_generation"], 2);
+    Ok(())
+}
+
+/// A client that leaves before its response still leaves a log line (status 499, as nginx
+/// logs it, and `aborted`) and is counted, on HTTP/1.1 and HTTP/2 alike.
+#[tokio::test]
+async fn a_request_whose_client_left_is_still_logged_and_counted() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::slow("slow", Duration::from_secs(2)).await;
+    let gw = start(&echo_config(&up)).await?;
+    let mut s = tokio::net::TcpStream::connect(gw.public_addr()).await?;
+    s.write_all(
+        format!(
+            "GET /e/1 HTTP/1.1\r\nHost: {}\r\nX-Request-ID: gone-h1\r\n\r\n",
+            gw.public_addr()
+        )
+        .as_bytes(),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(s);
+    let line = gw
+        .wait_access_log(SHORT, |l| l["request_id"] == "gone-h1")
+        .await?;
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(line["aborted"], true, "{line}");
+    assert_eq!(line["route"], "echo", "{line}");
+    assert!(
+        line["duration_ms"].as_f64().is_some_and(|d| d < 1500.0),
+        "recorded when the client left, not when the upstream answered: {line}"
+    );
+
+    // HTTP/2: the client resets its stream.
+    let c = gw.h2c_client();
+    let pending = tokio::spawn({
+        let url = gw.url("/e/2");
+        async move { c.get(url).header("x-request-id", "gone-h2").send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pending.abort();
+    let line = gw
+        .wait_access_log(SHORT, |l| l["request_id"] == "gone-h2")
+        .await?;
+    assert_eq!(line["status"], 499, "{line}");
+
+    let text = gw.metrics().await?;
+    assert!(
+        metric_value(
+            &text,
+            "tollgate_requests_total",
+            &[("route", "echo"), ("status_class", "4xx")]
+        )
+        .is_some_and(|v| v >= 2.0),
+        "{text}"
+    );
     Ok(())
 }
