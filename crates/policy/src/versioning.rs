@@ -297,7 +297,11 @@ impl Policy for Versioning {
             if let Some((_, s)) = &n.sunset {
                 resp.headers.insert(SUNSET, s.clone());
             }
-            if let Some(l) = &n.link {
+            // Appended, as the upstream may link elsewhere too; but once only: the 410 after
+            // the sunset already carries it.
+            if let Some(l) = &n.link
+                && !resp.headers.get_all(LINK).iter().any(|v| v == l)
+            {
                 resp.headers.append(LINK, l.clone());
             }
         }
@@ -454,6 +458,11 @@ routes:
         let (_, r) = run(&neg, &mut parts("/accounts/1?version=1", &[]));
         let e = r.expect_err("gone");
         assert_eq!(e.status(), 410);
+        // The response hook runs on the 410 too: its `Link` stays one field.
+        let (c, _) = run(&neg, &mut parts("/accounts/1?version=1", &[]));
+        let mut resp = e.to_response("r").into_parts().0;
+        neg.on_response(&c, &mut resp);
+        assert_eq!(resp.headers.get_all("link").iter().count(), 1, "{resp:?}");
         assert!(run(&neg, &mut parts("/accounts/1", &[])).1.is_ok());
     }
 
