@@ -250,14 +250,17 @@ impl EdgeRules {
                 rule,
                 retry_after_secs: retry_after_secs(duration_nanos(left)),
             },
-            Err(_) => match sh.failure_mode {
-                FailureMode::Local => match &self.rate {
-                    Some(table) => table.hit(ip, unix_nanos(now)),
-                    None => Verdict::Pass,
-                },
-                FailureMode::Allow => Verdict::Pass,
-                FailureMode::Deny => Verdict::Unavailable,
-            },
+            Err(e) => {
+                tracing::debug!(error = %e, mode = ?sh.failure_mode, "shared edge rules unavailable");
+                match sh.failure_mode {
+                    FailureMode::Local => match &self.rate {
+                        Some(table) => table.hit(ip, unix_nanos(now)),
+                        None => Verdict::Pass,
+                    },
+                    FailureMode::Allow => Verdict::Pass,
+                    FailureMode::Deny => Verdict::Unavailable,
+                }
+            }
         }
     }
 
@@ -269,6 +272,7 @@ impl EdgeRules {
         )
         .with_header(RETRY_AFTER, HeaderValue::from(1u64))
         .with_extension("limit", "shared-limits".into())
+        .with_cause("edge: the per-address rules are shared through Redis, which did not answer")
     }
 
     /// True when no rule can ever refuse a request: the policy need not be installed.

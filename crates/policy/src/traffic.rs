@@ -1032,7 +1032,8 @@ impl Traffic {
                     http::header::RETRY_AFTER,
                     retry_after(std::time::Duration::from_secs(1)),
                 )
-                .with_extension("limit", "shared-limits".into());
+                .with_extension("limit", "shared-limits".into())
+                .with_cause(format!("shared limits: {error}"));
                 (a, Err(e))
             }
         }

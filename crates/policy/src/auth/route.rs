@@ -39,8 +39,8 @@ enum Miss {
     },
     /// Authenticated but not allowed (a certificate not on the list, an authorizer's deny).
     Forbidden(&'static str),
-    /// The authorizer could not answer: fail closed.
-    Unavailable,
+    /// The authorizer could not answer: fail closed. The reason is for the log only.
+    Unavailable(Arc<str>),
 }
 
 enum Attempt {
@@ -318,7 +318,9 @@ impl Auth {
             .as_deref()
             .and_then(|n| self.identity.authorizers.get(n))
         else {
-            return Attempt::Miss(Miss::Unavailable);
+            return Attempt::Miss(Miss::Unavailable(Arc::from(
+                "the route names an authorizer the config does not have",
+            )));
         };
         let cache_key = req.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
         let q = AuthzRequest {
@@ -355,7 +357,7 @@ impl Auth {
             },
             Err(e) => {
                 tracing::warn!(request_id = ctx.request_id_str(), error = %e, "authorizer unavailable; failing closed");
-                Attempt::Miss(Miss::Unavailable)
+                Attempt::Miss(Miss::Unavailable(Arc::from(e.to_string())))
             }
         }
     }
@@ -416,11 +418,12 @@ impl Auth {
             )
             .with_header(WWW_AUTHENTICATE, challenge(scheme, Some(reason), None)),
             Miss::Forbidden(why) => GatewayError::new(Kind::Forbidden, why),
-            Miss::Unavailable => GatewayError::new(
+            Miss::Unavailable(why) => GatewayError::new(
                 Kind::ServiceUnavailable,
                 "the authorization service is unavailable; try again later",
             )
-            .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1")),
+            .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1"))
+            .with_cause(why.to_string()),
         }
     }
 
@@ -566,7 +569,7 @@ impl Worst {
 /// forbidden identity over a bad credential over none at all.
 fn rank(m: &Miss) -> u8 {
     match m {
-        Miss::Unavailable => 3,
+        Miss::Unavailable(_) => 3,
         Miss::Forbidden(_) => 2,
         Miss::Invalid { .. } => 1,
         Miss::Absent => 0,
