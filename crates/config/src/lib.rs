@@ -26,11 +26,12 @@ use std::path::{Path, PathBuf};
 /// A config that could not be used, with enough context for an operator to fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    // The reason is part of the message, not a source: a report of the whole chain would
+    // print it twice.
+    #[error("cannot read {path}: {reason}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("{}", format_problems(.path, .problems))]
     Invalid {
@@ -148,12 +149,61 @@ impl EnvOverrides {
     }
 }
 
-/// Reads, parses, applies overrides and validates a config file.
-pub fn load(path: &Path, env: &EnvOverrides) -> Result<LoadedConfig, ConfigError> {
-    let text = files::read_to_string(path, files::MAX_CONFIG_BYTES).map_err(|source| {
+/// The `identity.hash_secret_file` a config names, resolved against the config's folder,
+/// without validating the rest: `tollgate hash` makes the values a config is still missing.
+pub fn hash_secret_path(path: &Path) -> Result<Option<PathBuf>, ConfigError> {
+    #[derive(serde::Deserialize, Default)]
+    struct Loose {
+        #[serde(default)]
+        identity: LooseIdentity,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct LooseIdentity {
+        #[serde(default)]
+        hash_secret_file: Option<PathBuf>,
+    }
+    let text = files::read_to_string(path, files::MAX_CONFIG_BYTES).map_err(|reason| {
         ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            reason,
+        }
+    })?;
+    let invalid = |message: String, line: Option<usize>| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        problems: vec![Problem {
+            key_path: "identity.hash_secret_file".into(),
+            line,
+            message,
+        }],
+    };
+    if let Some(line) = too_deep(&text) {
+        return Err(invalid(
+            format!("collections nested deeper than {MAX_DEPTH} levels"),
+            Some(line),
+        ));
+    }
+    let loose: Loose = yaml_serde::from_str(&text).map_err(|e| {
+        invalid(
+            strip_location(&e.to_string()),
+            e.location().map(|l| l.line()),
+        )
+    })?;
+    let base_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok(loose
+        .identity
+        .hash_secret_file
+        .map(|p| if p.is_absolute() { p } else { base_dir.join(p) }))
+}
+
+/// Reads, parses, applies overrides and validates a config file.
+pub fn load(path: &Path, env: &EnvOverrides) -> Result<LoadedConfig, ConfigError> {
+    let text = files::read_to_string(path, files::MAX_CONFIG_BYTES).map_err(|reason| {
+        ConfigError::Read {
+            path: path.to_path_buf(),
+            reason,
         }
     })?;
     let base_dir = path

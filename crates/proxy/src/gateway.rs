@@ -94,7 +94,7 @@ impl Gateway {
             Some(s) => s,
             None => sink_for(&loaded).map_err(|e| ConfigError::Read {
                 path: PathBuf::from(&loaded.config.access_log.target),
-                source: e,
+                reason: e,
             })?,
         };
         let access_log = AccessLog::start(sink, metrics.access_log_dropped.clone());

@@ -157,13 +157,8 @@ fn validate(path: &Path) -> Result<ExitCode> {
 }
 
 fn hash(config: &Path, values: Vec<String>) -> Result<ExitCode> {
-    let loaded = tollgate_config::load(config, &EnvOverrides::from_env())?;
-    let secret = loaded
-        .config
-        .identity
-        .hash_secret_file
-        .as_ref()
-        .map(|p| loaded.resolve(p))
+    // Only the secret's path is read: the config may still be waiting for these values.
+    let secret = tollgate_config::hash_secret_path(config)?
         .context("the config sets no identity.hash_secret_file")?;
     let hasher =
         tollgate_policy::auth::KeyHasher::from_file(&secret).map_err(anyhow::Error::msg)?;

@@ -252,3 +252,53 @@ async fn serve_raises_a_low_open_file_limit_for_its_connections() -> Result<()> 
     assert_eq!(r.status(), 404);
     Ok(())
 }
+
+/// `hash` makes the values a config is still missing: it reads only the secret's path, so a
+/// config with a placeholder where the hash goes is no obstacle.
+#[test]
+fn hash_prints_the_stored_form_for_a_config_still_waiting_for_it() -> Result<()> {
+    let dir = TempDir::new("tollgate-hash")?;
+    std::fs::write(dir.path().join("secret"), "cli-hash-secret-0123456789")?;
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &path,
+        "identity:\n  hash_secret_file: secret\nconsumers:\n  c1: { api_keys: [{ id: k1, hash: \"TODO\" }] }\n",
+    )?;
+    let out = tollgate(&[
+        "hash",
+        "--config",
+        &path.display().to_string(),
+        "tg_c1_key",
+        "cs_c1_secret",
+    ])?;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(
+        lines,
+        [
+            keyed_hash("cli-hash-secret-0123456789", "tg_c1_key"),
+            keyed_hash("cli-hash-secret-0123456789", "cs_c1_secret")
+        ]
+    );
+    // Without the setting it says what is missing.
+    std::fs::write(&path, "consumers: {}\n")?;
+    let out = tollgate(&["hash", "--config", &path.display().to_string(), "x"])?;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("identity.hash_secret_file"),
+        "{}",
+        text(&out.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn a_missing_config_is_named_once() -> Result<()> {
+    for cmd in ["validate", "serve"] {
+        let out = tollgate(&[cmd, "--config", "/nonexistent/gateway.yaml"])?;
+        assert!(!out.status.success());
+        let err = text(&out.stderr);
+        assert_eq!(err.matches("does not exist").count(), 1, "{cmd}: {err}");
+    }
+    Ok(())
+}
