@@ -243,9 +243,16 @@ pub fn parse_str(text: &str, env: &EnvOverrides, base_dir: &Path) -> Result<Conf
                 .map(|l| l.line())
                 .or_else(|| locate::line_of(text, &key_path));
             let message = strip_location(&inner.to_string());
-            // The YAML error may name the path itself; the problem names it once.
-            let message = match message.strip_prefix(&format!("{key_path}: ")) {
-                Some(rest) if !key_path.is_empty() => rest.to_string(),
+            // The YAML error may name the path itself, or the part of it it had reached; the
+            // problem names it once.
+            let message = match message.split_once(": ") {
+                Some((named, rest))
+                    if !named.is_empty()
+                        && !named.contains(' ')
+                        && key_path.starts_with(named) =>
+                {
+                    rest.to_string()
+                }
                 _ => message,
             };
             return Err(vec![Problem {
