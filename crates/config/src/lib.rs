@@ -247,9 +247,7 @@ pub fn parse_str(text: &str, env: &EnvOverrides, base_dir: &Path) -> Result<Conf
             // problem names it once.
             let message = match message.split_once(": ") {
                 Some((named, rest))
-                    if !named.is_empty()
-                        && !named.contains(' ')
-                        && key_path.starts_with(named) =>
+                    if !named.is_empty() && !named.contains(' ') && key_path.starts_with(named) =>
                 {
                     rest.to_string()
                 }

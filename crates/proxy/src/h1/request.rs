@@ -102,8 +102,17 @@ pub(super) fn parse(
     let head = buf.split_to(scan.len).freeze();
     let method = Method::from_bytes(&head[scan.method.0 as usize..scan.method.1 as usize])
         .map_err(|_| bad("invalid method"))?;
-    let uri = Uri::from_maybe_shared(head.slice(scan.target.0 as usize..scan.target.1 as usize))
-        .map_err(|_| bad("invalid request target"))?;
+    let target = scan.target.0 as usize..scan.target.1 as usize;
+    // `http` holds a URI of at most 64 KiB − 2 bytes, whatever `max_uri_bytes` allows: a longer
+    // target is too long (414), not malformed.
+    if target.len() >= usize::from(u16::MAX) - 1 {
+        return Err(GatewayError::new(
+            Kind::UriTooLong,
+            "the request target is too long",
+        ));
+    }
+    let uri =
+        Uri::from_maybe_shared(head.slice(target)).map_err(|_| bad("invalid request target"))?;
     // Room for fields policies add: growing a map rehashes it.
     let mut headers = HeaderMap::with_capacity(scratch.fields.len() + ADDED_FIELDS);
     let mut fields = HeadFields::default();
@@ -352,6 +361,20 @@ mod tests {
             .err()
             .expect("refused");
         assert_eq!(e.kind, Kind::HeadersTooLarge);
+        // A whole head whose target is longer than a URI can be: too long, not malformed.
+        let roomy = HeadLimits {
+            max_head: 1 << 20,
+            max_fields: 100,
+        };
+        for len in [65_534, 70_000] {
+            let mut buf = BytesMut::from(
+                format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(len)).as_bytes(),
+            );
+            let e = parse(&mut buf, roomy, &mut Scratch::default())
+                .err()
+                .expect("refused");
+            assert_eq!(e.kind, Kind::UriTooLong, "{len}");
+        }
     }
 
     #[test]

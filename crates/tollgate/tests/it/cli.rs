@@ -112,10 +112,13 @@ fn validate_names_a_wrong_type_once_and_a_route_conflict_once() -> Result<()> {
     assert_eq!(err.matches("server.max_headers").count(), 1, "{err}");
     assert!(err.contains("line 5") && err.contains("lots"), "{err}");
     // Also when the parser's message names only the part of the path it had reached.
-    std::fs::write(&path, "listeners:
+    std::fs::write(
+        &path,
+        "listeners:
   public:
     addr: localhost
-")?;
+",
+    )?;
     let err = text(&validate(&path)?.stderr);
     assert!(err.contains("listeners.public.addr: `localhost`"), "{err}");
     assert_eq!(err.matches("listeners.public").count(), 1, "{err}");
