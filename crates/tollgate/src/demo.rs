@@ -80,6 +80,7 @@ Try:\n\
   curl -i -X POST -H 'x-api-key: tg_gold_0123456789abcdef' -H \"Authorization: Bearer $TOKEN\" -H 'Idempotency-Key: 1' -d '{{}}' http://{public}/v1/payments\n\
   curl -i -H 'Authorization: Bearer demo-statements' http://{public}/v1/statements/7   # external authorizer\n\
   curl -i --cacert {ca} --cert {certs}/ledger-reader.pem --key {certs}/ledger-reader-key.pem https://localhost:{tls}/internal/ledger/2026\n\
+  curl -i --aws-sigv4 aws:amz:bank-1:execute-api --user AKIDTOLLGATEREPORTS:reports-secret-0123456789abcdef http://{public}/internal/reports/daily   # SigV4\n\
   curl -s http://{admin}/metrics | grep tollgate_requests_total\n\
   curl -i -X POST -H \"Authorization: Bearer $TOLLGATE_ADMIN_TOKEN\" http://{admin}/admin/reload\n",
         ca = ca.display(),
