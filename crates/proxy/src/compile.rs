@@ -356,10 +356,17 @@ pub fn check(loaded: LoadedConfig) -> Result<String, tollgate_config::ConfigErro
     let path = loaded.source_path.clone();
     let snap = compile(Arc::new(loaded), None, &metrics, &env, 0)
         .map_err(|problems| tollgate_config::ConfigError::Invalid { path, problems })?;
-    Ok(format!(
-        "{} routes on the public listener, {} on TLS, {} upstreams",
-        snap.public.len(),
-        snap.tls.len(),
-        snap.upstreams.len()
-    ))
+    let listeners = &snap.config().listeners;
+    let mut on = Vec::new();
+    if listeners.public.is_some() {
+        on.push(format!(
+            "{} routes on the public listener",
+            snap.public.len()
+        ));
+    }
+    if listeners.tls.is_some() {
+        on.push(format!("{} on TLS", snap.tls.len()));
+    }
+    on.push(format!("{} upstreams", snap.upstreams.len()));
+    Ok(on.join(", "))
 }

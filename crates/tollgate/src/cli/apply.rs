@@ -322,9 +322,13 @@ async fn plan(c: &Client, d: &Desired) -> Result<(Vec<Change>, Vec<String>)> {
         for t in tenants {
             match have_tenants.get(&t.id) {
                 None => changes.push(Change::CreateTenant(t.clone())),
+                Some(h) if read_only(h) => notes.push(format!(
+                    "tenant {} is defined in the gateway's config file (read-only); left as is",
+                    t.id
+                )),
                 Some(h) => {
                     let name = t.name.as_deref().unwrap_or(&t.id);
-                    if h.get("name").and_then(Value::as_str) != Some(name) && !read_only(h) {
+                    if h.get("name").and_then(Value::as_str) != Some(name) {
                         notes.push(format!(
                             "tenant {}: the name differs ({} → {name}) but the admin API cannot rename a tenant; left as is",
                             t.id,

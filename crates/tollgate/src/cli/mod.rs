@@ -25,7 +25,8 @@ pub struct Connection {
         default_value = "http://127.0.0.1:9901"
     )]
     pub url: String,
-    /// The bearer token: the platform admin token or a tenant admin token.
+    /// The bearer token: the platform admin token (`admin apis` and `admin usage` also take a
+    /// tenant admin token, for that tenant's own; `apply` needs the platform one).
     // The value is never printed: not in help (hide_env_values), errors or output.
     #[arg(
         long,
