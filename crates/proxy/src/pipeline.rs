@@ -86,13 +86,12 @@ pub(crate) async fn handle(
         _ => new_request_id(&*shared.ids),
     };
     let client_ip = forward::client_ip(conn.peer.ip(), &parts.headers, &snap.trusted_proxies);
-    let mut ctx = RequestCtx::new(request_id, client_ip, conn.listener, started);
-    ctx.client_cert = conn.client_cert.clone();
+    // The context is made in place: it is large, and a move is a copy.
     let mut pending = Unanswered {
         shared: &shared,
         snap: &snap,
         listener: conn.listener,
-        ctx,
+        ctx: RequestCtx::new(request_id, client_ip, conn.listener, started),
         route: None,
         info: UpstreamInfo::default(),
         method: parts.method.clone(),
@@ -103,6 +102,7 @@ pub(crate) async fn handle(
         bytes_in: body.size_hint().exact(),
         answered: false,
     };
+    pending.ctx.client_cert = conn.client_cert.clone();
     let mut body = Some(body);
     let p = &mut pending;
     let result = run(
