@@ -31,6 +31,9 @@ impl Fault {
     }
 }
 
+/// nginx's "client closed request", which log readers know.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
 /// What went wrong. Each variant has one status, one title and one stable `type` slug.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -40,6 +43,9 @@ pub enum Kind {
     MethodNotAllowed,
     Gone,
     RequestTimeout,
+    /// The client left before its request was complete. Nothing reaches it; the status is for
+    /// logs and metrics (nginx's 499).
+    ClientClosedRequest,
     PayloadTooLarge,
     UriTooLong,
     HeadersTooLarge,
@@ -68,6 +74,9 @@ impl Kind {
             Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Kind::Gone => StatusCode::GONE,
             Kind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Kind::ClientClosedRequest => {
+                StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             Kind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::UriTooLong => StatusCode::URI_TOO_LONG,
             Kind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -96,6 +105,7 @@ impl Kind {
             Kind::MethodNotAllowed => "method-not-allowed",
             Kind::Gone => "gone",
             Kind::RequestTimeout => "request-timeout",
+            Kind::ClientClosedRequest => "client-closed-request",
             Kind::PayloadTooLarge => "payload-too-large",
             Kind::UriTooLong => "uri-too-long",
             Kind::HeadersTooLarge => "headers-too-large",
@@ -124,6 +134,7 @@ impl Kind {
             Kind::MethodNotAllowed => "Method not allowed",
             Kind::Gone => "Gone",
             Kind::RequestTimeout => "Request not received in time",
+            Kind::ClientClosedRequest => "Client closed the request",
             Kind::PayloadTooLarge => "Request body too large",
             Kind::UriTooLong => "Request target too long",
             Kind::HeadersTooLarge => "Request headers too large",
@@ -162,6 +173,7 @@ impl Kind {
         Kind::MethodNotAllowed,
         Kind::Gone,
         Kind::RequestTimeout,
+        Kind::ClientClosedRequest,
         Kind::PayloadTooLarge,
         Kind::UriTooLong,
         Kind::HeadersTooLarge,

@@ -17,6 +17,6 @@ pub use context::{
     ClientCert, Consumer, Listener, RequestCtx, RouteMeta, Scopes, X_CONSUMER_ID, X_CONSUMER_PLAN,
     X_CONSUMER_TENANT,
 };
-pub use error::{Fault, GatewayError, Kind, PROBLEM_BASE, PROBLEM_JSON};
+pub use error::{CLIENT_CLOSED_REQUEST, Fault, GatewayError, Kind, PROBLEM_BASE, PROBLEM_JSON};
 pub use policy::{Decision, Phase, Policy, Step};
 pub use redact::redact_url;

@@ -27,6 +27,19 @@ pub enum ClientBodyError {
     Hyper(#[from] hyper::Error),
 }
 
+impl ClientBodyError {
+    /// The client is gone: its connection closed before the body was complete, or failed, or
+    /// its HTTP/2 stream did. Malformed framing is the client's mistake, not its absence.
+    pub fn client_gone(&self) -> bool {
+        match self {
+            Self::H1(crate::h1::H1BodyError::Framing(f)) => {
+                matches!(f, crate::framing::FramingError::Incomplete)
+            }
+            Self::H1(crate::h1::H1BodyError::Io(_)) | Self::Hyper(_) => true,
+        }
+    }
+}
+
 impl Body for ClientBody {
     type Data = Bytes;
     type Error = ClientBodyError;

@@ -220,6 +220,17 @@ async fn run(
     info: &mut UpstreamInfo,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     check_limits(snap, &parts)?;
+    // RFC 9113 §8.3.1: a `Host` naming another entity than `:authority` makes the request
+    // malformed; let through, it would decide what the upstream is told the host is.
+    if parts.version == Version::HTTP_2
+        && let (Some(a), Some(h)) = (parts.uri.authority(), client.host.as_ref())
+        && !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes())
+    {
+        return Err(GatewayError::new(
+            Kind::BadRequest,
+            "the Host field names another authority than :authority",
+        ));
+    }
     // Edge rules come before routing and authentication: refusing an address must cost little
     // and apply to every path, known or not.
     if let Some(edge) = &snap.edge {
@@ -307,12 +318,13 @@ async fn run(
 
     // Trust is decided per request: a reload may change the trusted networks.
     let peer_trusted = forward::is_trusted(conn.peer.ip(), &snap.trusted_proxies);
-    let host = client.host.clone().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    // The target's authority first: HTTP/2's `:authority` (RFC 9113 §8.3.1), or an HTTP/1.1
+    // absolute-form target, for which `Host` is ignored (RFC 9112 §3.2.2).
+    let host = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| client.host.clone());
     let proto = match ctx.listener {
         Listener::Public => "http",
         Listener::Tls => "https",
@@ -528,10 +540,6 @@ fn is_dot_segment(mut seg: &[u8]) -> bool {
     dots == 1 || dots == 2
 }
 
-/// The status a request is recorded with when its client left before the response: nginx's
-/// convention for "client closed request", which log readers know.
-const CLIENT_CLOSED: u16 = 499;
-
 /// A request between its head and its response. A client that leaves meanwhile makes the
 /// connection drop the request's future, and with it this: the request is still recorded (a
 /// log line with status 499 and `aborted`, its metrics and usage), and what it held (its
@@ -572,7 +580,7 @@ impl Drop for Unanswered<'_> {
             version: self.version,
             method: std::mem::take(&mut self.method),
             uri: std::mem::take(&mut self.uri),
-            status: CLIENT_CLOSED,
+            status: tollgate_core::CLIENT_CLOSED_REQUEST,
             started: self.started,
             upstream: self.info.target.take(),
             upstream_duration: None,
@@ -618,6 +626,8 @@ enum Recorder {
 
 impl Completion {
     fn finish(self, aborted: bool) {
+        // A request its client left is aborted, whatever became of the answer nobody reads.
+        let aborted = aborted || self.status == tollgate_core::CLIENT_CLOSED_REQUEST;
         let elapsed = self.started.elapsed();
         let route = match &self.route {
             Recorder::Route(r) => {

@@ -309,6 +309,11 @@ fn classify(name: &str, target: &Target, f: Failure) -> GatewayError {
             Kind::PayloadTooLarge,
             format!("the request body exceeds the limit of {} bytes", t.0),
         ),
+        Failure::Body(RequestBodyError::Client(c)) if c.client_gone() => GatewayError::new(
+            Kind::ClientClosedRequest,
+            "the client left before its request body was complete",
+        )
+        .with_cause(c.to_string()),
         Failure::Body(RequestBodyError::Client(c)) => {
             GatewayError::new(Kind::BadRequest, "the request body could not be read")
                 .with_cause(c.to_string())

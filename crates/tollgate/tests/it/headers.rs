@@ -353,3 +353,33 @@ async fn traceparent_reaches_the_upstream_as_a_child_of_the_same_trace() -> Resu
     assert_ne!(ta.1, tb.1);
     Ok(())
 }
+
+/// The authority the client addressed is the request target's when it has one: HTTP/2's
+/// `:authority` (a `Host` naming another entity makes the request malformed, RFC 9113
+/// §8.3.1), or an HTTP/1.1 absolute-form target, whose `Host` is ignored (RFC 9112 §3.2.2).
+#[tokio::test]
+async fn x_forwarded_host_is_the_targets_authority() -> Result<()> {
+    let (_up, gw) = echo_gateway("up").await?;
+    let h2 = gw.h2c_client();
+    let echo: serde_json::Value = h2.get(gw.url("/e/1")).send().await?.json().await?;
+    assert_eq!(
+        echoed(&echo, "x-forwarded-host"),
+        Some(gw.public_addr().to_string().as_str())
+    );
+    let r = h2
+        .get(gw.url("/e/1"))
+        .header("host", "evil.example")
+        .send()
+        .await?;
+    expect_problem(r, 400).await;
+
+    let r = tollgate_testkit::raw::raw_request(
+        gw.public_addr(),
+        b"GET http://abs.example/e/1 HTTP/1.1\r\nHost: hdr.example\r\nConnection: close\r\n\r\n",
+        std::time::Duration::from_secs(10),
+    )
+    .await?;
+    assert_eq!(r.status, 200);
+    assert_eq!(echoed(&r.json()?, "x-forwarded-host"), Some("abs.example"));
+    Ok(())
+}

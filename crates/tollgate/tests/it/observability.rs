@@ -4,7 +4,7 @@ use crate::common::*;
 use anyhow::Result;
 use std::time::Duration;
 use tollgate_testkit::{
-    ADMIN_TOKEN, API, TENANT, Upstream, eventually, expect_problem, metric_value,
+    ADMIN_TOKEN, API, RouteSpec, TENANT, Upstream, eventually, expect_problem, metric_value,
 };
 
 #[tokio::test]
@@ -311,7 +311,9 @@ async fn admin_routes_need_the_bearer_token() -> Result<()> {
 async fn a_request_whose_client_left_is_still_logged_and_counted() -> Result<()> {
     use tokio::io::AsyncWriteExt;
     let up = Upstream::slow("slow", Duration::from_secs(2)).await;
-    let gw = start(&echo_config(&up)).await?;
+    let gw =
+        start(&echo_config(&up).route(RouteSpec::new("upload", "/up", "up").methods(&["POST"])))
+            .await?;
     let mut s = tokio::net::TcpStream::connect(gw.public_addr()).await?;
     s.write_all(
         format!(
@@ -333,6 +335,26 @@ async fn a_request_whose_client_left_is_still_logged_and_counted() -> Result<()>
         line["duration_ms"].as_f64().is_some_and(|d| d < 1500.0),
         "recorded when the client left, not when the upstream answered: {line}"
     );
+
+    // Leaving halfway through its body: the same, not a 400 nobody reads.
+    let mut s = tokio::net::TcpStream::connect(gw.public_addr()).await?;
+    s.write_all(
+        format!(
+            "POST /up HTTP/1.1\r\nHost: {}\r\nX-Request-ID: gone-body\r\nContent-Length: 100000\r\n\r\n",
+            gw.public_addr()
+        )
+        .as_bytes(),
+    )
+    .await?;
+    s.write_all(&[b'x'; 16 * 1024]).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(s);
+    let line = gw
+        .wait_access_log(SHORT, |l| l["request_id"] == "gone-body")
+        .await?;
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(line["error"], "client-closed-request", "{line}");
+    assert_eq!(line["aborted"], true, "{line}");
 
     // HTTP/2: the client resets its stream.
     let c = gw.h2c_client();
