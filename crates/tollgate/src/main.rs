@@ -138,8 +138,16 @@ fn run(
     let code = rt.block_on(fut);
     // Connection tasks that outlived the grace period must not hold the process open.
     rt.shutdown_timeout(Duration::from_millis(200));
+    // Dropping them recorded their requests (status 499); those lines came after the
+    // server's own last flush.
+    if let Some(gw) = EXITING.get() {
+        gw.flush_access_log();
+    }
     code
 }
+
+/// The gateway being served, for the access log's last flush once the runtime is gone.
+static EXITING: std::sync::OnceLock<Gateway> = std::sync::OnceLock::new();
 
 fn validate(path: &Path) -> Result<ExitCode> {
     let env = EnvOverrides::from_env();
@@ -209,6 +217,7 @@ async fn serve(
             },
         )?;
 
+        let _ = EXITING.set(gateway.clone());
         let (trigger, shutdown) = shutdown_pair();
         let url = store_url(&config, database_url);
         let store = tollgate_store::Store::open(&url).await.with_context(|| {

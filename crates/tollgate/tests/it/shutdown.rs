@@ -94,8 +94,15 @@ async fn shutdown_grace_bounds_the_drain() -> Result<()> {
         took >= Duration::from_millis(900) && took < Duration::from_secs(3),
         "exited {took:?} after SIGTERM with a 1 s grace period"
     );
-    // The request that outlived the grace period is cut, not answered.
+    // The request that outlived the grace period is cut, not answered, and still logged.
     let outcome = tokio::time::timeout(SHORT, stuck).await?;
     assert!(!matches!(outcome, Ok(Ok(200))), "{outcome:?}");
+    let lines = gw.access_log_lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["path"] == "/e/stuck" && l["status"] == 499 && l["aborted"] == true),
+        "{lines:?}"
+    );
     Ok(())
 }
