@@ -341,7 +341,12 @@ impl Protocols {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        // Streams in flight, response bodies included, so shutdown can tell a busy connection
+        // from an idle one.
+        let streams = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = streams.clone();
         let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let stream = InFlight::enter(&counted);
             let fields = crate::pipeline::HeadFields::of(req.headers());
             let (shared, conn) = (shared.clone(), conn.clone());
             async move {
@@ -349,7 +354,10 @@ impl Protocols {
                 // hyper writes HEADERS frames from the map alone.
                 let mut response = response.await?;
                 crate::pipeline::materialize(&mut response);
-                Ok::<_, std::convert::Infallible>(response)
+                Ok::<_, std::convert::Infallible>(response.map(|body| Counted {
+                    body,
+                    _stream: stream,
+                }))
             }
         });
         let connection = self.http2.serve_connection(TokioIo::new(io), service);
@@ -358,7 +366,25 @@ impl Protocols {
             r = connection.as_mut() => r,
             _ = shutdown.wait() => {
                 connection.as_mut().graceful_shutdown();
-                connection.await
+                // hyper closes after the peer acknowledges the GOAWAY's PING. A peer that
+                // never reads would hold the whole shutdown grace; one with no stream in
+                // flight for a second (time for streams already on the wire) is let go.
+                let mut idle_ticks = 0;
+                loop {
+                    tokio::select! {
+                        r = connection.as_mut() => break r,
+                        _ = tokio::time::sleep(H2_IDLE_TICK) => {
+                            if streams.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                                idle_ticks += 1;
+                                if idle_ticks >= H2_IDLE_TICKS {
+                                    break Ok(());
+                                }
+                            } else {
+                                idle_ticks = 0;
+                            }
+                        }
+                    }
+                }
             }
         };
         if let Err(e) = result {
@@ -368,6 +394,54 @@ impl Protocols {
 }
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// While shutting down, an HTTP/2 connection is checked this often for streams in flight,
+/// and closed after this many checks in a row found none.
+const H2_IDLE_TICK: Duration = Duration::from_millis(100);
+const H2_IDLE_TICKS: u32 = 10;
+
+/// One HTTP/2 stream counted in its connection's streams in flight until dropped.
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    fn enter(streams: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        streams.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(streams.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its stream counted until it is done with.
+struct Counted<B> {
+    body: B,
+    /// Held, never read: dropping it uncounts the stream.
+    _stream: InFlight,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 /// Reads just enough of a plain connection to tell HTTP/2 prior knowledge from HTTP/1.1,
 /// within `timeout`. Returns the stream with those bytes put back, or `None` if the client

@@ -106,3 +106,31 @@ async fn shutdown_grace_bounds_the_drain() -> Result<()> {
     );
     Ok(())
 }
+
+/// An HTTP/2 peer that opened a connection and stopped reading never acknowledges the
+/// shutdown's GOAWAY: with no stream in flight it is let go, not waited for all the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_peer_that_stopped_reading_does_not_hold_the_shutdown() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let (_up, gw) = echo_gateway("up").await?;
+    let mut gw = gw;
+    let mut idle = tokio::net::TcpStream::connect(gw.public_addr()).await?;
+    // The preface and an empty SETTINGS frame; then nothing is ever read.
+    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let term_at = Instant::now();
+    gw.send_signal(Signal::Term)?;
+    let exit = gw
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("the gateway exits");
+    let took = term_at.elapsed();
+    assert!(exit.success(), "exit status {exit}");
+    assert!(
+        took < Duration::from_secs(5),
+        "exited {took:?} after SIGTERM; the default grace is 30 s"
+    );
+    drop(idle);
+    Ok(())
+}
