@@ -49,18 +49,30 @@ pub fn load_cert(cert: &Path, key: &Path) -> Result<(Arc<CertifiedKey>, Vec<Stri
     if chain.is_empty() {
         return Err(file_err(cert, "contains no certificate"));
     }
+    // The certificate first: a broken one is the certificate file's problem, not the key's.
+    let names = dns_names(&chain[0]).map_err(|m| file_err(cert, m))?;
     let key_der = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| file_err(key, format!("cannot read a private key: {e}")))?;
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let ck = CertifiedKey::from_der(chain, key_der, &provider)
         .map_err(|e| file_err(key, format!("key does not fit the certificate: {e}")))?;
-    let names = dns_names(&ck.cert[0]).map_err(|m| file_err(cert, m))?;
     Ok((Arc::new(ck), names))
 }
 
+/// The names the leaf certificate is valid for; a certificate authority's own certificate is
+/// refused, as no client accepts it for a server.
 fn dns_names(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
-        .map_err(|e| format!("cannot parse certificate: {e}"))?;
+        .map_err(|e| format!("not a valid certificate: {e}"))?;
+    if let Ok(Some(bc)) = cert.basic_constraints()
+        && bc.value.ca
+    {
+        return Err(
+            "is a certificate authority's certificate (CA:TRUE), not a server's: list the \
+             server certificate first"
+                .into(),
+        );
+    }
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for n in &san.value.general_names {

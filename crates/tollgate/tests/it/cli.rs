@@ -313,3 +313,45 @@ fn a_missing_config_is_named_once() -> Result<()> {
     }
     Ok(())
 }
+
+/// A TLS certificate that cannot serve: the problem names the certificate file, and a CA's
+/// own certificate is refused (no client would accept it for a server).
+#[test]
+fn validate_names_a_broken_or_ca_certificate_by_its_file() -> Result<()> {
+    let dir = TempDir::new("tollgate-cli-tls")?;
+    let certs = workspace_root().join("examples/bank/certs");
+    let broken = dir.path().join("broken.pem");
+    std::fs::write(
+        &broken,
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+    )?;
+    for (cert, key, says) in [
+        (
+            broken.clone(),
+            certs.join("server-key.pem"),
+            "not a valid certificate",
+        ),
+        (
+            certs.join("ca.pem"),
+            certs.join("ca-key.pem"),
+            "certificate authority",
+        ),
+    ] {
+        let yaml = ConfigBuilder::new()
+            .upstream("up", "http://127.0.0.1:9")
+            .get("echo", "/e/{id}", "up")
+            .tls_certificate(&cert, &key)
+            .render();
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(&path, yaml)?;
+        let out = validate(&path)?;
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains(says), "{says}: {err}");
+        assert!(
+            err.contains(&cert.display().to_string()),
+            "names the certificate file: {err}"
+        );
+    }
+    Ok(())
+}
