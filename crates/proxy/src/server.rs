@@ -362,27 +362,35 @@ impl Protocols {
         });
         let connection = self.http2.serve_connection(TokioIo::new(io), service);
         let mut connection = std::pin::pin!(connection);
-        let result = tokio::select! {
-            r = connection.as_mut() => r,
-            _ = shutdown.wait() => {
-                connection.as_mut().graceful_shutdown();
-                // hyper closes after the peer acknowledges the GOAWAY's PING. A peer that
-                // never reads would hold the whole shutdown grace; one with no stream in
-                // flight for a second (time for streams already on the wire) is let go.
-                let mut idle_ticks = 0;
-                loop {
-                    tokio::select! {
-                        r = connection.as_mut() => break r,
-                        _ = tokio::time::sleep(H2_IDLE_TICK) => {
-                            if streams.load(std::sync::atomic::Ordering::Acquire) == 0 {
-                                idle_ticks += 1;
-                                if idle_ticks >= H2_IDLE_TICKS {
-                                    break Ok(());
-                                }
-                            } else {
-                                idle_ticks = 0;
-                            }
-                        }
+        // A connection without streams is idle, like an HTTP/1.1 one waiting for its next
+        // head, and gets as long (`header_read_timeout`): hyper has no idle timeout of its
+        // own, and PINGs a live but silent client answers would keep it, and its connection
+        // slot, forever. Closing starts with a GOAWAY; hyper then waits for the peer to
+        // acknowledge its PING, which a peer that stopped reading never does, so one with no
+        // stream in flight for a second (time for streams already on the wire) is let go.
+        let idle_limit = self.first_bytes_timeout;
+        let open_tick = (idle_limit / 10).clamp(H2_CLOSING_TICK, Duration::from_secs(1));
+        let (mut closing, mut idle) = (false, Duration::ZERO);
+        let result = loop {
+            let tick = if closing { H2_CLOSING_TICK } else { open_tick };
+            tokio::select! {
+                r = connection.as_mut() => break r,
+                _ = shutdown.wait(), if !closing => {
+                    connection.as_mut().graceful_shutdown();
+                    (closing, idle) = (true, Duration::ZERO);
+                }
+                _ = tokio::time::sleep(tick) => {
+                    if streams.load(std::sync::atomic::Ordering::Acquire) != 0 {
+                        idle = Duration::ZERO;
+                        continue;
+                    }
+                    idle += tick;
+                    if closing && idle >= H2_CLOSING_IDLE {
+                        break Ok(());
+                    }
+                    if !closing && idle >= idle_limit {
+                        connection.as_mut().graceful_shutdown();
+                        (closing, idle) = (true, Duration::ZERO);
                     }
                 }
             }
@@ -395,10 +403,10 @@ impl Protocols {
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// While shutting down, an HTTP/2 connection is checked this often for streams in flight,
-/// and closed after this many checks in a row found none.
-const H2_IDLE_TICK: Duration = Duration::from_millis(100);
-const H2_IDLE_TICKS: u32 = 10;
+/// While closing, an HTTP/2 connection is checked this often for streams in flight, and let
+/// go once it has had none for `H2_CLOSING_IDLE`.
+const H2_CLOSING_TICK: Duration = Duration::from_millis(100);
+const H2_CLOSING_IDLE: Duration = Duration::from_secs(1);
 
 /// One HTTP/2 stream counted in its connection's streams in flight until dropped.
 struct InFlight(Arc<std::sync::atomic::AtomicUsize>);

@@ -326,3 +326,27 @@ async fn header_fields_past_the_limit_get_a_problem_document_and_past_the_parser
     assert_eq!(up.hits(), 0);
     Ok(())
 }
+
+/// An HTTP/2 connection without streams is idle like an HTTP/1.1 one between requests, and
+/// is closed after `header_read_timeout`: otherwise silent connections would hold every
+/// connection slot.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_header_read_timeout() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::echo("up").await;
+    let gw = start(&echo_config(&up).server("header_read_timeout", "1s")).await?;
+    let mut s = tokio::net::TcpStream::connect(gw.public_addr()).await?;
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await?;
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+    // A GOAWAY frame (type 7) came before the close.
+    assert!(buf.windows(4).any(|w| w[3] == 7 && w[0] == 0), "{buf:?}");
+    Ok(())
+}
