@@ -54,7 +54,7 @@
 //! more than that many blocked addresses at once. [`EdgeRules::purge_idle`] drops idle entries
 //! eagerly, e.g. from a timer.
 
-use crate::limits::redis::{RedisLimiter, RedisSettings, SharedIpRule};
+use crate::limits::redis::{RedisLimiter, RedisSettings, SharedIpRule, SharedIpRules};
 use http::header::RETRY_AFTER;
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
@@ -167,7 +167,7 @@ struct SharedRules {
     redis: Arc<RedisLimiter>,
     settings: RedisSettings,
     failure_mode: FailureMode,
-    rules: Vec<SharedIpRule>,
+    rules: SharedIpRules,
 }
 
 impl EdgeRules {
@@ -214,7 +214,8 @@ impl EdgeRules {
                 max_requests: r.max,
                 block_for: Duration::from_nanos(r.block_ns),
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let rules = SharedIpRules::new(&settings, &rules);
         self.shared = Some(SharedRules {
             redis,
             settings,
@@ -240,11 +241,7 @@ impl EdgeRules {
         if self.allow.as_ref().is_some_and(|a| !a.contains(ip)) {
             return Verdict::NotAllowed;
         }
-        match sh
-            .redis
-            .check_ip(&sh.settings, &sh.rules, &ip.to_string(), now)
-            .await
-        {
+        match sh.redis.check_ip(&sh.settings, &sh.rules, ip, now).await {
             Ok(None) => Verdict::Pass,
             Ok(Some((rule, left))) => Verdict::RateLimited {
                 rule,

@@ -155,6 +155,42 @@ pub struct SharedIpRule {
     pub block_for: Duration,
 }
 
+/// The edge's rules as the shared check sends them: key prefixes and script arguments made
+/// once per config, so a request only appends its address.
+#[derive(Debug, Clone)]
+pub struct SharedIpRules {
+    /// `{prefix}ipb|{rule keys}|`: one block per address for this set of rules.
+    block_prefix: String,
+    /// Per rule: `{prefix}ipw|{key}|`, then slot width (µs), slots, most requests, block (µs).
+    rules: Vec<(String, u64, u32, u32, u64)>,
+}
+
+impl SharedIpRules {
+    pub fn new(settings: &RedisSettings, rules: &[SharedIpRule]) -> Self {
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
+        let mut block_prefix = format!("{}ipb|", settings.key_prefix);
+        for r in rules {
+            block_prefix.push_str(&r.key);
+            block_prefix.push('|');
+        }
+        Self {
+            block_prefix,
+            rules: rules
+                .iter()
+                .map(|r| {
+                    (
+                        format!("{}ipw|{}|", settings.key_prefix, r.key),
+                        us(r.slot_width),
+                        r.slots,
+                        r.max_requests,
+                        us(r.block_for),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
 /// How the shared limits are consulted; from `limits.redis` in the config.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
@@ -265,37 +301,31 @@ impl RedisLimiter {
         verdict(&reply, rates.len() + quotas.len())
     }
 
-    /// Counts a request from `ip` (its canonical text) against the edge's rate rules, or finds
+    /// Counts a request from `ip` (in its canonical form) against the edge's rate rules, or finds
     /// it blocked: `None` to pass, else the rule's position and how long the block lasts.
     pub async fn check_ip(
         &self,
         settings: &RedisSettings,
-        rules: &[SharedIpRule],
-        ip: &str,
+        rules: &SharedIpRules,
+        ip: std::net::IpAddr,
         now: SystemTime,
     ) -> Result<Option<(usize, Duration)>, SharedLimitError> {
         let mut inv = self.ip_script.prepare_invoke();
-        let mut block_key = format!("{}ipb|", settings.key_prefix);
-        for r in rules {
-            block_key.push_str(&r.key);
-            block_key.push('|');
-        }
-        block_key.push_str(ip);
-        inv.key(block_key).arg(unix_nanos(now) / 1000);
-        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
-        for r in rules {
-            inv.key(format!("{}ipw|{}|{ip}", settings.key_prefix, r.key))
-                .arg(us(r.slot_width))
-                .arg(r.slots)
-                .arg(r.max_requests)
-                .arg(us(r.block_for));
+        inv.key(format!("{}{ip}", rules.block_prefix))
+            .arg(unix_nanos(now) / 1000);
+        for (prefix, slot_us, slots, max, block_us) in &rules.rules {
+            inv.key(format!("{prefix}{ip}"))
+                .arg(slot_us)
+                .arg(slots)
+                .arg(max)
+                .arg(block_us);
         }
         let reply = self.run(settings, &inv, now).await?;
         match reply.as_slice() {
             [0] => Ok(None),
             [1, rule, left] => {
                 let rule = usize::try_from(*rule - 1).map_err(|_| SharedLimitError::Reply)?;
-                if rule >= rules.len() {
+                if rule >= rules.rules.len() {
                     return Err(SharedLimitError::Reply);
                 }
                 Ok(Some((rule, micros(*left))))
