@@ -93,7 +93,12 @@ pub fn compile(
         });
     };
 
-    let identity = match Identity::build(cfg, &loaded.base_dir, policy_env.clock.clone()) {
+    let identity = match Identity::build(
+        cfg,
+        &loaded.base_dir,
+        policy_env.clock.clone(),
+        previous.map(|p| &*p.identity),
+    ) {
         Ok(i) => Arc::new(i),
         Err(list) => {
             for (k, m) in list {

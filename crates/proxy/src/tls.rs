@@ -212,6 +212,223 @@ pub fn client_identity(der: &CertificateDer<'_>) -> Option<tollgate_core::Client
     Some(tollgate_core::ClientCert {
         common_name,
         dns_names,
-        subject: cert.subject().to_string(),
+        subject: rfc4514(cert.subject()),
     })
+}
+
+/// A distinguished name as RFC 4514 §2 writes it: the RDNs last to first, `,` between them,
+/// `+` inside a multi-valued one, short attribute names where there are any. Values are
+/// escaped (§2.4), so a subject cannot pose as another by holding `, CN=...` in one of its
+/// values, and everything outside printable ASCII is written as `\XX` bytes of its UTF-8,
+/// which keeps the string a valid header value. Values that are not strings are `#` and
+/// the hex of their DER encoding.
+fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let registry = x509_parser::objects::oid_registry();
+    let mut out = String::new();
+    for (i, rdn) in name
+        .iter_rdn()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .enumerate()
+    {
+        if i > 0 {
+            out.push(',');
+        }
+        for (j, attr) in rdn.iter().enumerate() {
+            if j > 0 {
+                out.push('+');
+            }
+            match x509_parser::objects::oid2abbrev(attr.attr_type(), registry) {
+                Ok(abbrev) => out.push_str(abbrev),
+                Err(_) => out.push_str(&attr.attr_type().to_id_string()),
+            }
+            out.push('=');
+            match attribute_text(attr.attr_value()) {
+                Some(text) => escape_value(&mut out, &text),
+                None => der_hex(&mut out, attr.attr_value()),
+            }
+        }
+    }
+    out
+}
+
+/// The text of a directory string, whichever of its ASN.1 string types it uses.
+fn attribute_text(v: &x509_parser::der_parser::asn1_rs::Any<'_>) -> Option<String> {
+    use x509_parser::der_parser::asn1_rs::Tag;
+    match v.tag() {
+        Tag::Utf8String | Tag::PrintableString | Tag::NumericString | Tag::Ia5String => {
+            std::str::from_utf8(v.data).ok().map(str::to_string)
+        }
+        // T.61 in practice holds Latin-1.
+        Tag::TeletexString => Some(v.data.iter().map(|&b| char::from(b)).collect()),
+        Tag::BmpString => {
+            let units: Vec<u16> = v
+                .data
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect();
+            v.data
+                .len()
+                .is_multiple_of(2)
+                .then(|| String::from_utf16(&units).ok())
+                .flatten()
+        }
+        Tag::UniversalString => {
+            if !v.data.len().is_multiple_of(4) {
+                return None;
+            }
+            v.data
+                .chunks_exact(4)
+                .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+                .collect()
+        }
+        _ => None,
+    }
+}
+
+fn escape_value(out: &mut String, value: &str) {
+    use std::fmt::Write;
+    let last = value.len().saturating_sub(1);
+    for (i, c) in value.char_indices() {
+        match c {
+            '"' | '+' | ',' | ';' | '<' | '>' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' ' if i == 0 || i == last => out.push_str("\\ "),
+            '#' if i == 0 => out.push_str("\\#"),
+            ' '..='~' => out.push(c),
+            _ => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    let _ = write!(out, "\\{b:02X}");
+                }
+            }
+        }
+    }
+}
+
+/// `#` and the DER encoding of a value (RFC 4514 §2.4), its header rebuilt from the parsed one.
+fn der_hex(out: &mut String, v: &x509_parser::der_parser::asn1_rs::Any<'_>) {
+    use std::fmt::Write;
+    let h = &v.header;
+    let tag = h.tag().0;
+    out.push('#');
+    let first = ((h.class() as u8) << 6) | (u8::from(h.is_constructed()) << 5);
+    if tag < 31 {
+        let _ = write!(out, "{:02X}", first | tag as u8);
+    } else {
+        // High tag numbers: base-128, most significant group first.
+        let _ = write!(out, "{:02X}", first | 31);
+        let groups = (0..5).rev().map(|k| ((tag >> (7 * k)) & 0x7f) as u8);
+        let mut started = false;
+        for (k, g) in groups.enumerate() {
+            if g == 0 && !started && k < 4 {
+                continue;
+            }
+            started = true;
+            let more = if k < 4 { 0x80 } else { 0 };
+            let _ = write!(out, "{:02X}", g | more);
+        }
+    }
+    let len = v.data.len();
+    if len < 0x80 {
+        let _ = write!(out, "{len:02X}");
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|&&b| b == 0).count();
+        let _ = write!(out, "{:02X}", 0x80 | (bytes.len() - skip) as u8);
+        for b in &bytes[skip..] {
+            let _ = write!(out, "{b:02X}");
+        }
+    }
+    for b in v.data {
+        let _ = write!(out, "{b:02X}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc4514;
+    use x509_parser::prelude::FromDer;
+    use x509_parser::x509::X509Name;
+
+    const CN: &[u8] = &[0x55, 0x04, 0x03];
+    const O: &[u8] = &[0x55, 0x04, 0x0a];
+    const OU: &[u8] = &[0x55, 0x04, 0x0b];
+    const UTF8: u8 = 0x0c;
+    const PRINTABLE: u8 = 0x13;
+    const BMP: u8 = 0x1e;
+
+    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        assert!(content.len() < 128, "short form only");
+        let mut v = vec![tag, content.len() as u8];
+        v.extend_from_slice(content);
+        v
+    }
+
+    /// One attribute: its OID's content bytes, the value's ASN.1 tag, the value.
+    type Attr<'a> = (&'a [u8], u8, &'a [u8]);
+
+    /// A DER name: RDNs in certificate order, each a set of attributes.
+    fn name(rdns: &[&[Attr<'_>]]) -> Vec<u8> {
+        let mut seq = Vec::new();
+        for rdn in rdns {
+            let mut set = Vec::new();
+            for (oid, tag, value) in *rdn {
+                let mut atv = tlv(0x06, oid);
+                atv.extend(tlv(*tag, value));
+                set.extend(tlv(0x30, &atv));
+            }
+            seq.extend(tlv(0x31, &set));
+        }
+        tlv(0x30, &seq)
+    }
+
+    fn render(der: &[u8]) -> String {
+        let (_, n) = X509Name::from_der(der).expect("a DER name");
+        rfc4514(&n)
+    }
+
+    #[test]
+    fn names_are_written_last_rdn_first_with_short_attribute_names() {
+        let der = name(&[
+            &[(O, UTF8, b"Tollgate Demo")],
+            &[(CN, PRINTABLE, b"ledger-reader")],
+        ]);
+        assert_eq!(render(&der), "CN=ledger-reader,O=Tollgate Demo");
+    }
+
+    #[test]
+    fn special_characters_are_escaped_so_no_value_can_pose_as_another_attribute() {
+        let der = name(&[
+            &[(O, UTF8, b"Evil, CN=ledger-reader")],
+            &[(CN, UTF8, b"a+b;c<d>e\"f\\g")],
+        ]);
+        assert_eq!(
+            render(&der),
+            "CN=a\\+b\\;c\\<d\\>e\\\"f\\\\g,O=Evil\\, CN=ledger-reader"
+        );
+        let der = name(&[&[(CN, UTF8, b" #lead and trail ")]]);
+        assert_eq!(render(&der), "CN=\\ #lead and trail\\ ");
+        let der = name(&[&[(CN, UTF8, b"#x")]]);
+        assert_eq!(render(&der), "CN=\\#x");
+    }
+
+    #[test]
+    fn multi_valued_rdns_join_with_plus_and_non_ascii_is_hex_escaped() {
+        let der = name(&[&[(OU, UTF8, b"ops"), (CN, UTF8, "Zoë\r\n".as_bytes())]]);
+        assert_eq!(render(&der), "OU=ops+CN=Zo\\C3\\AB\\0D\\0A");
+        // BMPString: UTF-16BE.
+        let der = name(&[&[(CN, BMP, &[0x00, b'h', 0x00, b'i', 0x00, 0xe9])]]);
+        assert_eq!(render(&der), "CN=hi\\C3\\A9");
+    }
+
+    #[test]
+    fn unknown_attribute_types_use_the_dotted_oid_and_non_strings_their_der_in_hex() {
+        // 1.2.3.4 with an OCTET STRING value.
+        let der = name(&[&[(&[0x2a, 0x03, 0x04], 0x04, &[0xde, 0xad])]]);
+        assert_eq!(render(&der), "1.2.3.4=#0402DEAD");
+    }
 }

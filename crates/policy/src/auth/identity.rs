@@ -149,10 +149,13 @@ impl Identity {
     }
 
     /// Builds the runtime. File reads and key parsing happen here, once per config.
+    /// `previous`: the identity of the snapshot this one replaces. Its JWT verifier is kept
+    /// when the issuers are configured exactly as before (keys, cache and refreshes carry over).
     pub fn build(
         cfg: &Config,
         base_dir: &Path,
         clock: Arc<dyn Clock>,
+        previous: Option<&Identity>,
     ) -> Result<Self, Vec<BuildProblem>> {
         let id = &cfg.identity;
         let mut problems: Vec<BuildProblem> = Vec::new();
@@ -312,7 +315,12 @@ impl Identity {
             ic.min_refetch_interval = j.min_refetch_interval.get();
             issuers.push(ic);
         }
-        if !issuers.is_empty() {
+        let kept = previous
+            .and_then(|p| p.jwt.as_ref())
+            .filter(|j| !issuers.is_empty() && j.serves(&issuers));
+        if let Some(j) = kept {
+            out.jwt = Some(j.clone());
+        } else if !issuers.is_empty() {
             match JwtVerifier::new(issuers, clock.clone()) {
                 Ok(v) => out.jwt = Some(v),
                 Err(e) => problems.push(("identity.jwt".into(), e.to_string())),

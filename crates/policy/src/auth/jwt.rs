@@ -70,7 +70,7 @@ pub const ASYMMETRIC_ALGORITHMS: [Algorithm; 9] = [
 pub const HMAC_ALGORITHMS: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
 
 /// Where an issuer's keys come from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum JwksSource {
     /// A JWK Set URL. Plain `http://` only for now.
     Url(String),
@@ -83,7 +83,7 @@ pub enum JwksSource {
 }
 
 /// One trusted issuer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IssuerConfig {
     /// Compared exactly with the token's `iss`.
     pub issuer: String,
@@ -122,7 +122,7 @@ impl IssuerConfig {
 }
 
 /// Knobs that are not per issuer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct VerifierOptions {
     /// Verified tokens kept; 0 turns the cache off.
     pub cache_capacity: usize,
@@ -279,6 +279,8 @@ struct FetchState {
 }
 
 struct Inner {
+    /// What the verifier was made from, to tell whether a new config asks for the same.
+    configs: Vec<IssuerConfig>,
     issuers: Vec<IssuerState>,
     by_name: HashMap<String, usize>,
     clock: Arc<dyn Clock>,
@@ -345,7 +347,7 @@ impl JwtVerifier {
         }
         let mut issuers = Vec::with_capacity(configs.len());
         let mut by_name = HashMap::new();
-        for c in configs {
+        for c in configs.iter().cloned() {
             let state = issuer_state(c, &options)?;
             let name = state.rules.issuer.clone();
             if by_name.insert(name.clone(), issuers.len()).is_some() {
@@ -355,6 +357,7 @@ impl JwtVerifier {
         }
         Ok(Self {
             inner: Arc::new(Inner {
+                configs,
                 issuers,
                 by_name,
                 clock,
@@ -365,6 +368,14 @@ impl JwtVerifier {
                 tasks: Mutex::new(Vec::new()),
             }),
         })
+    }
+
+    /// Whether this verifier was made from exactly these issuers (and the default options),
+    /// so that a new config snapshot can keep it: its fetched key sets, its cache of verified
+    /// tokens and its refresh schedule then carry over, and a reload or an admin change while
+    /// the IdP is unreachable does not leave the gateway without its keys.
+    pub fn serves(&self, configs: &[IssuerConfig]) -> bool {
+        self.inner.configs == configs && self.inner.options == VerifierOptions::default()
     }
 
     /// Fetches every URL key set once (waiting for those attempts, which never fail the

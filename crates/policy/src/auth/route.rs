@@ -75,7 +75,9 @@ fn scheme_name(s: AuthScheme) -> &'static str {
 fn challenge(scheme: &'static str, reason: Option<&str>, scope: Option<&str>) -> HeaderValue {
     let mut s = match scheme {
         "jwt" | "authorizer" => String::from("Bearer realm=\"tollgate\""),
-        "sigv4" => String::from("AWS4-HMAC-SHA256"),
+        // A realm like the others: a scheme's parameters follow it after a space, so a bare
+        // scheme could not take the `error` below (RFC 9110 §11.2).
+        "sigv4" => String::from("AWS4-HMAC-SHA256 realm=\"tollgate\""),
         "mtls" => String::from("Mutual realm=\"tollgate\""),
         _ => String::from("ApiKey realm=\"tollgate\""),
     };
@@ -383,10 +385,15 @@ impl Auth {
         };
         for f in it {
             if f.consumer.id != first.consumer.id {
-                return Err(GatewayError::new(
+                // A 401 always says how to authenticate (RFC 9110 §11.6.1).
+                let mut e = GatewayError::new(
                     Kind::Unauthorized,
                     "the credentials name different consumers",
-                ));
+                );
+                for c in &self.challenges {
+                    e = e.with_header(WWW_AUTHENTICATE, c.clone());
+                }
+                return Err(e);
             }
             // A token's scopes are what was granted for this call.
             if f.token_scopes.is_some() {

@@ -41,18 +41,19 @@ pub fn unreadable_body() -> Response<Bytes> {
     )
 }
 
-fn invalid_client(basic: bool) -> Response<Bytes> {
+/// A 401 whichever way the client authenticated: RFC 6749 §5.2 asks for the challenge of the
+/// scheme a Basic client used, and RFC 9110 §15.5.2 for one on every 401, so a client that
+/// sent form fields is told that Basic is accepted too.
+fn invalid_client() -> Response<Bytes> {
     let mut r = oauth_error(
         StatusCode::UNAUTHORIZED,
         "invalid_client",
         "client authentication failed",
     );
-    if basic {
-        r.headers_mut().insert(
-            WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"tollgate\""),
-        );
-    }
+    r.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"tollgate\""),
+    );
     r
 }
 
@@ -144,7 +145,7 @@ pub fn token(
         }
     }
     let basic = authorization.and_then(basic_credentials);
-    let (client_id, secret, used_basic) = match (basic, form_id, form_secret) {
+    let (client_id, secret) = match (basic, form_id, form_secret) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
             return oauth_error(
                 StatusCode::BAD_REQUEST,
@@ -152,19 +153,19 @@ pub fn token(
                 "use one client authentication method, not two",
             );
         }
-        (Some((id, secret)), None, None) => (id, secret, true),
-        (None, Some(id), Some(secret)) => (id, secret, false),
-        _ => return invalid_client(authorization.is_some()),
+        (Some((id, secret)), None, None) => (id, secret),
+        (None, Some(id), Some(secret)) => (id, secret),
+        _ => return invalid_client(),
     };
     let (Some(hasher), Some(stored), Some(consumer)) = (
         identity.hasher.as_ref(),
         identity.client_secrets.get(&client_id),
         identity.consumer(&client_id),
     ) else {
-        return invalid_client(used_basic);
+        return invalid_client();
     };
     if !bool::from(hasher.digest(secret.as_bytes()).ct_eq(stored)) {
-        return invalid_client(used_basic);
+        return invalid_client();
     }
     let granted: Vec<String> = match scope.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         None => consumer.scopes.to_vec(),

@@ -405,12 +405,25 @@ impl KeySet {
     }
 
     pub(crate) fn verify_compact(&self, c: &Compact<'_>) -> Result<Algorithm, SigFailure> {
+        // Set when the token's `kid` matched nothing and the set's one unnamed key is tried.
+        let mut unnamed = false;
         let key = match &c.kid {
-            Some(kid) => self
+            Some(kid) => match self
                 .keys
                 .iter()
                 .find(|k| k.kid.as_deref() == Some(kid.as_str()))
-                .ok_or(SigFailure::UnknownKey)?,
+            {
+                Some(k) => k,
+                // A `kid` is a hint (RFC 7515 §4.1.4): with one key that has no name of its
+                // own, there is nothing to tell apart, and the signature decides.
+                None => match self.keys.as_slice() {
+                    [only] if only.kid.is_none() => {
+                        unnamed = true;
+                        only
+                    }
+                    _ => return Err(SigFailure::UnknownKey),
+                },
+            },
             None => match self.keys.as_slice() {
                 [] => return Err(SigFailure::UnknownKey),
                 [only] => only,
@@ -432,6 +445,9 @@ impl KeySet {
             alg,
         ) {
             Ok(true) => Ok(alg),
+            // Not that key: the `kid` may name one the issuer has rotated in since, so it
+            // stays an unknown key, which lets a key set be fetched again.
+            _ if unnamed => Err(SigFailure::UnknownKey),
             _ => Err(JwtError::BadSignature.into()),
         }
     }

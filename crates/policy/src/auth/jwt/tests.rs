@@ -635,6 +635,39 @@ fn shared_secret_issuer() {
 }
 
 #[test]
+fn a_kid_in_the_token_does_not_matter_for_a_single_unnamed_secret() {
+    let secret = b"0123456789abcdef0123456789abcdef".to_vec();
+    let clock = clock();
+    let cfg = IssuerConfig::new(
+        ISS,
+        vec![AUD.into()],
+        JwksSource::SharedSecrets(vec![SharedSecret::new(
+            None,
+            Algorithm::HS256,
+            secret.clone(),
+        )]),
+    );
+    let v = verifier(vec![cfg], &clock);
+    let sign = |header: &Value, key: &[u8]| {
+        forged(header, &good_claims(), |m| {
+            hmac(aws_lc_rs::hmac::HMAC_SHA256, key, m)
+        })
+    };
+    valid(&v, &sign(&json!({"alg": "HS256"}), &secret));
+    valid(
+        &v,
+        &sign(&json!({"alg": "HS256", "kid": "anything"}), &secret),
+    );
+    let wrong = sign(
+        &json!({"alg": "HS256", "kid": "anything"}),
+        b"0123456789abcdef0123456789abcdeX",
+    );
+    // Not the key's signature: the `kid` may name a key rotated in since, so it counts as
+    // an unknown key (which a key set URL would be fetched again for).
+    assert_eq!(v.verify_cached(&wrong), Verdict::UnknownKey);
+}
+
+#[test]
 fn config_errors() {
     let k = TestKey::ec("k1");
     let clock = clock();
