@@ -18,7 +18,7 @@ mod validate;
 
 pub use overlay::{Overlay, OverlayApi};
 
-pub use duration::{Duration, Timestamp};
+pub use duration::{Duration, Timestamp, parse_rfc3339};
 pub use model::*;
 
 use std::path::{Path, PathBuf};

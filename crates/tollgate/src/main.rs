@@ -290,8 +290,14 @@ async fn serve(
         if let Some(a) = admin {
             let _ = tokio::time::timeout(Duration::from_secs(2), a).await;
         }
-        // Usage counted up to the last request reaches the store.
+        // Usage counted up to the last request reaches the store. The management task flushed
+        // when the shutdown began; what the drain answered since is flushed here.
         let _ = tokio::time::timeout(Duration::from_secs(5), manage_task).await;
+        match tokio::time::timeout(Duration::from_secs(5), manage.flush_usage()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "final usage flush failed"),
+            Err(_) => tracing::warn!("final usage flush timed out after 5 s"),
+        }
         tracing::info!("shut down");
         gateway.flush_access_log();
         Ok(ExitCode::SUCCESS)

@@ -223,7 +223,7 @@ fn check_override(o: &OverrideBody, errors: &mut Vec<FieldError>) {
     if o.burst == 0 || o.burst > 10_000_000 {
         errors.push(FieldError::new("/override/burst", "between 1 and 10000000"));
     }
-    if humantime::parse_rfc3339_weak(&o.expires_at).is_err() {
+    if tollgate_config::parse_rfc3339(&o.expires_at).is_none() {
         errors.push(FieldError::new(
             "/override/expires_at",
             "an RFC 3339 instant like 2027-01-01T00:00:00Z",

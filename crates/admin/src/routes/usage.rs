@@ -72,8 +72,7 @@ fn parse_instant(name: &str, v: &str) -> ApiResult<i64> {
             n.saturating_mul(1000)
         });
     }
-    humantime::parse_rfc3339_weak(v.trim())
-        .ok()
+    tollgate_config::parse_rfc3339(v)
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_millis() as i64)
         .ok_or_else(|| {

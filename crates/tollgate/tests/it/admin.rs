@@ -10,7 +10,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tollgate_testkit::postgres::PostgresServer;
-use tollgate_testkit::{ADMIN_TOKEN, Gateway, Signal, TempDir, Upstream, assert_problem};
+use tollgate_testkit::{
+    ADMIN_TOKEN, Gateway, Signal, TempDir, Upstream, assert_problem, eventually,
+};
 
 const SECRET: &str = "admin-it-secret-0123456789";
 
@@ -566,6 +568,30 @@ async fn admin_flow(gw: &Gateway, up: &Upstream) -> Result<()> {
             .all(|i| i["api"] == "widgets" && i["consumer"] == "acme-app")
     );
     assert!(items[0]["latency_p99_ms"].is_number(), "{u}");
+    // `from` and `to` are RFC 3339 with any offset (`+` escaped in a query).
+    for (window, want) in [
+        (
+            "from=2000-01-01T01:00:00%2B01:00&to=2099-12-31T19:00:00-05:00",
+            7,
+        ),
+        (
+            "from=2000-01-01t00:00:00.5z&to=2099-01-01T00:00:00-00:00",
+            7,
+        ),
+        ("to=2000-01-01T00:30:00%2B01:00", 0),
+    ] {
+        let (s, w) = admin
+            .get(&format!("/admin/usage?consumer=acme-app&{window}"))
+            .await?;
+        assert_eq!(s, 200, "{window}: {w}");
+        let n: u64 = w["items"]
+            .as_array()
+            .context("items")?
+            .iter()
+            .map(|i| i["requests"].as_u64().unwrap_or(0))
+            .sum();
+        assert_eq!(n, want, "{window}: {w}");
+    }
     assert_eq!(
         acme.get("/admin/usage?api=widgets").await?.0,
         200,
@@ -968,10 +994,11 @@ async fn stored_entities_that_no_longer_fit_are_left_out_alone() -> Result<()> {
     Ok(())
 }
 
-/// Everything created through the API, usage included, survives a restart.
+/// Everything created through the API, usage included, survives a restart: also the usage
+/// of a request still in flight when the shutdown began.
 #[tokio::test]
 async fn state_survives_a_restart() -> Result<()> {
-    let up = Upstream::echo("widgets").await;
+    let up = Upstream::slow("widgets", Duration::from_millis(400)).await;
     let db = TempDir::new("persist-db")?;
     let url = format!("sqlite://{}", db.path().join("tollgate.db").display());
     let dir = TempDir::new("persist")?;
@@ -988,7 +1015,24 @@ async fn state_survives_a_restart() -> Result<()> {
             200
         );
     }
+    // One more, answered while the gateway drains.
+    let in_flight = {
+        let (c, url, key) = (first.client(), first.url("/widgets/last"), key.clone());
+        tokio::spawn(async move {
+            let r = c.get(url).header("x-api-key", key).send().await?;
+            anyhow::Ok(r.status().as_u16())
+        })
+    };
+    let reached = eventually(Duration::from_secs(5), || async {
+        (up.hits() >= 4).then_some(())
+    })
+    .await;
+    anyhow::ensure!(
+        reached.is_some(),
+        "the last request never reached the upstream"
+    );
     first.send_signal(Signal::Term)?;
+    assert_eq!(in_flight.await??, 200, "drained, not cut off");
     first
         .wait_exit(Duration::from_secs(10))
         .await
@@ -1015,8 +1059,8 @@ async fn state_survives_a_restart() -> Result<()> {
         .map(|i| i["requests"].as_u64().unwrap_or(0))
         .sum();
     assert_eq!(
-        total, 4,
-        "3 before the restart (flushed on shutdown) + 1 after: {u}"
+        total, 5,
+        "3 before the shutdown, 1 answered during it, 1 after the restart: {u}"
     );
     Ok(())
 }
