@@ -111,6 +111,10 @@ pub fn token(
     let mut form_id = None;
     let mut form_secret = None;
     for (k, v) in form_urlencoded::parse(body) {
+        // RFC 6749 §3.1: a parameter sent without a value is as if it were not sent.
+        if v.is_empty() {
+            continue;
+        }
         let slot = match k.as_ref() {
             "grant_type" => &mut grant_type,
             "scope" => &mut scope,

@@ -1258,6 +1258,15 @@ async fn token_endpoint_errors_follow_rfc6749() -> Result<()> {
         "unsupported_grant_type",
     )
     .await?;
+    // A parameter without a value counts as not sent (RFC 6749 §3.1).
+    oauth_error(
+        token_request(&fx, Some(("alice", ALICE_SECRET)), &[("grant_type", "")]).await?,
+        400,
+        "invalid_request",
+    )
+    .await?;
+    let r = token_request(&fx, Some(("alice", ALICE_SECRET)), &[cc, ("scope", "")]).await?;
+    assert_eq!(r.status(), 200, "an empty scope is no scope: all granted");
     oauth_error(
         token_request(
             &fx,
