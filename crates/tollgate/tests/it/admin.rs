@@ -584,13 +584,7 @@ async fn admin_flow(gw: &Gateway, up: &Upstream) -> Result<()> {
             .get(&format!("/admin/usage?consumer=acme-app&{window}"))
             .await?;
         assert_eq!(s, 200, "{window}: {w}");
-        let n: u64 = w["items"]
-            .as_array()
-            .context("items")?
-            .iter()
-            .map(|i| i["requests"].as_u64().unwrap_or(0))
-            .sum();
-        assert_eq!(n, want, "{window}: {w}");
+        assert_eq!(usage_requests(&w)?, want, "{window}: {w}");
     }
     assert_eq!(
         acme.get("/admin/usage?api=widgets").await?.0,
@@ -1052,14 +1046,9 @@ async fn state_survives_a_restart() -> Result<()> {
     let (_, u) = admin
         .get("/admin/usage?consumer=app&granularity=day")
         .await?;
-    let total: u64 = u["items"]
-        .as_array()
-        .context("items")?
-        .iter()
-        .map(|i| i["requests"].as_u64().unwrap_or(0))
-        .sum();
     assert_eq!(
-        total, 5,
+        usage_requests(&u)?,
+        5,
         "3 before the shutdown, 1 answered during it, 1 after the restart: {u}"
     );
     Ok(())

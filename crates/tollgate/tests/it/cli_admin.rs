@@ -254,13 +254,7 @@ async fn admin_commands_drive_the_management_api() -> Result<()> {
         &gw,
         &["usage", "--consumer", "app", "--granularity", "minute"],
     )?;
-    let requests: u64 = usage["items"]
-        .as_array()
-        .context("items")?
-        .iter()
-        .map(|i| i["requests"].as_u64().unwrap_or(0))
-        .sum();
-    assert!(requests >= 2, "{usage}");
+    assert!(usage_requests(&usage)? >= 2, "{usage}");
     let out = ok(&gw, &["admin", "usage", "--api", "widgets"])?;
     assert!(out.contains("REQUESTS") && out.contains("app"), "{out}");
     let out = ok(&gw, &["admin", "top", "--window", "60s"])?;

@@ -42,6 +42,17 @@ pub fn echoed<'a>(echo: &'a serde_json::Value, name: &str) -> Option<&'a str> {
 
 pub const SHORT: Duration = Duration::from_secs(5);
 
+/// The requests of a `/admin/usage` answer, summed over its items.
+pub fn usage_requests(usage: &serde_json::Value) -> Result<u64> {
+    let items = usage["items"]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("no items in {usage}"))?;
+    Ok(items
+        .iter()
+        .map(|i| i["requests"].as_u64().unwrap_or(0))
+        .sum())
+}
+
 /// `hmac-sha256:` + hex of HMAC-SHA256(secret, value): the config's form of a key or secret
 /// under `identity.hash_secret_file`.
 pub fn keyed_hash(secret: &str, value: &str) -> String {

@@ -595,20 +595,23 @@ fn garbage_never_validates() {
     );
 }
 
+/// A verifier for one issuer with one HS256 secret, named `kid` or not.
+fn hs256_issuer(kid: Option<&str>, secret: &[u8]) -> JwtVerifier {
+    let source = JwksSource::SharedSecrets(vec![SharedSecret::new(
+        kid.map(str::to_string),
+        Algorithm::HS256,
+        secret.to_vec(),
+    )]);
+    verifier(
+        vec![IssuerConfig::new(ISS, vec![AUD.into()], source)],
+        &clock(),
+    )
+}
+
 #[test]
 fn shared_secret_issuer() {
     let secret = b"0123456789abcdef0123456789abcdef".to_vec();
-    let clock = clock();
-    let cfg = IssuerConfig::new(
-        ISS,
-        vec![AUD.into()],
-        JwksSource::SharedSecrets(vec![SharedSecret::new(
-            Some("s1".into()),
-            Algorithm::HS256,
-            secret.clone(),
-        )]),
-    );
-    let v = verifier(vec![cfg], &clock);
+    let v = hs256_issuer(Some("s1"), &secret);
     let header = json!({"alg": "HS256", "kid": "s1"});
     let good = forged(&header, &good_claims(), |m| {
         hmac(aws_lc_rs::hmac::HMAC_SHA256, &secret, m)
@@ -637,17 +640,7 @@ fn shared_secret_issuer() {
 #[test]
 fn a_kid_in_the_token_does_not_matter_for_a_single_unnamed_secret() {
     let secret = b"0123456789abcdef0123456789abcdef".to_vec();
-    let clock = clock();
-    let cfg = IssuerConfig::new(
-        ISS,
-        vec![AUD.into()],
-        JwksSource::SharedSecrets(vec![SharedSecret::new(
-            None,
-            Algorithm::HS256,
-            secret.clone(),
-        )]),
-    );
-    let v = verifier(vec![cfg], &clock);
+    let v = hs256_issuer(None, &secret);
     let sign = |header: &Value, key: &[u8]| {
         forged(header, &good_claims(), |m| {
             hmac(aws_lc_rs::hmac::HMAC_SHA256, key, m)
