@@ -1618,14 +1618,18 @@ async fn external_authorizer_decides_caches_and_fails_closed() -> Result<()> {
     .await;
     assert_eq!(fx.up.hits(), hits);
     assert_logs_clean(&fx.gw, &[allow, deny]);
-    // Each failure's cause is in the error log, so the three can be told apart.
-    let causes: Vec<String> = fx
-        .gw
-        .stderr_json()
-        .iter()
-        .filter(|l| l["message"] == "request failed" && l["kind"] == "service-unavailable")
-        .map(|l| l["cause"].as_str().unwrap_or("").to_owned())
-        .collect();
+    // Each failure's cause is in the error log, so the three can be told apart. The log is
+    // written by its own thread: the last line may follow its response by a moment.
+    let causes = || -> Vec<String> {
+        fx.gw
+            .stderr_json()
+            .iter()
+            .filter(|l| l["message"] == "request failed" && l["kind"] == "service-unavailable")
+            .map(|l| l["cause"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    let _ = eventually(SHORT, || async { (causes().len() >= 3).then_some(()) }).await;
+    let causes = causes();
     assert_eq!(causes.len(), 3, "{causes:?}");
     assert!(
         causes.iter().all(|c| c.starts_with("external authorizer")),
