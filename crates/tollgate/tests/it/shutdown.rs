@@ -3,7 +3,19 @@
 use crate::common::*;
 use anyhow::Result;
 use std::time::{Duration, Instant};
-use tollgate_testkit::{Signal, Upstream, eventually};
+use tollgate_testkit::{Gateway, Signal, Upstream, eventually};
+
+/// Sends SIGTERM and waits at most `within` for an exit with status 0; how long it took.
+async fn terminate(gw: &mut Gateway, within: Duration) -> Result<Duration> {
+    let term_at = Instant::now();
+    gw.send_signal(Signal::Term)?;
+    let exit = gw
+        .wait_exit(within)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no exit within {within:?} of SIGTERM"))?;
+    anyhow::ensure!(exit.success(), "exit status {exit}");
+    Ok(term_at.elapsed())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() -> Result<()> {
@@ -82,14 +94,7 @@ async fn shutdown_grace_bounds_the_drain() -> Result<()> {
             .await
             .is_some()
     );
-    let term_at = Instant::now();
-    gw.send_signal(Signal::Term)?;
-    let exit = gw
-        .wait_exit(Duration::from_secs(6))
-        .await
-        .expect("the gateway exits once the grace period is over");
-    let took = term_at.elapsed();
-    assert!(exit.success(), "exit status {exit}");
+    let took = terminate(&mut gw, Duration::from_secs(6)).await?;
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_secs(3),
         "exited {took:?} after SIGTERM with a 1 s grace period"
@@ -119,14 +124,7 @@ async fn an_idle_http2_peer_that_stopped_reading_does_not_hold_the_shutdown() ->
     idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let term_at = Instant::now();
-    gw.send_signal(Signal::Term)?;
-    let exit = gw
-        .wait_exit(Duration::from_secs(10))
-        .await
-        .expect("the gateway exits");
-    let took = term_at.elapsed();
-    assert!(exit.success(), "exit status {exit}");
+    let took = terminate(&mut gw, Duration::from_secs(10)).await?;
     assert!(
         took < Duration::from_secs(5),
         "exited {took:?} after SIGTERM; the default grace is 30 s"
