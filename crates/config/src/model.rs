@@ -169,6 +169,12 @@ pub struct Upstream {
     pub pool_idle_timeout: Duration,
     #[serde(default = "default_pool_max_idle")]
     pub pool_max_idle_per_target: usize,
+    /// Requests in flight to one target at a time; further ones wait for a slot until their
+    /// response timeout. Each in-flight request holds one connection, so this and the idle pool
+    /// bound the connections to a target, which HTTP/2 clients (many streams per connection)
+    /// would otherwise multiply without limit.
+    #[serde(default = "default_max_requests_per_target")]
+    pub max_requests_per_target: usize,
 }
 
 fn default_connect_timeout() -> Duration {
@@ -182,6 +188,9 @@ fn default_pool_idle_timeout() -> Duration {
 }
 fn default_pool_max_idle() -> usize {
     256
+}
+fn default_max_requests_per_target() -> usize {
+    1024
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, Hash)]

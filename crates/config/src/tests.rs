@@ -94,6 +94,37 @@ fn path_templates_are_checked() {
 }
 
 #[test]
+fn request_slots_per_target_default_and_are_bounded() {
+    let cfg = parse(GOOD).expect("valid");
+    assert_eq!(cfg.upstreams["a"].max_requests_per_target, 1024);
+    for (value, ok) in [
+        ("1", true),
+        ("1000000", true),
+        ("0", false),
+        ("1000001", false),
+    ] {
+        let text = GOOD.replace(
+            "      - url: http://127.0.0.1:9101",
+            &format!("      - url: http://127.0.0.1:9101\n    max_requests_per_target: {value}"),
+        );
+        match parse(&text) {
+            Ok(cfg) => {
+                assert!(ok, "{value} accepted");
+                assert_eq!(
+                    cfg.upstreams["a"].max_requests_per_target.to_string(),
+                    value
+                );
+            }
+            Err(errs) => {
+                assert!(!ok, "{value} refused: {errs:?}");
+                assert_eq!(errs[0].key_path, "upstreams.a.max_requests_per_target");
+                assert_eq!(errs[0].line, Some(8));
+            }
+        }
+    }
+}
+
+#[test]
 fn target_urls_are_checked() {
     assert!(validate::check_target_url("http://127.0.0.1:9101").is_ok());
     assert!(validate::check_target_url("http://backend.internal").is_ok());

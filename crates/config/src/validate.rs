@@ -596,6 +596,12 @@ fn upstreams(cfg: &Config, r: &mut Report) {
                 r.err(format!("{key}.{k}"), "must be greater than 0");
             }
         }
+        if u.max_requests_per_target == 0 || u.max_requests_per_target > 1_000_000 {
+            r.err(
+                format!("{key}.max_requests_per_target"),
+                "must be between 1 and 1000000",
+            );
+        }
     }
 }
 

@@ -62,6 +62,8 @@ pub enum Kind {
     UpstreamUnreachable,
     UpstreamTimeout,
     UpstreamBadResponse,
+    /// Every request slot of the chosen target stayed taken until the response deadline.
+    UpstreamBusy,
     ServiceUnavailable,
     Internal,
 }
@@ -92,7 +94,7 @@ impl Kind {
             | Kind::ConcurrencyLimited => StatusCode::TOO_MANY_REQUESTS,
             Kind::UpstreamUnreachable | Kind::UpstreamBadResponse => StatusCode::BAD_GATEWAY,
             Kind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Kind::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::UpstreamBusy | Kind::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -122,6 +124,7 @@ impl Kind {
             Kind::UpstreamUnreachable => "upstream-unreachable",
             Kind::UpstreamTimeout => "upstream-timeout",
             Kind::UpstreamBadResponse => "upstream-bad-response",
+            Kind::UpstreamBusy => "upstream-busy",
             Kind::ServiceUnavailable => "service-unavailable",
             Kind::Internal => "internal",
         }
@@ -151,6 +154,7 @@ impl Kind {
             Kind::UpstreamUnreachable => "Upstream unreachable",
             Kind::UpstreamTimeout => "Upstream timed out",
             Kind::UpstreamBadResponse => "Bad response from upstream",
+            Kind::UpstreamBusy => "Upstream at capacity",
             Kind::ServiceUnavailable => "Service unavailable",
             Kind::Internal => "Internal gateway error",
         }
@@ -158,9 +162,10 @@ impl Kind {
 
     pub fn fault(self) -> Fault {
         match self {
-            Kind::UpstreamUnreachable | Kind::UpstreamTimeout | Kind::UpstreamBadResponse => {
-                Fault::Upstream
-            }
+            Kind::UpstreamUnreachable
+            | Kind::UpstreamTimeout
+            | Kind::UpstreamBadResponse
+            | Kind::UpstreamBusy => Fault::Upstream,
             Kind::ServiceUnavailable | Kind::Internal => Fault::Gateway,
             _ => Fault::Client,
         }
@@ -190,6 +195,7 @@ impl Kind {
         Kind::UpstreamUnreachable,
         Kind::UpstreamTimeout,
         Kind::UpstreamBadResponse,
+        Kind::UpstreamBusy,
         Kind::ServiceUnavailable,
         Kind::Internal,
     ];

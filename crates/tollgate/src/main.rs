@@ -304,10 +304,12 @@ async fn serve(
     }
 }
 
-/// Raises the soft open-file limit towards what `max_connections` needs. Many systems start
-/// services at a soft limit of 1024, which a gateway allowed 10,000 connections would hit at a
-/// few hundred clients (each holds an upstream connection too) with `EMFILE` on accept and
-/// connect; the hard limit is the operator's, and is only ever reported.
+/// Raises the soft open-file limit as far as the hard one allows. Many systems start services at a soft
+/// limit of 1024, which a gateway allowed 10,000 connections would hit at a few hundred clients
+/// (each holds an upstream connection too) with `EMFILE` on accept and connect. Upstreams
+/// registered at run time each add connections too (up to `max_requests_per_target` in use
+/// plus the idle pool per target), so no figure computed at start would stay right; the hard
+/// limit is the operator's, and is only ever reported.
 fn raise_open_file_limit(max_connections: usize) {
     // A client connection and its upstream connection, plus the admin listener's connections,
     // the store's pool, log files and the listeners themselves.
@@ -315,7 +317,9 @@ fn raise_open_file_limit(max_connections: usize) {
         .unwrap_or(u64::MAX)
         .saturating_mul(2)
         .saturating_add(1024);
-    match rlimit::increase_nofile_limit(wanted) {
+    // Linux refuses a soft limit above `fs.nr_open` (1,048,576 by default) even when the hard
+    // limit is unlimited.
+    match rlimit::increase_nofile_limit(wanted.max(1 << 20)) {
         Ok(limit) if limit < wanted => tracing::warn!(
             limit,
             wanted,

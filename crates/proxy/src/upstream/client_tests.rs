@@ -143,11 +143,22 @@ async fn front(upstream: SocketAddr, limit: Option<u64>) -> SocketAddr {
 
 /// [`front`], also handing out the upstream so a test can look at its pool.
 async fn front_with_pool(upstream: SocketAddr, limit: Option<u64>) -> (SocketAddr, Arc<Upstream>) {
-    let settings: config::Upstream = serde_json::from_value(serde_json::json!({
-        "targets": [{ "url": format!("http://{upstream}") }],
-        "response_timeout": "5s",
-    }))
-    .unwrap();
+    front_with_settings(
+        upstream,
+        limit,
+        serde_json::json!({ "response_timeout": "5s" }),
+    )
+    .await
+}
+
+/// [`front_with_pool`] with upstream settings of the test's own (a JSON object).
+async fn front_with_settings(
+    upstream: SocketAddr,
+    limit: Option<u64>,
+    mut settings: serde_json::Value,
+) -> (SocketAddr, Arc<Upstream>) {
+    settings["targets"] = serde_json::json!([{ "url": format!("http://{upstream}") }]);
+    let settings: config::Upstream = serde_json::from_value(settings).unwrap();
     let up = Arc::new(Upstream::new("fake", &settings).unwrap());
     let pool = up.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -616,6 +627,116 @@ async fn idle_connections_the_upstream_closed_are_reaped_without_traffic() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     up.reap_idle();
     assert_eq!(up.idle_connections(), 0, "the closed one is gone");
+}
+
+/// Polls `cond` until it holds, for up to five seconds.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what} did not happen within 5 s");
+}
+
+#[tokio::test]
+async fn a_target_serves_at_most_its_slots_and_the_rest_wait_or_get_503() {
+    // Every response head goes out at once; its body waits for the test to open the gate, so
+    // a request keeps its slot through the body, as a slow download would.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let fake = {
+        let gate = gate.clone();
+        Fake::spawn(move |mut s| {
+            let gate = gate.clone();
+            async move {
+                let mut buf = Vec::new();
+                while read_request(&mut s, &mut buf).await.is_some() {
+                    let head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n";
+                    if s.write_all(head).await.is_err() {
+                        return;
+                    }
+                    gate.acquire().await.unwrap().forget();
+                    if s.write_all(b"ok").await.is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+        .await
+    };
+    let settings = serde_json::json!({ "response_timeout": "400ms", "max_requests_per_target": 2 });
+    let (gw, up) = front_with_settings(fake.addr, None, settings).await;
+    let a = tokio::spawn(get(gw, "/a"));
+    let b = tokio::spawn(get(gw, "/b"));
+    eventually("two requests in flight", || up.slots_taken() == 2).await;
+
+    // A third waits for a slot until its response deadline, then gets a 503 to retry.
+    let started = std::time::Instant::now();
+    let c = get(gw, "/c").await;
+    assert_eq!((c.status, kind(&c)), (503, "upstream-busy"));
+    assert_eq!(c.headers["retry-after"], "1");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert_eq!(
+        fake.accepted(),
+        2,
+        "the waiting request opened no connection"
+    );
+
+    // One body ends: its slot and connection go to the next request.
+    gate.add_permits(1);
+    eventually("a slot given back", || up.slots_taken() == 1).await;
+    let d = tokio::spawn(get(gw, "/d"));
+    eventually("the slot taken again", || up.slots_taken() == 2).await;
+    gate.add_permits(2);
+    for r in [a, b, d] {
+        let r = r.await.unwrap();
+        assert_eq!(
+            (r.status, r.body.unwrap()),
+            (200, Bytes::from_static(b"ok"))
+        );
+    }
+    assert_eq!(fake.accepted(), 2, "at most two connections, reused");
+    eventually("every slot free", || up.slots_taken() == 0).await;
+
+    // A client that leaves mid-body gives its slot back with the response body it dropped.
+    let mut raw = TcpStream::connect(gw).await.unwrap();
+    raw.write_all(b"GET /e HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 64];
+    assert!(raw.read(&mut head).await.unwrap() > 0);
+    assert_eq!(up.slots_taken(), 1);
+    drop(raw);
+    eventually("the left request's slot given back", || {
+        up.slots_taken() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn failed_exchanges_give_their_slots_back() {
+    // Answers garbage: every request fails with a 502 after taking a slot.
+    let fake = Fake::spawn(|mut s| async move {
+        let mut buf = Vec::new();
+        if read_request(&mut s, &mut buf).await.is_some() {
+            let _ = s.write_all(b"garbage\r\n\r\n").await;
+        }
+    })
+    .await;
+    let settings = serde_json::json!({ "max_requests_per_target": 1 });
+    let (gw, up) = front_with_settings(fake.addr, None, settings).await;
+    for _ in 0..3 {
+        let r = get(gw, "/").await;
+        assert_eq!((r.status, kind(&r)), (502, "upstream-bad-response"));
+    }
+    assert_eq!(up.slots_taken(), 0);
+    // A body the upstream cuts short fails mid-stream and frees its slot too.
+    let short = Fake::once(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc").await;
+    let (gw, up) = front_with_settings(short.addr, None, serde_json::json!({})).await;
+    let r = get(gw, "/").await;
+    assert!(r.body.is_err(), "a short body is an error");
+    eventually("the cut body's slot given back", || up.slots_taken() == 0).await;
 }
 
 #[tokio::test]

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep_until};
 use tollgate_config as config;
 use tollgate_core::{GatewayError, Kind};
@@ -43,6 +44,11 @@ pub struct Upstream {
 /// One target with its own pool of idle keep-alive connections. A connection is checked back
 /// in only once its response body has been read to the end, so a pooled connection is always
 /// free for the next request.
+///
+/// A request holds one of the target's `slots` from before it takes a connection until its
+/// response body is done with that connection, so connections in use never outnumber the
+/// slots. Without that bound an HTTP/2 client, with a stream per request, could make the
+/// gateway open connections until the process runs out of file descriptors.
 pub struct Target {
     pub authority: Authority,
     /// `host:port` for the access log and for connecting.
@@ -52,6 +58,7 @@ pub struct Target {
     /// The `Host` header the upstream receives.
     host: HeaderValue,
     idle: Idle,
+    slots: Semaphore,
     connect_timeout: Duration,
 }
 
@@ -82,6 +89,11 @@ pub struct BadTarget {
 impl Target {
     fn checkin(&self, conn: Box<Conn>) {
         self.idle.checkin(conn);
+    }
+
+    /// Gives back a slot whose permit was forgotten when its response body took it over.
+    fn release_slot(&self) {
+        self.slots.add_permits(1);
     }
 
     async fn connect(&self, upstream: &str) -> Result<Box<Conn>, GatewayError> {
@@ -146,6 +158,7 @@ impl Upstream {
                     settings.pool_max_idle_per_target,
                     settings.pool_idle_timeout.get(),
                 ),
+                slots: Semaphore::new(settings.max_requests_per_target),
                 connect_timeout: settings.connect_timeout.get(),
             }));
         }
@@ -172,6 +185,16 @@ impl Upstream {
         self.targets.iter().map(|t| t.idle.len()).sum()
     }
 
+    /// Request slots taken across the targets.
+    #[cfg(test)]
+    fn slots_taken(&self) -> usize {
+        let max = self.settings.max_requests_per_target;
+        self.targets
+            .iter()
+            .map(|t| max - t.slots.available_permits())
+            .sum()
+    }
+
     /// Next target by weighted round robin: one atomic increment, no lock.
     pub fn pick(&self) -> &Arc<Target> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
@@ -194,6 +217,16 @@ impl Upstream {
     ) -> Result<Response<UpstreamBody>, GatewayError> {
         // One deadline for the whole send: a fresh connection and a retry fit inside it.
         let deadline = Instant::from_std(now) + self.response_timeout;
+        // A request waits for a slot no longer than for its response: the client gets an
+        // answer within the same time either way.
+        let slot = match target.slots.try_acquire() {
+            Ok(slot) => slot,
+            Err(_) => match tokio::time::timeout_at(deadline, target.slots.acquire()).await {
+                Ok(Ok(slot)) => slot,
+                // The semaphore is never closed; both arms mean no slot came free in time.
+                Ok(Err(_)) | Err(_) => return Err(self.busy(target)),
+            },
+        };
         let mut out = Outgoing::new(req, forwarded);
         let mut pooled = target.idle.checkout(now);
         loop {
@@ -267,6 +300,8 @@ impl Upstream {
                 Some(Ok(answer)) => {
                     let reuse = answer.request_complete && answer.head.keep_alive;
                     let (parts, ()) = answer.head.response.into_parts();
+                    // The body gives the slot back when it is done with the connection.
+                    slot.forget();
                     let body = UpstreamBody::new(
                         conn,
                         target.clone(),
@@ -284,6 +319,21 @@ impl Upstream {
                 Some(Err(f)) => return Err(classify(&self.name, target, f)),
             }
         }
+    }
+
+    fn busy(&self, target: &Target) -> GatewayError {
+        GatewayError::new(
+            Kind::UpstreamBusy,
+            "the upstream is answering as many requests as it is allowed; try again later",
+        )
+        .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1"))
+        .with_cause(format!(
+            "upstream {} target {}: all {} request slots stayed taken for {} ms",
+            self.name,
+            target.label,
+            self.settings.max_requests_per_target,
+            self.response_timeout.as_millis()
+        ))
     }
 
     fn timed_out(&self, target: &Target) -> GatewayError {

@@ -371,6 +371,9 @@ pub struct UpstreamBody {
     read_size: usize,
     /// The response's fields, when they were kept as they arrived.
     raw: Option<RawFields>,
+    /// Holds one of the target's request slots (see [`Target`]) until the connection is
+    /// released.
+    slot: bool,
 }
 
 impl UpstreamBody {
@@ -391,6 +394,7 @@ impl UpstreamBody {
             eof: false,
             ready: None,
             read_size: super::pool::READ_BUF,
+            slot: true,
         };
         // Small bodies usually arrive with the head: take them now so the connection is back
         // in the pool before the client is even written to.
@@ -414,6 +418,13 @@ impl UpstreamBody {
             && conn.rbuf.is_empty()
         {
             self.target.checkin(conn);
+        }
+        self.release_slot();
+    }
+
+    fn release_slot(&mut self) {
+        if std::mem::take(&mut self.slot) {
+            self.target.release_slot();
         }
     }
 
@@ -474,6 +485,13 @@ impl UpstreamBody {
     fn fail(&mut self) {
         self.conn = None;
         self.decoder = Decoder::new(Framing::Length(0));
+        self.release_slot();
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        self.release_slot();
     }
 }
 

@@ -254,8 +254,11 @@ async fn serve_raises_a_low_open_file_limit_for_its_connections() -> Result<()> 
                 gw.stderr_text()
             );
         }
+        // Upstreams registered later need descriptors too, so the limit goes as high as
+        // the system lets it.
         _ => {
-            assert_eq!(soft, Some(wanted), "raised to what 1,000 connections need");
+            let most = hard.unwrap_or(u64::MAX).min(1 << 20).max(wanted);
+            assert_eq!(soft, Some(most), "raised for 1,000 connections and more");
             assert!(!gw.stderr_text().contains("open-file limit is below"));
         }
     }

@@ -5,7 +5,7 @@ use crate::common::*;
 use anyhow::Result;
 use std::time::{Duration, Instant};
 use tollgate_testkit::{
-    Blackhole, ConfigBuilder, Upstream, UpstreamSpec, dead_addr, expect_problem,
+    Blackhole, ConfigBuilder, Upstream, UpstreamSpec, dead_addr, expect_problem, metric_value,
 };
 
 #[tokio::test]
@@ -204,5 +204,81 @@ async fn upstream_error_statuses_pass_through_untouched() -> Result<()> {
     );
     let echo: serde_json::Value = r.json().await?;
     assert_eq!(echo["service"], "failing");
+    Ok(())
+}
+
+#[tokio::test]
+async fn http2_streams_share_a_targets_request_slots() -> Result<()> {
+    let slow = Upstream::slow("slow", Duration::from_millis(400)).await;
+    let big = Upstream::streaming(1 << 30).await;
+    let gw = start(
+        &ConfigBuilder::new()
+            .upstream_spec(
+                UpstreamSpec::new("slow")
+                    .target(&slow.url())
+                    .set("max_requests_per_target", "4"),
+            )
+            .upstream_spec(
+                UpstreamSpec::new("big")
+                    .target(&big.url())
+                    .response_timeout("1s")
+                    .set("max_requests_per_target", "2"),
+            )
+            .get("slow", "/slow", "slow")
+            .get("big", "/big", "big"),
+    )
+    .await?;
+    let c = gw.h2c_client();
+
+    // Sixteen streams at once on one connection reach the upstream four at a time, over no
+    // more than four connections, and all are answered.
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (c, url) = (c.clone(), gw.url("/slow"));
+        tasks.push(tokio::spawn(async move {
+            c.get(url).send().await.map(|r| r.status().as_u16())
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await??, 200);
+    }
+    assert_eq!(slow.hits(), 16);
+    assert!(
+        slow.connections() <= 4,
+        "{} connections",
+        slow.connections()
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1600),
+        "four rounds of 400 ms, not {:?}",
+        started.elapsed()
+    );
+
+    // Two downloads whose bodies the client does not read hold both slots; a third request
+    // waits its response timeout for one, then gets a 503 to retry.
+    let held = [
+        c.get(gw.url("/big")).send().await?,
+        c.get(gw.url("/big")).send().await?,
+    ];
+    assert!(held.iter().all(|r| r.status() == 200));
+    let started = Instant::now();
+    let r = c.get(gw.url("/big")).send().await?;
+    assert_eq!(r.headers()["retry-after"], "1");
+    let doc = expect_problem(r, 503).await;
+    assert_eq!(doc["type"], "https://tollgate.dev/problems/upstream-busy");
+    assert!(started.elapsed() >= Duration::from_millis(1000));
+    let labels = [("upstream", "big"), ("kind", "upstream-busy")];
+    let busy = metric_value(
+        &gw.metrics().await?,
+        "tollgate_upstream_errors_total",
+        &labels,
+    );
+    assert_eq!(busy, Some(1.0));
+
+    // Abandoned bodies give their slots back.
+    drop(held);
+    let r = c.get(gw.url("/big")).send().await?;
+    assert_eq!(r.status(), 200);
     Ok(())
 }
