@@ -22,7 +22,7 @@ mod usage;
 
 pub use types::{ApiDoc, AuditRow, Dynamic, Entity, KeyRow, MAX_PAGE, Page, Tenant, TokenRow};
 pub use usage::{
-    LATENCY_BOUNDS_MS, LATENCY_BUCKETS, UsageDelta, UsageQuery, UsageRow, latency_bucket,
+    LATENCY_BOUNDS_MS, LATENCY_BUCKETS, UsageDelta, UsageKey, UsageQuery, UsageRow, latency_bucket,
 };
 
 use std::collections::BTreeMap;
@@ -138,6 +138,124 @@ fn now_ms() -> i64 {
 
 fn to_i64(n: u64, what: &str) -> Result<i64, StoreError> {
     i64::try_from(n).map_err(|_| StoreError::Invalid(format!("{what} {n} exceeds i64")))
+}
+
+/// A usage query's SQL text and the values its placeholders stand for, in order. Only
+/// placeholders are interpolated into the text: values are always bound.
+struct UsageSql<'q> {
+    q: &'q UsageQuery,
+    collate: &'static str,
+    args: Vec<UsageArg<'q>>,
+}
+
+enum UsageArg<'q> {
+    Int(i64),
+    Text(&'q str),
+}
+
+impl<'q> UsageSql<'q> {
+    fn new(q: &'q UsageQuery, collate: &'static str) -> Self {
+        Self {
+            q,
+            collate,
+            args: vec![UsageArg::Int(q.bucket_ms)],
+        }
+    }
+
+    fn arg(&mut self, a: UsageArg<'q>) -> String {
+        self.args.push(a);
+        format!("${}", self.args.len())
+    }
+
+    /// The minute rows of the query, from `from_ms` on (later than the query's own start
+    /// when a page begins further on).
+    fn filter(&mut self, from_ms: i64, to_ms: i64) -> String {
+        let from = self.arg(UsageArg::Int(from_ms));
+        let to = self.arg(UsageArg::Int(to_ms));
+        let mut f = format!("minute_ms >= {from} AND minute_ms < {to}");
+        if let Some(c) = &self.q.consumer {
+            let p = self.arg(UsageArg::Text(c));
+            f.push_str(&format!(" AND consumer = {p}"));
+        }
+        if let Some(a) = &self.q.api {
+            let p = self.arg(UsageArg::Text(a));
+            f.push_str(&format!(" AND api = {p}"));
+        }
+        if let Some(apis) = &self.q.apis {
+            let list: Vec<String> = apis.iter().map(|a| self.arg(UsageArg::Text(a))).collect();
+            f.push_str(&format!(" AND api IN ({})", list.join(", ")));
+        }
+        f
+    }
+
+    /// `(start_ms, consumer, api) OP key` for `>`, `>=`, `<=`.
+    fn compare(&mut self, op: &str, key: &'q UsageKey) -> String {
+        let c = self.collate;
+        let s = self.arg(UsageArg::Int(key.start_ms));
+        let k = self.arg(UsageArg::Text(&key.consumer));
+        let a = self.arg(UsageArg::Text(&key.api));
+        let strict = &op[..1];
+        format!(
+            "(start_ms {strict} {s} OR (start_ms = {s} AND (consumer{c} {strict} {k} \
+             OR (consumer = {k} AND api{c} {op} {a}))))"
+        )
+    }
+
+    fn counters(&mut self, after: Option<(&str, &'q UsageKey)>, limit: Option<usize>) -> String {
+        // Rows after a key start in its bucket at the earliest.
+        let from = after.map_or(self.q.from_ms, |(_, k)| k.start_ms.max(self.q.from_ms));
+        let filter = self.filter(from, self.q.to_ms);
+        let keyset = match after {
+            Some((op, key)) => self.compare(op, key),
+            None => "1 = 1".into(),
+        };
+        let limit = match limit {
+            Some(n) => format!(
+                " LIMIT {}",
+                self.arg(UsageArg::Int(i64::try_from(n).unwrap_or(i64::MAX)))
+            ),
+            None => String::new(),
+        };
+        let c = self.collate;
+        // Integer division of BIGINTs truncates on both backends; times are positive.
+        format!(
+            "SELECT * FROM (SELECT (minute_ms / $1) * $1 AS start_ms, consumer, api, \
+             CAST(SUM(requests) AS BIGINT) AS requests, \
+             CAST(SUM(status_2xx) AS BIGINT) AS status_2xx, \
+             CAST(SUM(status_4xx) AS BIGINT) AS status_4xx, \
+             CAST(SUM(status_5xx) AS BIGINT) AS status_5xx, \
+             CAST(SUM(throttled) AS BIGINT) AS throttled \
+             FROM usage_minute WHERE {filter} GROUP BY 1, 2, 3) g \
+             WHERE {keyset} ORDER BY start_ms, consumer{c}, api{c}{limit}"
+        )
+    }
+
+    fn latency(&mut self, first: &'q UsageKey, last: &'q UsageKey) -> String {
+        let to = last
+            .start_ms
+            .saturating_add(self.q.bucket_ms)
+            .min(self.q.to_ms);
+        let filter = self.filter(first.start_ms.max(self.q.from_ms), to);
+        let low = self.compare(">=", first);
+        let high = self.compare("<=", last);
+        format!(
+            "SELECT * FROM (SELECT (minute_ms / $1) * $1 AS start_ms, consumer, api, bucket, \
+             CAST(SUM(n) AS BIGINT) AS n \
+             FROM usage_latency WHERE {filter} GROUP BY 1, 2, 3, 4) g \
+             WHERE {low} AND {high}"
+        )
+    }
+
+    fn bind(&self, sql: String) -> sqlx::query::Query<'q, Any, <Any as sqlx::Database>::Arguments> {
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for a in &self.args {
+            query = match *a {
+                UsageArg::Int(n) => query.bind(n),
+                UsageArg::Text(t) => query.bind(t),
+            };
+        }
+        query
+    }
 }
 
 fn to_u64(n: i64) -> u64 {
@@ -982,52 +1100,23 @@ impl Store {
         Ok(())
     }
 
-    /// Usage summed per `q.bucket_ms` window, consumer and API, ordered by start, consumer,
-    /// API.
+    /// Usage summed per `q.bucket_ms` window, consumer and API, ordered by [`UsageKey`]; at
+    /// most `q.limit` rows after `q.after`. Grouping and paging happen in SQL, so a page costs
+    /// the gateway a page's memory however many rows the window holds.
     pub async fn query_usage(&self, q: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
         if q.bucket_ms <= 0 {
             return Err(StoreError::Invalid("bucket_ms must be positive".into()));
         }
-        // Only placeholders are interpolated: values are always bound.
-        let mut filter = String::from("minute_ms >= $2 AND minute_ms < $3");
-        let mut next = 4;
-        if q.consumer.is_some() {
-            filter.push_str(&format!(" AND consumer = ${next}"));
-            next += 1;
+        if q.apis.as_ref().is_some_and(Vec::is_empty) || q.limit == Some(0) {
+            return Ok(Vec::new());
         }
-        if q.api.is_some() {
-            filter.push_str(&format!(" AND api = ${next}"));
-        }
-        // Integer division of BIGINTs truncates on both backends; times are positive.
-        let counters = format!(
-            "SELECT (minute_ms / $1) * $1 AS start_ms, consumer, api, \
-             CAST(SUM(requests) AS BIGINT) AS requests, \
-             CAST(SUM(status_2xx) AS BIGINT) AS status_2xx, \
-             CAST(SUM(status_4xx) AS BIGINT) AS status_4xx, \
-             CAST(SUM(status_5xx) AS BIGINT) AS status_5xx, \
-             CAST(SUM(throttled) AS BIGINT) AS throttled \
-             FROM usage_minute WHERE {filter} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-        );
-        let latency = format!(
-            "SELECT (minute_ms / $1) * $1 AS start_ms, consumer, api, bucket, \
-             CAST(SUM(n) AS BIGINT) AS n \
-             FROM usage_latency WHERE {filter} GROUP BY 1, 2, 3, 4"
-        );
-        let bind = |sql: String| {
-            let mut query = sqlx::query(AssertSqlSafe(sql))
-                .bind(q.bucket_ms)
-                .bind(q.from_ms)
-                .bind(q.to_ms);
-            if let Some(c) = &q.consumer {
-                query = query.bind(c.clone());
-            }
-            if let Some(a) = &q.api {
-                query = query.bind(a.clone());
-            }
-            query
+        // Byte order on both backends, as in the cursor: PostgreSQL would otherwise compare
+        // by the database's collation, which under a locale like en_US puts `a_b` before
+        // `a-c` and `ab` before `aB`.
+        let collate = match self.backend {
+            Backend::Postgres => " COLLATE \"C\"",
+            Backend::Sqlite => "",
         };
-        // Two statements, one snapshot: otherwise a concurrent add_usage could land between
-        // them and the histogram would not match the counters.
         let mut tx = match self.backend {
             Backend::Postgres => {
                 self.pool
@@ -1036,14 +1125,14 @@ impl Store {
             }
             Backend::Sqlite => self.pool.begin().await?,
         };
-        let rows = bind(counters).fetch_all(&mut *tx).await?;
-        let hist = bind(latency).fetch_all(&mut *tx).await?;
-        tx.commit().await?;
-
+        // Two statements, one snapshot: otherwise a concurrent add_usage could land between
+        // them and the histogram would not match the counters.
+        let mut sql = UsageSql::new(q, collate);
+        let counters = sql.counters(q.after.as_ref().map(|a| (">", a)), q.limit);
+        let rows = sql.bind(counters).fetch_all(&mut *tx).await?;
         let mut out: Vec<UsageRow> = Vec::with_capacity(rows.len());
-        let mut index: BTreeMap<(i64, String, String), usize> = BTreeMap::new();
         for r in &rows {
-            let row = UsageRow {
+            out.push(UsageRow {
                 start_ms: r.try_get("start_ms")?,
                 consumer: r.try_get("consumer")?,
                 api: r.try_get("api")?,
@@ -1053,23 +1142,32 @@ impl Store {
                 status_5xx: to_u64(r.try_get("status_5xx")?),
                 throttled: to_u64(r.try_get("throttled")?),
                 latency_buckets: vec![0; LATENCY_BUCKETS],
-            };
-            index.insert(
-                (row.start_ms, row.consumer.clone(), row.api.clone()),
-                out.len(),
-            );
-            out.push(row);
+            });
         }
+        let (Some(first), Some(last)) = (
+            out.first().map(UsageRow::key),
+            out.last().map(UsageRow::key),
+        ) else {
+            tx.commit().await?;
+            return Ok(out);
+        };
+        // The histograms of exactly this page's rows: the ones from its first key to its last.
+        let mut sql = UsageSql::new(q, collate);
+        let latency = sql.latency(&first, &last);
+        let hist = sql.bind(latency).fetch_all(&mut *tx).await?;
+        tx.commit().await?;
         for h in &hist {
-            let key: (i64, String, String) = (
-                h.try_get("start_ms")?,
-                h.try_get("consumer")?,
-                h.try_get("api")?,
-            );
+            let key = UsageKey {
+                start_ms: h.try_get("start_ms")?,
+                consumer: h.try_get("consumer")?,
+                api: h.try_get("api")?,
+            };
             let bucket: i32 = h.try_get("bucket")?;
             let n: i64 = h.try_get("n")?;
-            if let (Some(&i), Ok(b)) = (index.get(&key), usize::try_from(bucket))
-                && let Some(slot) = out[i].latency_buckets.get_mut(b)
+            if let (Ok(i), Ok(b)) = (
+                out.binary_search_by(|r| r.key().cmp(&key)),
+                usize::try_from(bucket),
+            ) && let Some(slot) = out[i].latency_buckets.get_mut(b)
             {
                 *slot = to_u64(n);
             }

@@ -23,13 +23,29 @@ pub struct UsageDelta {
 
 /// Rows with `from_ms <= minute < to_ms`, summed per `bucket_ms` (60 000, 3 600 000 or
 /// 86 400 000; buckets are aligned to the unix epoch, so days are UTC days), consumer and API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// The answer is ordered by [`UsageKey`], so `after` and `limit` page through it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct UsageQuery {
     pub consumer: Option<String>,
     pub api: Option<String>,
+    /// Only these APIs (a tenant's own); `None`: every API.
+    pub apis: Option<Vec<String>>,
     pub from_ms: i64,
     pub to_ms: i64,
     pub bucket_ms: i64,
+    /// Only rows after this one.
+    pub after: Option<UsageKey>,
+    /// At most this many rows; `None`: all of them.
+    pub limit: Option<usize>,
+}
+
+/// What orders and identifies a usage row: its bucket's start, then consumer and API id
+/// compared byte by byte.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct UsageKey {
+    pub start_ms: i64,
+    pub consumer: String,
+    pub api: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -47,6 +63,14 @@ pub struct UsageRow {
 }
 
 impl UsageRow {
+    pub fn key(&self) -> UsageKey {
+        UsageKey {
+            start_ms: self.start_ms,
+            consumer: self.consumer.clone(),
+            api: self.api.clone(),
+        }
+    }
+
     /// The `q` quantile (0..=1) of latency in milliseconds, estimated from the histogram by
     /// linear interpolation inside the bucket that holds it (the first bucket starts at 0).
     /// A quantile in the unbounded last bucket is reported as the largest finite bound.

@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result, ensure};
 use serde_json::json;
 use tollgate_store::{
     ApiDoc, Backend, KeyRow, LATENCY_BOUNDS_MS, LATENCY_BUCKETS, Page, Store, StoreError, Tenant,
-    UsageDelta, UsageQuery, latency_bucket,
+    UsageDelta, UsageKey, UsageQuery, latency_bucket,
 };
 use tollgate_testkit::TempDir;
 use tollgate_testkit::postgres::PostgresServer;
@@ -31,7 +31,7 @@ async fn sqlite() -> Result<Fixture> {
 
 async fn postgres() -> Result<Fixture> {
     let server = PostgresServer::shared()?;
-    let url = server.create_database()?;
+    let url = server.create_database_with_locale_collation()?;
     let store = Store::open(&url).await?;
     Ok(Fixture {
         store,
@@ -79,6 +79,7 @@ both_backends!(
     load_all_is_everything_active,
     usage_upsert_add_concurrent_exact,
     usage_grouping_minute_hour_day,
+    usage_pages_in_byte_order,
     usage_quantiles_from_stored_histograms,
     top_consumers_by_requests,
     persists_across_reopen,
@@ -604,6 +605,7 @@ fn query(bucket_ms: i64) -> UsageQuery {
         from_ms: T0,
         to_ms: T0 + 2 * DAY,
         bucket_ms,
+        ..UsageQuery::default()
     }
 }
 
@@ -654,6 +656,64 @@ async fn usage_upsert_add_concurrent_exact(f: &Fixture) -> Result<()> {
         f.store.add_usage(&[bad]).await,
         Err(StoreError::Invalid(_))
     ));
+    Ok(())
+}
+
+async fn usage_pages_in_byte_order(f: &Fixture) -> Result<()> {
+    let s = &f.store;
+    // Ids a locale's collation would order differently (it may skip `-` and `_` and fold
+    // case); the pages follow bytes, as the cursor does.
+    let consumers = ["a_b", "a-c", "aB", "A", "ab", "b"];
+    let mut deltas = Vec::new();
+    for (i, c) in consumers.iter().enumerate() {
+        for (j, api) in ["x", "y"].iter().enumerate() {
+            // Most in one hour, where the order of the ids decides; two in the next.
+            let mut d = delta(T0 + i64::from(i >= 4) * HOUR, c, api, 1 + j as u64);
+            d.latency_buckets = vec![0; LATENCY_BUCKETS];
+            d.latency_buckets[i] = 1 + j as u64;
+            deltas.push(d);
+        }
+    }
+    s.add_usage(&deltas).await?;
+    let all = s.query_usage(&query(HOUR)).await?;
+    let keys: Vec<UsageKey> = all.iter().map(|r| r.key()).collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(
+        keys, sorted,
+        "ordered by start, then consumer and API bytes"
+    );
+    assert_eq!(all.len(), 12);
+
+    // Pages of five from each page's last key make up the whole, histograms included.
+    let mut paged = Vec::new();
+    let mut q = query(HOUR);
+    q.limit = Some(5);
+    loop {
+        let page = s.query_usage(&q).await?;
+        assert!(page.len() <= 5);
+        let Some(last) = page.last() else { break };
+        q.after = Some(last.key());
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+    for r in &all {
+        let i = consumers
+            .iter()
+            .position(|c| *c == r.consumer)
+            .unwrap_or(99);
+        assert_eq!(r.latency_buckets[i], r.requests, "{r:?}");
+        assert_eq!(r.latency_buckets.iter().sum::<u64>(), r.requests);
+    }
+
+    // A tenant's APIs only; none at all is an empty answer.
+    let mut q = query(HOUR);
+    q.apis = Some(vec!["y".into(), "z".into()]);
+    let ys = s.query_usage(&q).await?;
+    assert_eq!(ys.len(), 6);
+    assert!(ys.iter().all(|r| r.api == "y"));
+    q.apis = Some(Vec::new());
+    assert!(s.query_usage(&q).await?.is_empty());
     Ok(())
 }
 

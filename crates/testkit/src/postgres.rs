@@ -103,6 +103,18 @@ impl PostgresServer {
 
     /// Creates a fresh, empty database and returns its URL.
     pub fn create_database(&self) -> Result<String> {
+        self.create_database_as("")
+    }
+
+    /// [`Self::create_database`] ordering text by ICU's English collation, as production
+    /// databases created under a locale such as `en_US.UTF-8` do (the cluster's own is `C`).
+    /// Its order is not the bytes' (`a_b` before `a-c`, `ab` before `aB`), so SQL that needs
+    /// byte order must say so.
+    pub fn create_database_with_locale_collation(&self) -> Result<String> {
+        self.create_database_as(" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'")
+    }
+
+    fn create_database_as(&self, options: &str) -> Result<String> {
         static N: AtomicU64 = AtomicU64::new(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -113,7 +125,7 @@ impl PostgresServer {
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         );
-        self.psql(&format!("CREATE DATABASE {name}"))?;
+        self.psql(&format!("CREATE DATABASE {name}{options}"))?;
         Ok(self.url_of(&name))
     }
 

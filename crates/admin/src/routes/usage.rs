@@ -11,7 +11,7 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::time::Duration;
-use tollgate_store::UsageQuery;
+use tollgate_store::{UsageKey, UsageQuery};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -142,54 +142,71 @@ pub async fn usage(
     if let Err(e) = m.flush_usage().await {
         tracing::warn!(error = %e, "usage flush before a query failed");
     }
-    let rows = m
-        .store()
-        .query_usage(&UsageQuery {
-            consumer: p.consumer.clone(),
-            api: p.api.clone(),
-            from_ms,
-            to_ms,
-            bucket_ms,
-        })
-        .await?;
     let page = PageQuery {
         limit: p.limit,
         cursor: p.cursor.clone(),
     };
-    page.limit()?;
-    page.after()?;
-    let mut keyed: Vec<(String, UsageItem)> = rows
-        .into_iter()
-        .filter(|r| allowed.as_ref().is_none_or(|own| own.contains(&r.api)))
-        .map(|r| {
-            // Pages follow (start, consumer, api), which orders and identifies a row.
-            let key = format!("{:020}\u{0}{}\u{0}{}", r.start_ms, r.consumer, r.api);
-            (key, r)
+    let limit = page.limit()?;
+    let after = page.after()?.map(|c| parse_key(&c)).transpose()?;
+    // One row more than the page tells whether another page follows.
+    let mut rows = m
+        .store()
+        .query_usage(&UsageQuery {
+            consumer: p.consumer.clone(),
+            api: p.api.clone(),
+            apis: allowed.map(|own| own.into_iter().collect()),
+            from_ms,
+            to_ms,
+            bucket_ms,
+            after,
+            limit: Some(limit + 1),
         })
-        .map(|(key, r)| {
-            (
-                key,
-                UsageItem {
-                    start: rfc3339(r.start_ms),
-                    latency_p50_ms: r.latency_quantile_ms(0.5).map(round2),
-                    latency_p99_ms: r.latency_quantile_ms(0.99).map(round2),
-                    consumer: r.consumer,
-                    api: r.api,
-                    requests: r.requests,
-                    status_2xx: r.status_2xx,
-                    status_4xx: r.status_4xx,
-                    status_5xx: r.status_5xx,
-                    throttled: r.throttled,
-                },
-            )
+        .await?;
+    let next_cursor = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last()
+            .map(|r| super::encode_cursor(&cursor_key(&r.key())))
+    } else {
+        None
+    };
+    let items = rows
+        .into_iter()
+        .map(|r| UsageItem {
+            start: rfc3339(r.start_ms),
+            latency_p50_ms: r.latency_quantile_ms(0.5).map(round2),
+            latency_p99_ms: r.latency_quantile_ms(0.99).map(round2),
+            consumer: r.consumer,
+            api: r.api,
+            requests: r.requests,
+            status_2xx: r.status_2xx,
+            status_4xx: r.status_4xx,
+            status_5xx: r.status_5xx,
+            throttled: r.throttled,
         })
         .collect();
-    keyed.sort_by(|a, b| a.0.cmp(&b.0));
-    let list = page.paginate(keyed, |(k, _)| k)?;
-    Ok(Json(UsageList {
-        items: list.items.into_iter().map(|(_, i)| i).collect(),
-        next_cursor: list.next_cursor,
-    }))
+    Ok(Json(UsageList { items, next_cursor }))
+}
+
+/// A cursor names the last row of its page: start, consumer and API, NUL-separated (ids
+/// never hold a NUL).
+fn cursor_key(k: &UsageKey) -> String {
+    format!("{:020}\u{0}{}\u{0}{}", k.start_ms, k.consumer, k.api)
+}
+
+fn parse_key(c: &str) -> ApiResult<UsageKey> {
+    let mut parts = c.split('\u{0}');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(start), Some(consumer), Some(api), None) => Ok(UsageKey {
+            start_ms: start.parse().map_err(|_| bad_cursor())?,
+            consumer: consumer.to_string(),
+            api: api.to_string(),
+        }),
+        _ => Err(bad_cursor()),
+    }
+}
+
+fn bad_cursor() -> ApiError {
+    ApiError::bad_request("`cursor` is not a cursor this API handed out")
 }
 
 fn round2(v: f64) -> f64 {

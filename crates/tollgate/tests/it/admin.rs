@@ -596,6 +596,10 @@ async fn admin_flow(gw: &Gateway, up: &Upstream) -> Result<()> {
         404,
         "but not another tenant's"
     );
+    let (s, own) = acme.get("/admin/usage?granularity=minute").await?;
+    assert_eq!(s, 200, "{own}");
+    let own = own["items"].as_array().context("items")?;
+    assert!(!own.is_empty() && own.iter().all(|i| i["api"] == "widgets"));
     let (_, top) = admin.get("/admin/top-consumers?window=60s").await?;
     assert_eq!(top["items"][0]["consumer"], "acme-app", "{top}");
     // Both page like every list: one item at a time gives the whole list, in order.
@@ -620,6 +624,12 @@ async fn admin_flow(gw: &Gateway, up: &Upstream) -> Result<()> {
         assert_eq!(admin.get(&format!("{base}&limit=0")).await?.0, 400);
         assert_eq!(admin.get(&format!("{base}&cursor=%25%25")).await?.0, 400);
     }
+    // A cursor names a row: base64 of anything else is refused, not read as the start.
+    assert_eq!(
+        admin.get("/admin/usage?cursor=bm90LWEta2V5").await?.0,
+        400,
+        "`not-a-key`"
+    );
 
     // Rotation: a new key replaces the old at once.
     let (s, r) = admin
