@@ -1,6 +1,7 @@
 //! The `Traffic` policy of one route: every rate tier (gateway, API, route, the consumer's
 //! plan or its temporary override), spike arrest and quotas (the plan's and the route's
-//! business limit) checked together, all or nothing, then the concurrency slot.
+//! business limit) checked together, all or nothing. The concurrency slot is taken first, so a
+//! request refused for want of one consumes no tokens or quota.
 //!
 //! Limiter state lives in [`Stores`], which outlives config reloads: a reload changes limits,
 //! never hands everyone a fresh burst. State whose key the config alone decides (the gateway's
@@ -1039,13 +1040,15 @@ impl Traffic {
         }
     }
 
-    /// Headers, the refusal if a tier rejected, then the concurrency slot. `verdict` is `None`
-    /// when the rate and quota tiers were not consulted (the `allow` failure mode).
+    /// Headers, then the refusal if a tier rejected, else the request keeps its concurrency
+    /// slot. `verdict` is `None` when the rate and quota tiers were not consulted (the `allow`
+    /// failure mode).
     fn finish(
         &self,
         ctx: &mut RequestCtx,
         a: &Applicable<'_>,
         verdict: Option<&Verdict>,
+        slot: Option<Slot>,
     ) -> Result<(), GatewayError> {
         // RateLimit headers: the route's policies (rendered at compile time unless an override
         // is live), and the service limit of the tightest tier.
@@ -1076,31 +1079,42 @@ impl Traffic {
                 return Err(self.refuse(kind, name.as_str(), retry));
             }
         }
-        if let Some(c) = &self.concurrency {
-            let key = Key {
-                scope: c.name.arc().clone(),
-                subject: Self::subject(ctx, c.per),
-            };
-            match self.stores.concurrency.try_acquire(key, c.limit) {
-                // Held until the response body ends or the client goes away.
-                Some(permit) => ctx.held.push(Box::new(permit)),
-                None => {
-                    ctx.throttled = Some("concurrency");
-                    return Err(GatewayError::new(
-                        Kind::ConcurrencyLimited,
-                        format!("more than {} requests in flight", c.limit),
-                    )
-                    .with_header(
-                        http::header::RETRY_AFTER,
-                        retry_after(std::time::Duration::from_secs(1)),
-                    )
-                    .with_extension("limit", "concurrency".into()));
-                }
-            }
+        // Held until the response body ends or the client goes away.
+        if let Some(slot) = slot {
+            ctx.held.push(Box::new(slot));
         }
         Ok(())
     }
+
+    /// The route's concurrency slot, when it has a limit. Taken before any token: a request
+    /// refused here must not use up the consumer's rate or quota.
+    fn slot(&self, ctx: &mut RequestCtx) -> Result<Option<Slot>, GatewayError> {
+        let Some(c) = &self.concurrency else {
+            return Ok(None);
+        };
+        let key = Key {
+            scope: c.name.arc().clone(),
+            subject: Self::subject(ctx, c.per),
+        };
+        match self.stores.concurrency.try_acquire(key, c.limit) {
+            Some(permit) => Ok(Some(permit)),
+            None => {
+                ctx.throttled = Some("concurrency");
+                Err(GatewayError::new(
+                    Kind::ConcurrencyLimited,
+                    format!("more than {} requests in flight", c.limit),
+                )
+                .with_header(
+                    http::header::RETRY_AFTER,
+                    retry_after(std::time::Duration::from_secs(1)),
+                )
+                .with_extension("limit", "concurrency".into()))
+            }
+        }
+    }
 }
+
+type Slot = crate::limits::Permit<Key>;
 
 impl Policy for Traffic {
     fn name(&self) -> &'static str {
@@ -1123,18 +1137,22 @@ impl Policy for Traffic {
         if self.consumers_only && plan.is_none() && entry.is_none_or(|e| e.over.is_none()) {
             return Step::Continue;
         }
+        let slot = match self.slot(ctx) {
+            Ok(slot) => slot,
+            Err(e) => return Step::Reject(e),
+        };
         let now = self.clock.now();
         let a = self.applicable(ctx, entry, plan, now);
         if a.is_empty() {
             // No rate or quota tier: at most the concurrency slot.
-            return step(self.finish(ctx, &a, None));
+            return step(self.finish(ctx, &a, None, slot));
         }
         if let Some(redis) = &self.redis {
             return Step::Wait(Box::pin(async move {
                 // Nothing borrowed from a lock lives across this await: the check's Redis keys
                 // are built before it, the context is only touched after it.
                 let (a, checked) = self.check_shared(redis, a, now).await;
-                let result = checked.and_then(|v| self.finish(ctx, &a, v.as_ref()));
+                let result = checked.and_then(|v| self.finish(ctx, &a, v.as_ref(), slot));
                 match result {
                     Ok(()) => Decision::Continue,
                     Err(e) => Decision::Reject(e),
@@ -1145,7 +1163,7 @@ impl Policy for Traffic {
         if !self.check_local(&a, now, 1, &mut verdict) {
             return Step::Reject(unchecked());
         }
-        step(self.finish(ctx, &a, Some(&verdict)))
+        step(self.finish(ctx, &a, Some(&verdict), slot))
     }
 }
 

@@ -275,21 +275,30 @@ async fn a_concurrency_slot_is_held_until_the_response_ends() -> Result<()> {
     let dir = TempDir::new("traffic")?;
     let gw = Gateway::start(BIN, &config(&dir, &up, "")).await?;
     let c = gw.client();
+    // Dave's plan allows 3 requests a day.
     let first = {
-        let req = c.get(gw.url("/slow/1")).header("x-api-key", "key-carol");
+        let req = c.get(gw.url("/slow/1")).header("x-api-key", "key-dave");
         tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let r = get(&gw, "/slow/2", "key-carol").await?;
+    for _ in 0..4 {
+        let r = get(&gw, "/slow/2", "key-dave").await?;
+        assert_eq!(r.status(), 429);
+        let v: serde_json::Value = r.json().await?;
+        assert_eq!(
+            v["type"],
+            "https://tollgate.dev/problems/concurrency-limited"
+        );
+    }
+    assert_eq!(first.await??, 200);
+    // Released with the first response: the next ones get the slot, and the refused ones used
+    // none of the quota.
+    assert_eq!(status(&gw, "/slow/3", "key-dave").await?, 200);
+    assert_eq!(status(&gw, "/slow/4", "key-dave").await?, 200);
+    let r = get(&gw, "/slow/5", "key-dave").await?;
     assert_eq!(r.status(), 429);
     let v: serde_json::Value = r.json().await?;
-    assert_eq!(
-        v["type"],
-        "https://tollgate.dev/problems/concurrency-limited"
-    );
-    assert_eq!(first.await??, 200);
-    // Released with the first response: the next one gets the slot.
-    assert_eq!(status(&gw, "/slow/3", "key-carol").await?, 200);
+    assert_eq!(v["type"], "https://tollgate.dev/problems/quota-exceeded");
     Ok(())
 }
 
