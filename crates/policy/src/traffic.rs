@@ -567,7 +567,7 @@ impl Traffic {
             policy_header_no_plan: http::HeaderValue::from_static(""),
             consumers_only,
         };
-        me.policy_header_no_plan = me.policy_header(None, None);
+        me.policy_header_no_plan = me.policy_header(None, None, 1);
         let plans = me
             .book
             .plans
@@ -580,7 +580,7 @@ impl Traffic {
                     quota_name: p.quota_name.clone(),
                     policy_header: http::HeaderValue::from_static(""),
                 };
-                plan.policy_header = me.policy_header(Some(&plan), None);
+                plan.policy_header = me.policy_header(Some(&plan), None, 1);
                 plan
             })
             .collect();
@@ -589,24 +589,34 @@ impl Traffic {
     }
 
     /// The route's `RateLimit-Policy` for a caller on `plan` (or under `over`).
-    fn policy_header(&self, plan: Option<&RoutePlan>, over: Option<&Limit>) -> http::HeaderValue {
+    /// The route's `RateLimit-Policy` with every limit as enforced: divided among `nodes`
+    /// gateways when the in-process stores stand in for Redis (`local` failure mode), so the
+    /// advertised quotas match the `RateLimit` remaining counts beside them.
+    fn policy_header(
+        &self,
+        plan: Option<&RoutePlan>,
+        over: Option<&Limit>,
+        nodes: u32,
+    ) -> http::HeaderValue {
+        let rate = |l: &Limit| divided_rate(l, nodes);
+        let quota = |q: &QuotaLimit| divided_quota(q, nodes);
         let mut items: Vec<PolicyItem<'_>> = Vec::new();
         if let Some(g) = &self.book.gateway {
-            items.push(PolicyItem::rate(self.gateway_scope.as_str(), g));
+            items.push(PolicyItem::rate(self.gateway_scope.as_str(), &rate(g)));
         }
         for s in [&self.api, &self.route, &self.spike].into_iter().flatten() {
-            items.push(PolicyItem::rate(s.name.as_str(), &s.limit));
+            items.push(PolicyItem::rate(s.name.as_str(), &rate(&s.limit)));
         }
         match (over, plan) {
-            (Some(o), _) => items.push(PolicyItem::rate(self.override_scope.as_str(), o)),
-            (None, Some(p)) => items.push(PolicyItem::rate(p.name.as_str(), &p.rate)),
+            (Some(o), _) => items.push(PolicyItem::rate(self.override_scope.as_str(), &rate(o))),
+            (None, Some(p)) => items.push(PolicyItem::rate(p.name.as_str(), &rate(&p.rate))),
             (None, None) => {}
         }
         if let Some(q) = plan.and_then(|p| p.quota.as_ref().map(|q| (&p.quota_name, q))) {
-            items.push(PolicyItem::quota(q.0.as_str(), q.1));
+            items.push(PolicyItem::quota(q.0.as_str(), &quota(q.1)));
         }
         if let Some(q) = &self.quota {
-            items.push(PolicyItem::quota(q.name.as_str(), &q.limit));
+            items.push(PolicyItem::quota(q.name.as_str(), &quota(&q.limit)));
         }
         ratelimit_policy(&items)
     }
@@ -719,6 +729,9 @@ impl Applicable<'_> {
 /// A rate limit divided among `nodes` gateways (the `local` failure mode), each node keeping
 /// at least one request of burst.
 fn divided_rate(l: &Limit, nodes: u32) -> Limit {
+    if nodes <= 1 {
+        return *l;
+    }
     let burst = (l.burst() / nodes).max(1);
     Limit::new(l.rate() / f64::from(nodes), burst).unwrap_or(*l)
 }
@@ -726,6 +739,9 @@ fn divided_rate(l: &Limit, nodes: u32) -> Limit {
 /// A quota divided among `nodes` gateways, each keeping at least one request.
 fn divided_quota(q: &QuotaLimit, nodes: u32) -> QuotaLimit {
     let mut q = *q;
+    if nodes <= 1 {
+        return q;
+    }
     q.max = q.max.div_ceil(u64::from(nodes)).max(1);
     q
 }
@@ -986,7 +1002,7 @@ impl Traffic {
         redis: &RedisLimiter,
         a: Applicable<'a>,
         now: SystemTime,
-    ) -> (Applicable<'a>, Result<Option<Verdict>, GatewayError>) {
+    ) -> (Applicable<'a>, Result<Option<Checked>, GatewayError>) {
         let prefix = &*self.book.redis.key_prefix;
         let rates: Vec<(String, Limit)> = a
             .rates
@@ -1008,16 +1024,16 @@ impl Traffic {
             .check_all(&self.book.redis, &rates, &quotas, now)
             .await
         {
-            Ok(v) => return (a, Ok(Some(v))),
+            Ok(verdict) => return (a, Ok(Some(Checked { verdict, nodes: 1 }))),
             Err(e) => e,
         };
         tracing::debug!(error = %error, mode = ?self.failure_mode, "shared limits unavailable");
         match self.failure_mode {
             FailureMode::Local => {
-                let mut v = Verdict::EMPTY;
-                let checked = self.check_local(&a, now, self.book.expected_nodes.max(1), &mut v);
-                let v = if checked {
-                    Ok(Some(v))
+                let nodes = self.book.expected_nodes.max(1);
+                let mut verdict = Verdict::EMPTY;
+                let v = if self.check_local(&a, now, nodes, &mut verdict) {
+                    Ok(Some(Checked { verdict, nodes }))
                 } else {
                     Err(unchecked())
                 };
@@ -1041,22 +1057,23 @@ impl Traffic {
     }
 
     /// Headers, then the refusal if a tier rejected, else the request keeps its concurrency
-    /// slot. `verdict` is `None` when the rate and quota tiers were not consulted (the `allow`
+    /// slot. `checked` is `None` when the rate and quota tiers were not consulted (the `allow`
     /// failure mode).
     fn finish(
         &self,
         ctx: &mut RequestCtx,
         a: &Applicable<'_>,
-        verdict: Option<&Verdict>,
+        checked: Option<&Checked>,
         slot: Option<Slot>,
     ) -> Result<(), GatewayError> {
         // RateLimit headers: the route's policies (rendered at compile time unless an override
-        // is live), and the service limit of the tightest tier.
-        if let Some(verdict) = verdict
+        // is live or the limits are divided), and the service limit of the tightest tier.
+        if let Some(Checked { verdict, nodes }) = checked
             && !a.is_empty()
         {
             let policy = match a.over {
-                Some(o) => self.policy_header(a.plan, Some(&o.limit)),
+                Some(o) => self.policy_header(a.plan, Some(&o.limit), *nodes),
+                None if *nodes > 1 => self.policy_header(a.plan, None, *nodes),
                 None => a
                     .plan
                     .map_or(&self.policy_header_no_plan, |p| &p.policy_header)
@@ -1116,6 +1133,13 @@ impl Traffic {
 
 type Slot = crate::limits::Permit<Key>;
 
+/// The rate and quota tiers' verdict, and among how many gateways their limits were divided
+/// for it (1 unless the in-process stores stood in for Redis).
+struct Checked {
+    verdict: Verdict,
+    nodes: u32,
+}
+
 impl Policy for Traffic {
     fn name(&self) -> &'static str {
         "traffic"
@@ -1159,11 +1183,14 @@ impl Policy for Traffic {
                 }
             }));
         }
-        let mut verdict = Verdict::EMPTY;
-        if !self.check_local(&a, now, 1, &mut verdict) {
+        let mut checked = Checked {
+            verdict: Verdict::EMPTY,
+            nodes: 1,
+        };
+        if !self.check_local(&a, now, 1, &mut checked.verdict) {
             return Step::Reject(unchecked());
         }
-        step(self.finish(ctx, &a, Some(&verdict), slot))
+        step(self.finish(ctx, &a, Some(&checked), slot))
     }
 }
 

@@ -329,6 +329,29 @@ async fn redis_outage_follows_each_failure_mode_and_limits_resume_exactly() -> R
     let (s, slowest) = burst_of(&client, &gw, "/local/1", "c1", 5).await?;
     assert_eq!((count(&s, 200), count(&s, 429)), (3, 2), "local: {s:?}");
     assert!(slowest <= TIMEOUT + SLACK, "local: {slowest:?}");
+    // The headers state the divided limits the answer was decided by: the route's burst of 3
+    // (r=2 left after this first request of c4's there) and the roomy plan's 500, not the
+    // shared 6 and 1000.
+    let r = client
+        .get(gw.url("/local/1"))
+        .header("x-api-key", key("c4"))
+        .send()
+        .await?;
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (policy, limit) = (header("ratelimit-policy"), header("ratelimit"));
+    assert!(policy.contains("\"route:local\";q=3;"), "{policy}");
+    assert!(policy.contains(";q=500;"), "{policy}");
+    assert!(
+        !policy.contains(";q=6;") && !policy.contains(";q=1000;"),
+        "{policy}"
+    );
+    assert!(limit.starts_with("\"route:local\";r=2;"), "{limit}");
 
     // Back, empty (no persistence). After the cool-down one probe goes through and closes the
     // breaker; the probe route fails open, so watching it spends no one's budget.
