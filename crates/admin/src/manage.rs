@@ -204,6 +204,7 @@ impl Management {
 fn to_store_delta(d: &Delta) -> UsageDelta {
     UsageDelta {
         minute_ms: d.minute_ms,
+        tenant: d.tenant.to_string(),
         consumer: d.consumer.to_string(),
         api: d.api.to_string(),
         requests: d.counts.requests,

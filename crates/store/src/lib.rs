@@ -181,24 +181,34 @@ impl<'q> UsageSql<'q> {
             let p = self.arg(UsageArg::Text(a));
             f.push_str(&format!(" AND api = {p}"));
         }
-        if let Some(apis) = &self.q.apis {
-            let list: Vec<String> = apis.iter().map(|a| self.arg(UsageArg::Text(a))).collect();
-            f.push_str(&format!(" AND api IN ({})", list.join(", ")));
+        if let Some(t) = &self.q.tenant {
+            let p = self.arg(UsageArg::Text(t));
+            f.push_str(&format!(" AND tenant = {p}"));
         }
         f
     }
 
-    /// `(start_ms, consumer, api) OP key` for `>`, `>=`, `<=`.
+    /// `(start_ms, consumer, tenant, api) OP key` for `>`, `>=`, `<=`, spelled out column by
+    /// column: the text columns compare in byte order (`collate`).
     fn compare(&mut self, op: &str, key: &'q UsageKey) -> String {
         let c = self.collate;
-        let s = self.arg(UsageArg::Int(key.start_ms));
-        let k = self.arg(UsageArg::Text(&key.consumer));
-        let a = self.arg(UsageArg::Text(&key.api));
         let strict = &op[..1];
-        format!(
-            "(start_ms {strict} {s} OR (start_ms = {s} AND (consumer{c} {strict} {k} \
-             OR (consumer = {k} AND api{c} {op} {a}))))"
-        )
+        let s = self.arg(UsageArg::Int(key.start_ms));
+        let columns = [
+            ("consumer", self.arg(UsageArg::Text(&key.consumer))),
+            ("tenant", self.arg(UsageArg::Text(&key.tenant))),
+            ("api", self.arg(UsageArg::Text(&key.api))),
+        ];
+        // From the last column outwards: `api OP a`, then `tenant > t OR (tenant = t AND …)`.
+        let mut inner = String::new();
+        for (i, (col, p)) in columns.iter().enumerate().rev() {
+            inner = if i == columns.len() - 1 {
+                format!("{col}{c} {op} {p}")
+            } else {
+                format!("{col}{c} {strict} {p} OR ({col} = {p} AND ({inner}))")
+            };
+        }
+        format!("(start_ms {strict} {s} OR (start_ms = {s} AND ({inner})))")
     }
 
     fn counters(&mut self, after: Option<(&str, &'q UsageKey)>, limit: Option<usize>) -> String {
@@ -219,14 +229,14 @@ impl<'q> UsageSql<'q> {
         let c = self.collate;
         // Integer division of BIGINTs truncates on both backends; times are positive.
         format!(
-            "SELECT * FROM (SELECT (minute_ms / $1) * $1 AS start_ms, consumer, api, \
+            "SELECT * FROM (SELECT (minute_ms / $1) * $1 AS start_ms, consumer, tenant, api, \
              CAST(SUM(requests) AS BIGINT) AS requests, \
              CAST(SUM(status_2xx) AS BIGINT) AS status_2xx, \
              CAST(SUM(status_4xx) AS BIGINT) AS status_4xx, \
              CAST(SUM(status_5xx) AS BIGINT) AS status_5xx, \
              CAST(SUM(throttled) AS BIGINT) AS throttled \
-             FROM usage_minute WHERE {filter} GROUP BY 1, 2, 3) g \
-             WHERE {keyset} ORDER BY start_ms, consumer{c}, api{c}{limit}"
+             FROM usage_minute WHERE {filter} GROUP BY 1, 2, 3, 4) g \
+             WHERE {keyset} ORDER BY start_ms, consumer{c}, tenant{c}, api{c}{limit}"
         )
     }
 
@@ -239,9 +249,9 @@ impl<'q> UsageSql<'q> {
         let low = self.compare(">=", first);
         let high = self.compare("<=", last);
         format!(
-            "SELECT * FROM (SELECT (minute_ms / $1) * $1 AS start_ms, consumer, api, bucket, \
-             CAST(SUM(n) AS BIGINT) AS n \
-             FROM usage_latency WHERE {filter} GROUP BY 1, 2, 3, 4) g \
+            "SELECT * FROM (SELECT (minute_ms / $1) * $1 AS start_ms, consumer, tenant, api, \
+             bucket, CAST(SUM(n) AS BIGINT) AS n \
+             FROM usage_latency WHERE {filter} GROUP BY 1, 2, 3, 4, 5) g \
              WHERE {low} AND {high}"
         )
     }
@@ -1024,7 +1034,7 @@ impl Store {
     pub async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
         // Merge duplicates and apply in key order: concurrent writers then lock rows in the
         // same order and cannot deadlock (PostgreSQL), and each row is written once.
-        type Key<'a> = (i64, &'a str, &'a str);
+        type Key<'a> = (i64, &'a str, &'a str, &'a str);
         let mut merged: BTreeMap<Key<'_>, ([i64; 5], Vec<i64>)> = BTreeMap::new();
         for d in deltas {
             if d.latency_buckets.len() > LATENCY_BUCKETS {
@@ -1034,7 +1044,12 @@ impl Store {
                 )));
             }
             let entry = merged
-                .entry((d.minute_ms, d.consumer.as_str(), d.api.as_str()))
+                .entry((
+                    d.minute_ms,
+                    d.tenant.as_str(),
+                    d.consumer.as_str(),
+                    d.api.as_str(),
+                ))
                 .or_insert_with(|| ([0; 5], vec![0; LATENCY_BUCKETS]));
             let counts = [
                 to_i64(d.requests, "requests")?,
@@ -1054,12 +1069,13 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
-        for ((minute, consumer, api), (c, buckets)) in &merged {
+        for ((minute, tenant, consumer, api), (c, buckets)) in &merged {
             sqlx::query(
                 "INSERT INTO usage_minute \
-                 (minute_ms, consumer, api, requests, status_2xx, status_4xx, status_5xx, throttled) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                 ON CONFLICT (minute_ms, consumer, api) DO UPDATE SET \
+                 (minute_ms, consumer, api, requests, status_2xx, status_4xx, status_5xx, \
+                 throttled, tenant) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (minute_ms, tenant, consumer, api) DO UPDATE SET \
                  requests = usage_minute.requests + excluded.requests, \
                  status_2xx = usage_minute.status_2xx + excluded.status_2xx, \
                  status_4xx = usage_minute.status_4xx + excluded.status_4xx, \
@@ -1074,6 +1090,7 @@ impl Store {
             .bind(c[2])
             .bind(c[3])
             .bind(c[4])
+            .bind(*tenant)
             .execute(&mut *tx)
             .await?;
             for (bucket, &n) in buckets.iter().enumerate() {
@@ -1081,9 +1098,9 @@ impl Store {
                     continue;
                 }
                 sqlx::query(
-                    "INSERT INTO usage_latency (minute_ms, consumer, api, bucket, n) \
-                     VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (minute_ms, consumer, api, bucket) DO UPDATE SET \
+                    "INSERT INTO usage_latency (minute_ms, consumer, api, bucket, n, tenant) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (minute_ms, tenant, consumer, api, bucket) DO UPDATE SET \
                      n = usage_latency.n + excluded.n",
                 )
                 .bind(*minute)
@@ -1092,6 +1109,7 @@ impl Store {
                 // At most LATENCY_BUCKETS (22), so the cast cannot truncate.
                 .bind(bucket as i32)
                 .bind(n)
+                .bind(*tenant)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -1107,7 +1125,7 @@ impl Store {
         if q.bucket_ms <= 0 {
             return Err(StoreError::Invalid("bucket_ms must be positive".into()));
         }
-        if q.apis.as_ref().is_some_and(Vec::is_empty) || q.limit == Some(0) {
+        if q.limit == Some(0) {
             return Ok(Vec::new());
         }
         // Byte order on both backends, as in the cursor: PostgreSQL would otherwise compare
@@ -1135,6 +1153,7 @@ impl Store {
             out.push(UsageRow {
                 start_ms: r.try_get("start_ms")?,
                 consumer: r.try_get("consumer")?,
+                tenant: r.try_get("tenant")?,
                 api: r.try_get("api")?,
                 requests: to_u64(r.try_get("requests")?),
                 status_2xx: to_u64(r.try_get("status_2xx")?),
@@ -1160,6 +1179,7 @@ impl Store {
             let key = UsageKey {
                 start_ms: h.try_get("start_ms")?,
                 consumer: h.try_get("consumer")?,
+                tenant: h.try_get("tenant")?,
                 api: h.try_get("api")?,
             };
             let bucket: i32 = h.try_get("bucket")?;

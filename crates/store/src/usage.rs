@@ -10,6 +10,8 @@ pub use tollgate_core::usage::{LATENCY_BOUNDS_MS, LATENCY_BUCKETS, latency_bucke
 pub struct UsageDelta {
     /// Start of the minute (unix ms, a multiple of 60 000).
     pub minute_ms: i64,
+    /// The tenant whose API was called: API ids are unique within a tenant only.
+    pub tenant: String,
     pub consumer: String,
     pub api: String,
     pub requests: u64,
@@ -22,14 +24,15 @@ pub struct UsageDelta {
 }
 
 /// Rows with `from_ms <= minute < to_ms`, summed per `bucket_ms` (60 000, 3 600 000 or
-/// 86 400 000; buckets are aligned to the unix epoch, so days are UTC days), consumer and API.
+/// 86 400 000; buckets are aligned to the unix epoch, so days are UTC days), consumer, tenant
+/// and API.
 /// The answer is ordered by [`UsageKey`], so `after` and `limit` page through it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct UsageQuery {
     pub consumer: Option<String>,
     pub api: Option<String>,
-    /// Only these APIs (a tenant's own); `None`: every API.
-    pub apis: Option<Vec<String>>,
+    /// Only this tenant's APIs.
+    pub tenant: Option<String>,
     pub from_ms: i64,
     pub to_ms: i64,
     pub bucket_ms: i64,
@@ -39,12 +42,13 @@ pub struct UsageQuery {
     pub limit: Option<usize>,
 }
 
-/// What orders and identifies a usage row: its bucket's start, then consumer and API id
-/// compared byte by byte.
+/// What orders and identifies a usage row: its bucket's start, then consumer, tenant and API
+/// id compared byte by byte (in this order: the derived `Ord` follows the fields).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct UsageKey {
     pub start_ms: i64,
     pub consumer: String,
+    pub tenant: String,
     pub api: String,
 }
 
@@ -52,6 +56,7 @@ pub struct UsageKey {
 pub struct UsageRow {
     pub start_ms: i64,
     pub consumer: String,
+    pub tenant: String,
     pub api: String,
     pub requests: u64,
     pub status_2xx: u64,
@@ -67,6 +72,7 @@ impl UsageRow {
         UsageKey {
             start_ms: self.start_ms,
             consumer: self.consumer.clone(),
+            tenant: self.tenant.clone(),
             api: self.api.clone(),
         }
     }
@@ -122,6 +128,7 @@ mod tests {
         UsageRow {
             start_ms: 0,
             consumer: "c".into(),
+            tenant: "t".into(),
             api: "a".into(),
             requests: latency_buckets.iter().sum(),
             status_2xx: 0,

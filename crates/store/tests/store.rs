@@ -582,6 +582,7 @@ fn delta(minute_ms: i64, consumer: &str, api: &str, requests: u64) -> UsageDelta
     latency_buckets[latency_bucket(12.0)] = requests;
     UsageDelta {
         minute_ms,
+        tenant: "t".into(),
         consumer: consumer.into(),
         api: api.into(),
         requests,
@@ -706,14 +707,44 @@ async fn usage_pages_in_byte_order(f: &Fixture) -> Result<()> {
         assert_eq!(r.latency_buckets.iter().sum::<u64>(), r.requests);
     }
 
-    // A tenant's APIs only; none at all is an empty answer.
+    // Another tenant's API of the same id is another row, and a tenant sees its own only.
+    let mut other = delta(T0, "a_b", "y", 100);
+    other.tenant = "u".into();
+    s.add_usage(&[other]).await?;
+    let all = s.query_usage(&query(HOUR)).await?;
+    assert_eq!(all.len(), 13);
+    let pair: Vec<_> = all
+        .iter()
+        .filter(|r| r.consumer == "a_b" && r.api == "y")
+        .map(|r| (r.tenant.as_str(), r.requests))
+        .collect();
+    assert_eq!(
+        pair,
+        [("t", 2), ("u", 100)],
+        "ordered by tenant between them"
+    );
     let mut q = query(HOUR);
-    q.apis = Some(vec!["y".into(), "z".into()]);
-    let ys = s.query_usage(&q).await?;
-    assert_eq!(ys.len(), 6);
-    assert!(ys.iter().all(|r| r.api == "y"));
-    q.apis = Some(Vec::new());
-    assert!(s.query_usage(&q).await?.is_empty());
+    q.tenant = Some("u".into());
+    let theirs = s.query_usage(&q).await?;
+    assert_eq!(theirs.len(), 1);
+    assert_eq!((theirs[0].tenant.as_str(), theirs[0].requests), ("u", 100));
+    assert_eq!(theirs[0].latency_buckets[latency_bucket(12.0)], 100);
+    q.tenant = Some("t".into());
+    q.api = Some("y".into());
+    let ours = s.query_usage(&q).await?;
+    assert_eq!(ours.len(), 6);
+    assert!(ours.iter().all(|r| r.tenant == "t" && r.api == "y"));
+    // Pages across the two tenants' rows of one consumer and API.
+    let mut q = query(HOUR);
+    q.limit = Some(1);
+    let mut paged = Vec::new();
+    loop {
+        let page = s.query_usage(&q).await?;
+        let Some(last) = page.last() else { break };
+        q.after = Some(last.key());
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
     Ok(())
 }
 

@@ -20,6 +20,8 @@ pub struct UsageParams {
     pub consumer: Option<String>,
     /// Only this API (its id).
     pub api: Option<String>,
+    /// Only this tenant's APIs (a tenant admin sees its own only, whatever this says).
+    pub tenant: Option<String>,
     /// Start, RFC 3339 or unix seconds (or milliseconds) (default: 24 h before `to`).
     pub from: Option<String>,
     /// End, exclusive, RFC 3339 or unix seconds (or milliseconds) (default: now).
@@ -46,6 +48,9 @@ pub struct UsageItem {
     /// Start of the bucket (RFC 3339).
     pub start: String,
     pub consumer: String,
+    /// The API's tenant: API ids are unique within a tenant only. Empty for usage counted
+    /// before usage was kept per tenant.
+    pub tenant: String,
     pub api: String,
     pub requests: u64,
     pub status_2xx: u64,
@@ -64,9 +69,16 @@ pub struct UsageList {
 
 fn parse_instant(name: &str, v: &str) -> ApiResult<i64> {
     if let Ok(n) = v.trim().parse::<i64>() {
+        // Nothing was counted before 1970; refusing it also keeps the window's arithmetic
+        // away from i64::MIN.
+        if n < 0 {
+            return Err(ApiError::bad_request(format!(
+                "`{name}` is before 1970-01-01T00:00:00Z"
+            )));
+        }
         // Unix seconds; 12 digits and more can only mean milliseconds (seconds that large
         // are more than 3000 years away).
-        return Ok(if n.abs() >= 100_000_000_000 {
+        return Ok(if n >= 100_000_000_000 {
             n
         } else {
             n.saturating_mul(1000)
@@ -110,25 +122,26 @@ pub async fn usage(
     Q(p): Q<UsageParams>,
 ) -> ApiResult<Json<UsageList>> {
     let m = s.manage()?;
-    let allowed = match &caller {
-        Caller::Platform => None,
+    // Rows carry their tenant, so a tenant admin's filter is its tenant: another tenant's API
+    // of the same id is another row.
+    let tenant = match &caller {
+        Caller::Platform => p.tenant.clone(),
         Caller::Tenant(t) => {
-            let own = own_apis(&s, t);
             if let Some(a) = &p.api
-                && !own.contains(a)
+                && !own_apis(&s, t).contains(a)
             {
                 return Err(ApiError::not_found("API"));
             }
-            Some(own)
+            Some(t.clone())
         }
     };
     let to_ms = match &p.to {
         Some(v) => parse_instant("to", v)?,
-        None => super::now_ms() + 1,
+        None => super::now_ms().saturating_add(1),
     };
     let from_ms = match &p.from {
         Some(v) => parse_instant("from", v)?,
-        None => to_ms - 86_400_000,
+        None => to_ms.saturating_sub(86_400_000),
     };
     if from_ms > to_ms {
         return Err(ApiError::bad_request("`from` is after `to`"));
@@ -154,7 +167,7 @@ pub async fn usage(
         .query_usage(&UsageQuery {
             consumer: p.consumer.clone(),
             api: p.api.clone(),
-            apis: allowed.map(|own| own.into_iter().collect()),
+            tenant,
             from_ms,
             to_ms,
             bucket_ms,
@@ -176,6 +189,7 @@ pub async fn usage(
             latency_p50_ms: r.latency_quantile_ms(0.5).map(round2),
             latency_p99_ms: r.latency_quantile_ms(0.99).map(round2),
             consumer: r.consumer,
+            tenant: r.tenant,
             api: r.api,
             requests: r.requests,
             status_2xx: r.status_2xx,
@@ -187,20 +201,28 @@ pub async fn usage(
     Ok(Json(UsageList { items, next_cursor }))
 }
 
-/// A cursor names the last row of its page: start, consumer and API, NUL-separated (ids
-/// never hold a NUL).
+/// A cursor names the last row of its page: start (20 digits), consumer, tenant and API,
+/// NUL-separated (ids never hold a NUL).
 fn cursor_key(k: &UsageKey) -> String {
-    format!("{:020}\u{0}{}\u{0}{}", k.start_ms, k.consumer, k.api)
+    format!(
+        "{:020}\u{0}{}\u{0}{}\u{0}{}",
+        k.start_ms, k.consumer, k.tenant, k.api
+    )
 }
 
 fn parse_key(c: &str) -> ApiResult<UsageKey> {
-    let mut parts = c.split('\u{0}');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(start), Some(consumer), Some(api), None) => Ok(UsageKey {
-            start_ms: start.parse().map_err(|_| bad_cursor())?,
-            consumer: consumer.to_string(),
-            api: api.to_string(),
-        }),
+    let parts: Vec<&str> = c.split('\u{0}').collect();
+    match parts[..] {
+        [start, consumer, tenant, api]
+            if start.len() == 20 && start.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            Ok(UsageKey {
+                start_ms: start.parse().map_err(|_| bad_cursor())?,
+                consumer: consumer.to_string(),
+                tenant: tenant.to_string(),
+                api: api.to_string(),
+            })
+        }
         _ => Err(bad_cursor()),
     }
 }

@@ -599,7 +599,24 @@ async fn admin_flow(gw: &Gateway, up: &Upstream) -> Result<()> {
     let (s, own) = acme.get("/admin/usage?granularity=minute").await?;
     assert_eq!(s, 200, "{own}");
     let own = own["items"].as_array().context("items")?;
-    assert!(!own.is_empty() && own.iter().all(|i| i["api"] == "widgets"));
+    assert!(
+        !own.is_empty()
+            && own
+                .iter()
+                .all(|i| i["api"] == "widgets" && i["tenant"] == "acme"),
+        "{own:?}"
+    );
+    // Asking for another tenant changes nothing for a tenant admin.
+    let (s, asked) = acme
+        .get("/admin/usage?granularity=minute&tenant=retail")
+        .await?;
+    assert_eq!(s, 200, "{asked}");
+    assert_eq!(asked["items"].as_array().context("items")?, own);
+    let (_, retail) = admin
+        .get("/admin/usage?granularity=minute&tenant=retail")
+        .await?;
+    let retail = retail["items"].as_array().context("items")?;
+    assert!(retail.iter().all(|i| i["tenant"] == "retail"), "{retail:?}");
     let (_, top) = admin.get("/admin/top-consumers?window=60s").await?;
     assert_eq!(top["items"][0]["consumer"], "acme-app", "{top}");
     // Both page like every list: one item at a time gives the whole list, in order.
