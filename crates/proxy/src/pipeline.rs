@@ -720,6 +720,13 @@ impl LoggedBody {
     pub(crate) fn added_fields(&self) -> &[(HeaderName, HeaderValue)] {
         &self.added
     }
+
+    /// Drops the content of an answer to HEAD (RFC 9110 §9.3.2), whose fields stay as they
+    /// are. For protocols that would otherwise send whatever the body holds: a problem
+    /// document or any other body the gateway wrote itself.
+    pub(crate) fn clear_for_head(&mut self) {
+        self.inner = ResponseBody::Full(None);
+    }
 }
 
 /// Puts everything [`handle`] leaves to the protocol into the response's map: fields kept raw,

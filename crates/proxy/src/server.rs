@@ -348,12 +348,18 @@ impl Protocols {
         let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let stream = InFlight::enter(&counted);
             let fields = crate::pipeline::HeadFields::of(req.headers());
+            let head = req.method() == http::Method::HEAD;
             let (shared, conn) = (shared.clone(), conn.clone());
             async move {
                 let response = handle(shared, conn, req.map(ClientBody::Hyper), &fields);
                 // hyper writes HEADERS frames from the map alone.
                 let mut response = response.await?;
                 crate::pipeline::materialize(&mut response);
+                // hyper sends a HEAD response's body as DATA frames, which clients rightly
+                // refuse (RFC 9113 §8.1.1); our own HTTP/1.1 writer leaves it out itself.
+                if head {
+                    response.body_mut().clear_for_head();
+                }
                 Ok::<_, std::convert::Infallible>(response.map(|body| Counted {
                     body,
                     _stream: stream,

@@ -103,6 +103,27 @@ async fn h2c_prior_knowledge_is_served_on_the_plain_listener() -> Result<()> {
 }
 
 #[tokio::test]
+async fn head_over_h2_gets_fields_without_content_even_for_the_gateways_own_answers() -> Result<()>
+{
+    let (_up, gw) = tls_gateway(|c| c).await?;
+    let c = gw.h2c_client();
+    // The gateway's own answer (a problem document over GET) and the upstream's.
+    for (path, status) in [("/nowhere", 404), ("/e/1", 200)] {
+        let r = c.head(gw.url(path)).send().await?;
+        assert_eq!(r.version(), Version::HTTP_2);
+        assert_eq!(r.status(), status, "{path}");
+        let problem = r
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v == "application/problem+json");
+        assert_eq!(problem, status == 404, "{path}");
+        let body = r.bytes().await?;
+        assert!(body.is_empty(), "{path}: {} bytes of content", body.len());
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn tls_negotiates_h2_by_alpn() -> Result<()> {
     let (_up, gw) = tls_gateway(|c| c).await?;
     let c = gw.tls_client(&bank_ca())?;
