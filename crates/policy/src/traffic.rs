@@ -588,10 +588,10 @@ impl Traffic {
         Some(me)
     }
 
-    /// The route's `RateLimit-Policy` for a caller on `plan` (or under `over`).
-    /// The route's `RateLimit-Policy` with every limit as enforced: divided among `nodes`
-    /// gateways when the in-process stores stand in for Redis (`local` failure mode), so the
-    /// advertised quotas match the `RateLimit` remaining counts beside them.
+    /// The route's `RateLimit-Policy` for a caller on `plan` (or under `over`), with every
+    /// limit as enforced: divided among `nodes` gateways when the in-process stores stand in
+    /// for Redis (`local` failure mode), so the advertised quotas match the `RateLimit`
+    /// remaining counts beside them.
     fn policy_header(
         &self,
         plan: Option<&RoutePlan>,

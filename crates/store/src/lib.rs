@@ -211,12 +211,12 @@ impl<'q> UsageSql<'q> {
         format!("(start_ms {strict} {s} OR (start_ms = {s} AND ({inner})))")
     }
 
-    fn counters(&mut self, after: Option<(&str, &'q UsageKey)>, limit: Option<usize>) -> String {
+    fn counters(&mut self, after: Option<&'q UsageKey>, limit: Option<usize>) -> String {
         // Rows after a key start in its bucket at the earliest.
-        let from = after.map_or(self.q.from_ms, |(_, k)| k.start_ms.max(self.q.from_ms));
+        let from = after.map_or(self.q.from_ms, |k| k.start_ms.max(self.q.from_ms));
         let filter = self.filter(from, self.q.to_ms);
         let keyset = match after {
-            Some((op, key)) => self.compare(op, key),
+            Some(key) => self.compare(">", key),
             None => "1 = 1".into(),
         };
         let limit = match limit {
@@ -1146,7 +1146,7 @@ impl Store {
         // Two statements, one snapshot: otherwise a concurrent add_usage could land between
         // them and the histogram would not match the counters.
         let mut sql = UsageSql::new(q, collate);
-        let counters = sql.counters(q.after.as_ref().map(|a| (">", a)), q.limit);
+        let counters = sql.counters(q.after.as_ref(), q.limit);
         let rows = sql.bind(counters).fetch_all(&mut *tx).await?;
         let mut out: Vec<UsageRow> = Vec::with_capacity(rows.len());
         for r in &rows {
