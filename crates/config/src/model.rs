@@ -122,6 +122,9 @@ pub struct Server {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How long in-flight requests may run after SIGTERM before the process exits anyway.
     pub shutdown_grace: Duration,
+    /// An HTTP/2 connection whose responses cannot move for this long (the client takes no
+    /// more data) is closed, and its requests give back their upstream slots.
+    pub send_timeout: Duration,
 }
 
 impl Default for Server {
@@ -135,6 +138,7 @@ impl Default for Server {
             max_body_bytes: None,
             trusted_proxies: Vec::new(),
             shutdown_grace: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -563,6 +563,9 @@ fn server(cfg: &Config, r: &mut Report) {
     if s.header_read_timeout.get().is_zero() {
         r.err("server.header_read_timeout", "must be greater than 0");
     }
+    if s.send_timeout.get().is_zero() {
+        r.err("server.send_timeout", "must be greater than 0");
+    }
 }
 
 fn upstreams(cfg: &Config, r: &mut Report) {

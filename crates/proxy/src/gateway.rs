@@ -295,7 +295,10 @@ fn warn_on_restart_only_changes(old: &Snapshot, new: &Snapshot) {
     }
     if o.server.max_connections != n.server.max_connections
         || o.server.header_read_timeout != n.server.header_read_timeout
+        || o.server.send_timeout != n.server.send_timeout
     {
-        tracing::warn!("max_connections and header_read_timeout take effect at the next restart");
+        tracing::warn!(
+            "max_connections, header_read_timeout and send_timeout take effect at the next restart"
+        );
     }
 }

@@ -300,6 +300,7 @@ pub(crate) struct Protocols {
     http1: crate::h1::Settings,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     first_bytes_timeout: Duration,
+    send_timeout: Duration,
 }
 
 impl Protocols {
@@ -333,6 +334,7 @@ impl Protocols {
             http1,
             http2,
             first_bytes_timeout: server.header_read_timeout.get(),
+            send_timeout: server.send_timeout.get(),
         }
     }
 
@@ -345,8 +347,11 @@ impl Protocols {
         // from an idle one.
         let streams = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = streams.clone();
+        let sending = Arc::new(Sending::default());
+        let watched = sending.clone();
         let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let stream = InFlight::enter(&counted);
+            let sending = watched.clone();
             let fields = crate::pipeline::HeadFields::of(req.headers());
             let head = req.method() == http::Method::HEAD;
             let (shared, conn) = (shared.clone(), conn.clone());
@@ -363,6 +368,8 @@ impl Protocols {
                 Ok::<_, std::convert::Infallible>(response.map(|body| Counted {
                     body,
                     _stream: stream,
+                    sending,
+                    handed: false,
                 }))
             }
         });
@@ -377,6 +384,11 @@ impl Protocols {
         let idle_limit = self.first_bytes_timeout;
         let open_tick = (idle_limit / 10).clamp(H2_CLOSING_TICK, Duration::from_secs(1));
         let (mut closing, mut idle) = (false, Duration::ZERO);
+        // A response waiting on the client's flow-control window is not polled by hyper, so
+        // nothing on the stream could time it out: the connection watches instead, as nginx's
+        // `send_timeout` does. Without it a client that stops reading keeps its requests'
+        // upstream slots (up to 256 per connection) for as long as it likes.
+        let (mut frames_seen, mut stalled) = (0, Duration::ZERO);
         let result = loop {
             let tick = if closing { H2_CLOSING_TICK } else { open_tick };
             tokio::select! {
@@ -386,6 +398,18 @@ impl Protocols {
                     (closing, idle) = (true, Duration::ZERO);
                 }
                 _ = tokio::time::sleep(tick) => {
+                    let frames = sending.frames.load(std::sync::atomic::Ordering::Relaxed);
+                    if frames != frames_seen
+                        || sending.waiting.load(std::sync::atomic::Ordering::Relaxed) == 0
+                    {
+                        (frames_seen, stalled) = (frames, Duration::ZERO);
+                    } else {
+                        stalled += tick;
+                        if stalled >= self.send_timeout {
+                            tracing::debug!("HTTP/2 client took no response data within send_timeout; closing");
+                            break Ok(());
+                        }
+                    }
                     if streams.load(std::sync::atomic::Ordering::Acquire) != 0 {
                         idle = Duration::ZERO;
                         continue;
@@ -430,11 +454,40 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its stream counted until it is done with.
+/// Whether an HTTP/2 connection's responses are moving: data frames handed to hyper, and
+/// bodies that handed one and have not been asked for the next (hyper asks once the client's
+/// window has room again).
+#[derive(Default)]
+struct Sending {
+    frames: std::sync::atomic::AtomicU64,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// A response body that keeps its stream counted until it is done with, and tells its
+/// connection when it waits on the client.
 struct Counted<B> {
     body: B,
     /// Held, never read: dropping it uncounts the stream.
     _stream: InFlight,
+    sending: Arc<Sending>,
+    /// Handed hyper a data frame and not polled since: counted in `sending.waiting`.
+    handed: bool,
+}
+
+impl<B> Counted<B> {
+    fn unwait(&mut self) {
+        if std::mem::take(&mut self.handed) {
+            self.sending
+                .waiting
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl<B> Drop for Counted<B> {
+    fn drop(&mut self) {
+        self.unwait();
+    }
 }
 
 impl<B: http_body::Body + Unpin> http_body::Body for Counted<B> {
@@ -445,7 +498,18 @@ impl<B: http_body::Body + Unpin> http_body::Body for Counted<B> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        use std::sync::atomic::Ordering::Relaxed;
+        let this = &mut *self;
+        this.unwait();
+        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && frame.is_data()
+        {
+            this.sending.frames.fetch_add(1, Relaxed);
+            this.sending.waiting.fetch_add(1, Relaxed);
+            this.handed = true;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

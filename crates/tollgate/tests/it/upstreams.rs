@@ -282,3 +282,50 @@ async fn http2_streams_share_a_targets_request_slots() -> Result<()> {
     assert_eq!(r.status(), 200);
     Ok(())
 }
+
+#[tokio::test]
+async fn an_http2_client_that_stops_reading_is_cut_off_and_its_slots_freed() -> Result<()> {
+    let big = Upstream::streaming(1 << 30).await;
+    let slow = Upstream::slow("slow", Duration::from_millis(2500)).await;
+    let gw = start(
+        &ConfigBuilder::new()
+            .upstream_spec(
+                UpstreamSpec::new("big")
+                    .target(&big.url())
+                    .set("max_requests_per_target", "2"),
+            )
+            .upstream("slow", &slow.url())
+            .get("big", "/big", "big")
+            .get("slow", "/slow", "slow")
+            .server("send_timeout", "1s"),
+    )
+    .await?;
+
+    // Waiting on the upstream longer than send_timeout is not the client's stall.
+    let r = gw.h2c_client().get(gw.url("/slow")).send().await?;
+    assert_eq!(r.status(), 200);
+    assert!(!r.bytes().await?.is_empty());
+
+    // Two downloads a client never reads hold both slots until the gateway gives up on that
+    // connection; then another client's download gets a slot, long before its own response
+    // timeout (30 s) would have turned it into a 503.
+    let stalled = gw.h2c_client();
+    let held = [
+        stalled.get(gw.url("/big")).send().await?,
+        stalled.get(gw.url("/big")).send().await?,
+    ];
+    assert!(held.iter().all(|r| r.status() == 200));
+    let started = Instant::now();
+    let r = gw.h2c_client().get(gw.url("/big")).send().await?;
+    assert_eq!(r.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a slot after {:?}",
+        started.elapsed()
+    );
+    // The stalled client's downloads end in an error, not a gigabyte each.
+    for r in held {
+        assert!(r.bytes().await.is_err(), "a cut-off body");
+    }
+    Ok(())
+}
